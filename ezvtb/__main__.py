@@ -1,0 +1,5 @@
+import sys
+
+from ezvtb.cli import main
+
+sys.exit(main())

@@ -1,0 +1,32 @@
+"""Sessions: one small interface (`Session`), one folder per backend.
+
+`create_session` picks the implementation from a backend name:
+``auto | cpu | cuda | tensorrt | directml`` run on ONNX Runtime (`OrtSession`); ``trt`` is
+native TensorRT (`TrtSession`, needs the tensorrt and cuda-python packages).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ezvtb.engines.base import GraphSpec, Session, TensorSpec
+from ezvtb.engines.errors import BackendUnavailableError
+
+BACKENDS = ("auto", "cpu", "cuda", "tensorrt", "directml", "trt")
+
+
+def create_session(model_path: str | os.PathLike, spec: GraphSpec, backend: str = "auto",
+                   **options: Any) -> Session:
+    """Open `model_path` (an ONNX file whose I/O matches `spec`) on `backend`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {list(BACKENDS)}, got {backend!r}")
+    if backend == "trt":
+        from ezvtb.engines.trt import TrtSession  # imported lazily: needs tensorrt
+
+        return TrtSession(model_path, spec, **options)
+    from ezvtb.engines.ort import OrtOptions, OrtSession
+
+    return OrtSession(model_path, spec, backend, OrtOptions(**options))
+
+
+__all__ = ["BACKENDS", "BackendUnavailableError", "GraphSpec", "Session", "TensorSpec", "create_session"]

