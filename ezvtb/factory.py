@@ -73,6 +73,16 @@ def get_core(
     model_vram_cache: bool = True,
     model_cache_size: float = 1.0,
     model_use_eyebrow: bool = True,
+    use_interpolation: bool = True,
+    interpolation_scale: int = 2,
+    interpolation_half: bool = True,
+    use_cacher: bool = True,
+    cacher_quality: int = 85,
+    cacher_ram_size: float = 2.0,
+    use_sr: bool = False,
+    sr_x4: bool = True,
+    sr_half: bool = True,
+    sr_noise: int = 1,
     *,
     backend: str = "auto",
     threads: int = 0,
@@ -86,6 +96,9 @@ def get_core(
     model_cache / model_cache_size: LRU of combiner and morpher outputs, in GB.
     model_vram_cache: keep that LRU in device memory on GPU backends (host RAM otherwise).
     model_use_eyebrow: False skips eyebrow morphing (combiner runs once per image).
+    use_interpolation / interpolation_scale / interpolation_half: RIFE stage (see ezvtb.stages.rife).
+    use_cacher / cacher_*: output cache (see ezvtb.cache).
+    use_sr / sr_x4 / sr_half / sr_noise: super-resolution stage (see ezvtb.stages.sr).
     backend: ``auto | cpu | cuda | tensorrt | directml | trt``.
     threads: CPU threads per session (0 = one per physical core).
     weights_dir: folder with official THA3 weights (``separable_float/``, ``standard_half/``, ...);
@@ -119,4 +132,18 @@ def get_core(
         log.info("THA intermediate cache in host RAM (%.2f GB)", cache_gb)
     tha = ThaStage(sessions, use_eyebrow=model_use_eyebrow, cache_bytes=int(cache_gb * GB) if model_cache else 0)
     eyebrow = "eyebrow" if model_use_eyebrow else "noeyebrow"
-    return Core(tha, variant=f"tha3/{variant}/{precision}/{eyebrow}")
+    tha_variant = f"tha3/{variant}/{precision}/{eyebrow}"
+
+    # --- output cache (issue 3) -------------------------------------------------------------
+    cache = None
+    if _check_bool("use_cacher", use_cacher):
+        raise NotImplementedError("use_cacher=True: the output cache is being built; pass use_cacher=False")
+
+    # --- frame stages after THA: RIFE (issue 4), then super-resolution (issue 4) ------------
+    after = []
+    if _check_bool("use_interpolation", use_interpolation):
+        raise NotImplementedError("use_interpolation=True: RIFE is being built; pass use_interpolation=False")
+    if _check_bool("use_sr", use_sr):
+        raise NotImplementedError("use_sr=True: super-resolution is being built; pass use_sr=False")
+
+    return Core(tha, cache=cache, after=after, variant=tha_variant)
