@@ -1,0 +1,38 @@
+"""`ezvtb doctor`: what this machine can run (providers, GPU libraries, codecs, caches)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import platform
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("doctor", help="print available backends, libraries and cache locations")
+    p.set_defaults(func=run)
+
+
+def _version(mod: str) -> str:
+    try:
+        m = importlib.import_module(mod)
+    except Exception as e:  # noqa: BLE001 - report any import failure
+        return f"not available ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    return str(getattr(m, "__version__", "installed"))
+
+
+def run(args: argparse.Namespace) -> int:
+    from ezvtb import __version__, paths
+
+    print(f"ezvtb {__version__} on Python {platform.python_version()} ({platform.platform()})")
+    print(f"EZVTB_HOME: {paths.home()}")
+    for mod in ("numpy", "onnxruntime", "onnx", "torch", "cv2", "lmdb", "tensorrt", "cuda"):
+        print(f"  {mod:<12} {_version(mod)}")
+    try:
+        import onnxruntime as ort
+
+        print(f"  onnxruntime providers: {', '.join(ort.get_available_providers())}")
+    except ImportError:
+        print("  onnxruntime missing: install one of ezvtb[cpu] / [cuda] / [tensorrt] / [directml]")
+    from ezvtb.factory import select_backend
+
+    print(f"  backend chosen by get_core(use_tensorrt=True): {select_backend('auto', True)}")
+    return 0
