@@ -1,0 +1,253 @@
+"""Building blocks of the THA3 networks (PyTorch).
+
+Module attribute names and ``nn.Sequential`` indices reproduce the official checkpoints' state
+dict keys, so the official weights load with ``strict=True``. Every block exists in two flavours:
+*separable* (depthwise kxk conv + 1x1 conv) and *standard* (one dense kxk conv).
+
+Grid math (`warp`) always runs in float32, whatever the module dtype, with an identity grid built
+from ``torch.arange`` (no ``F.affine_grid``: ONNX AffineGrid needs opset 20 and TensorRT lacks it).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def relu() -> nn.Module:
+    return nn.ReLU()
+
+
+def leaky_relu() -> nn.Module:
+    return nn.LeakyReLU(0.1)
+
+
+def conv_layers(cin: int, cout: int, k: int, separable: bool, stride: int = 1, transpose: bool = False) -> list[nn.Module]:
+    """The convolution(s) of one block, bias-free: [depthwise, 1x1] or [dense].
+
+    ``k=4, stride=2`` halves (``transpose=True``: doubles) the resolution; other kernels keep it.
+    """
+    pad = 1 if k == 4 else k // 2
+    conv = nn.ConvTranspose2d if transpose else nn.Conv2d
+    if separable:
+        return [conv(cin, cin, k, stride, pad, groups=cin, bias=False), nn.Conv2d(cin, cout, 1, bias=False)]
+    return [conv(cin, cout, k, stride, pad, bias=False)]
+
+
+class ConvNormAct(nn.Sequential):
+    """conv(s) -> InstanceNorm2d(affine) -> activation."""
+
+    def __init__(self, cin: int, cout: int, k: int, separable: bool, act=relu, stride: int = 1, transpose: bool = False):
+        super().__init__(*conv_layers(cin, cout, k, separable, stride, transpose), nn.InstanceNorm2d(cout, affine=True), act())
+
+
+class ResidualBlock(nn.Module):
+    """x + (conv3 -> IN -> act -> conv3 -> IN)(x); a separable conv3 is a nested [depthwise, 1x1] pair."""
+
+    def __init__(self, channels: int, separable: bool, act=relu):
+        super().__init__()
+
+        def conv3() -> nn.Module:
+            layers = conv_layers(channels, channels, 3, separable)
+            return nn.Sequential(*layers) if separable else layers[0]
+
+        self.resnet_path = nn.Sequential(
+            conv3(), nn.InstanceNorm2d(channels, affine=True), act(), conv3(), nn.InstanceNorm2d(channels, affine=True)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.resnet_path(x)
+
+
+def head(cin: int, cout: int, activation: nn.Module) -> nn.Sequential:
+    """Dense 3x3 conv with bias followed by `activation` (alpha: Sigmoid, colour change: Tanh)."""
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1, bias=True), activation)
+
+
+def grid_head(cin: int) -> nn.Conv2d:
+    """Dense 3x3 conv, no bias, to a 2-channel grid change."""
+    return nn.Conv2d(cin, 2, 3, 1, 1, bias=False)
+
+
+def tile_pose(pose: Tensor, size: int, like: Tensor) -> Tensor:
+    """[N, P] pose -> [N, P, size, size] constant planes, in `like`'s dtype."""
+    return pose.to(like.dtype)[:, :, None, None].expand(-1, -1, size, size)
+
+
+# --- the encoder-decoder of the decomposer, combiner and morpher -------------------------------
+
+def encoder_decoder_layers(
+    image_size: int, in_channels: int, num_pose: int, bottleneck_size: int, separable: bool,
+    start_channels: int = 64, max_channels: int = 512, num_bottleneck: int = 6,
+) -> dict[str, nn.ModuleList]:
+    """Layers of the U-less encoder-decoder: stride-2 downsampling to `bottleneck_size`, a conv
+    block taking the pose planes, residual blocks, transposed-conv upsampling; ReLU throughout."""
+
+    def channels(size: int) -> int:
+        return min(start_channels * (image_size // size), max_channels)
+
+    down = nn.ModuleList([ConvNormAct(in_channels, start_channels, 3, separable)])
+    size = image_size
+    while size > bottleneck_size:
+        size //= 2
+        down.append(ConvNormAct(channels(size * 2), channels(size), 4, separable, stride=2))
+    c = channels(size)
+    bottleneck = nn.ModuleList([ConvNormAct(c + num_pose, c, 3, separable)])
+    bottleneck.extend(ResidualBlock(c, separable) for _ in range(num_bottleneck - 1))
+    up = nn.ModuleList()
+    while size < image_size:
+        size *= 2
+        up.append(ConvNormAct(channels(size // 2), channels(size), 4, separable, stride=2, transpose=True))
+    return {"downsample_blocks": down, "bottleneck_blocks": bottleneck, "upsample_blocks": up}
+
+
+def ed_encode(net: nn.Module, image: Tensor) -> Tensor:
+    """Pose-independent half of an encoder-decoder holding the layers above: image -> bottleneck features."""
+    x = image
+    for block in net.downsample_blocks:
+        x = block(x)
+    return x
+
+
+def ed_decode(net: nn.Module, features: Tensor, pose: Tensor | None) -> Tensor:
+    """Second half: concatenate the pose planes, bottleneck, upsample -> [N, start_channels, H, W]."""
+    x = features
+    if pose is not None:
+        x = torch.cat([x, tile_pose(pose, x.shape[-1], x)], dim=1)
+    for block in net.bottleneck_blocks:
+        x = block(x)
+    for block in net.upsample_blocks:
+        x = block(x)
+    return x
+
+
+class EncoderDecoder(nn.Module):
+    """The ``body`` of the decomposer, combiner and separable morpher."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+        for name, layers in encoder_decoder_layers(*args, **kwargs).items():
+            setattr(self, name, layers)
+
+    def forward(self, image: Tensor, pose: Tensor | None = None) -> Tensor:
+        return ed_decode(self, ed_encode(self, image), pose)
+
+
+# --- the resize-conv encoder-decoder (rotator) and U-Net (editor) ------------------------------
+
+class ResizeConvEncoderDecoder(nn.Module):
+    """Rotator body: 7x7 stem, stride-2 downsampling, residual blocks, nearest x2 + conv3 upsampling."""
+
+    def __init__(self, image_size: int, in_channels: int, start_channels: int, bottleneck_size: int,
+                 separable: bool, act=leaky_relu, max_channels: int = 512, num_bottleneck: int = 6):
+        super().__init__()
+
+        def channels(size: int) -> int:
+            return min(start_channels * (image_size // size), max_channels)
+
+        # Upstream builds the standard variant's downsampling blocks with default arguments, i.e. ReLU.
+        down_act = act if separable else relu
+        self.downsample_blocks = nn.ModuleList([ConvNormAct(in_channels, start_channels, 7, separable, act)])
+        size = image_size
+        while size > bottleneck_size:
+            size //= 2
+            self.downsample_blocks.append(ConvNormAct(channels(size * 2), channels(size), 4, separable, down_act, stride=2))
+        self.bottleneck_blocks = nn.ModuleList(ResidualBlock(channels(size), separable, act) for _ in range(num_bottleneck))
+        self.upsample_blocks = nn.ModuleList()
+        while size < image_size:
+            size *= 2
+            self.upsample_blocks.append(nn.Sequential(
+                nn.Upsample(scale_factor=2, mode="nearest"), ConvNormAct(channels(size // 2), channels(size), 3, separable, act)
+            ))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in (*self.downsample_blocks, *self.bottleneck_blocks, *self.upsample_blocks):
+            x = block(x)
+        return x
+
+
+class ResizeConvUNet(nn.Module):
+    """Editor body: like `ResizeConvEncoderDecoder` (3x3 stem) with skip connections concatenated
+    after each nearest x2 upsampling."""
+
+    def __init__(self, image_size: int, in_channels: int, start_channels: int, bottleneck_size: int,
+                 separable: bool, act=leaky_relu, max_channels: int = 512, num_bottleneck: int = 6):
+        super().__init__()
+        down_act = act if separable else relu  # as in ResizeConvEncoderDecoder
+        self.downsample_blocks = nn.ModuleList([ConvNormAct(in_channels, start_channels, 3, separable, act)])
+        widths = [start_channels]
+        size = image_size
+        while size > bottleneck_size:
+            size //= 2
+            widths.append(min(max_channels, widths[-1] * 2))
+            self.downsample_blocks.append(ConvNormAct(widths[-2], widths[-1], 4, separable, down_act, stride=2))
+        self.bottleneck_blocks = nn.ModuleList(ResidualBlock(widths[-1], separable, act) for _ in range(num_bottleneck))
+        self.upsample_blocks = nn.ModuleList(
+            ConvNormAct(widths[i + 1] + widths[i], widths[i], 3, separable, act) for i in reversed(range(len(widths) - 1))
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        skips = []
+        for block in self.downsample_blocks:
+            x = block(x)
+            skips.append(x)
+        for block in self.bottleneck_blocks:
+            x = block(x)
+        for block, skip in zip(self.upsample_blocks, reversed(skips[:-1])):
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+            x = block(torch.cat([x, skip], dim=1))
+        return x
+
+
+# --- image operations ---------------------------------------------------------------------------
+
+def _grid_axis(n: int, device: torch.device | None) -> Tensor:
+    """[n] float32 pixel-centre coordinates, equal bit for bit to ``F.affine_grid``'s (align_corners=False).
+
+    affine_grid uses ``linspace(-1, 1, n) * (n - 1) / n``, whose CPU kernel computes
+    ``+-1 +- step * k`` with a single rounding (fused multiply-add). The same value comes from
+    float32 ops only by splitting ``step`` into a 12-bit head and a tail: both products and the
+    first addition are exact, so only the last addition rounds.
+    """
+    if n == 1:
+        return torch.zeros(1, dtype=torch.float32, device=device)
+    step = float(np.float32(2.0) / np.float32(n - 1))
+    mant, exp = math.frexp(step)
+    head = math.ldexp(round(mant * 4096.0), exp - 12)
+    tail = step - head  # exact, fits float32
+    half = n // 2
+    k = torch.arange(half, dtype=torch.float32, device=device)
+    r = torch.arange(n - 1 - half, -1, -1, dtype=torch.float32, device=device)
+    lin = torch.cat([(k * head - 1.0) + k * tail, (1.0 - r * head) - r * tail])
+    return lin * float(n - 1) / float(n)
+
+
+def identity_grid(height: int, width: int, device: torch.device | None = None) -> Tensor:
+    """[1, H, W, 2] float32 sampling grid of the identity warp (align_corners=False, x first):
+    pixel centres at ~(2i + 1) / size - 1, bit-identical to upstream's ``F.affine_grid`` grid.
+    Built from ``arange`` (no affine_grid, no linspace) so exporters fold it to a constant."""
+    xs = _grid_axis(width, device)
+    ys = _grid_axis(height, device)
+    return torch.stack([xs[None, :].expand(height, width), ys[:, None].expand(height, width)], dim=-1)[None]
+
+
+def warp(image: Tensor, grid_change: Tensor) -> Tensor:
+    """Resample `image` [N, C, H, W] at identity + `grid_change` [N, 2, H, W] (normalised offsets),
+    bilinear, border padding, align_corners=False. Computed in float32, returned in image's dtype."""
+    n, _, h, w = image.shape
+    grid = identity_grid(h, w, image.device) + grid_change.float().permute(0, 2, 3, 1)
+    out = F.grid_sample(image.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.to(image.dtype)
+
+
+def blend(alpha: Tensor, color: Tensor, image: Tensor) -> Tensor:
+    """color * alpha + image * (1 - alpha), all channels."""
+    return color * alpha + image * (1 - alpha)
+
+
+def blend_rgb(alpha: Tensor, color: Tensor, image: Tensor) -> Tensor:
+    """`blend` on RGB; alpha channel taken from `image`."""
+    return torch.cat([blend(alpha, color[:, :3], image[:, :3]), image[:, 3:4]], dim=1)
