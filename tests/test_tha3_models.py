@@ -372,3 +372,6 @@ def test_poser_rejects_bad_inputs(ours_separable):
         ours_separable(torch.zeros(1, 3, 512, 512), torch.zeros(45))
     with pytest.raises(ValueError, match="weights: expected an entry for each of"):
         ThaPoser("separable", {"editor": "x"})
+    nets = {s: build_tha3_network(s, "separable") for s in STAGES}
+    with pytest.raises(ValueError, match=r"weights\['decomposer'\]: expected a standard EyebrowDecomposer, got separable"):
+        ThaPoser("standard", nets)

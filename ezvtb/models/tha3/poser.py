@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ezvtb.models.tha3.networks import load_tha3_network
+from ezvtb.models.tha3.networks import NETWORKS, load_tha3_network
 from ezvtb.models.tha3.spec import EYEBROW_BOX, EYEBROW_IN_FACE, FACE_BOX, STAGES
 
 EYEBROW_SLICE = slice(0, 12)
@@ -84,8 +84,10 @@ class ThaPoser(nn.Module):
     """The full THA3 pose pipeline with upstream's glue (crops, pastes, 512 <-> 256 resizes).
 
     `weights` maps each stage name to a checkpoint path, a state dict or an already built network
-    (e.g. ``ezvtb.weights.tha3.tha3_weights()``). ``poser(image, pose)`` returns the final image
-    [1, 4, 512, 512] in [-1, 1]. `dtype` float16 casts the networks (grid sampling stays float32).
+    (e.g. ``ezvtb.weights.tha3.tha3_weights()``; a network passed in is used, and cast, in place).
+    ``poser(image, pose)`` returns the final image [1, 4, 512, 512] in [-1, 1]. `dtype` float16
+    casts the networks (grid sampling stays float32). Given the same input tensor (see
+    `image_to_tensor`), the float32 result is bit-identical to upstream's poser on CPU.
     """
 
     def __init__(self, variant: str, weights: Mapping[str, str | os.PathLike | Mapping | nn.Module],
@@ -97,7 +99,13 @@ class ThaPoser(nn.Module):
         self.variant = variant
         for stage in STAGES:
             src = weights[stage]
-            net = src.to(dtype) if isinstance(src, nn.Module) else load_tha3_network(stage, variant, src, dtype)
+            if isinstance(src, nn.Module):
+                if getattr(src, "variant", variant) != variant or not isinstance(src, NETWORKS[stage]):
+                    raise ValueError(f"weights[{stage!r}]: expected a {variant} {NETWORKS[stage].__name__}, "
+                                     f"got {getattr(src, 'variant', '?')} {type(src).__name__}")
+                net = src.to(dtype)
+            else:
+                net = load_tha3_network(stage, variant, src, dtype)
             self.add_module(stage, net)
         self.eval()
 
