@@ -1,0 +1,131 @@
+"""`RifeStage`: RIFE frame interpolation between consecutive THA frames.
+
+Each call takes the new THA frame and returns `scale` frames: the scale-1 in-betweens from the
+previous THA frame to this one (t = 1/n .. (n-1)/n), then this frame. This adds **one frame of
+latency**: the in-betweens leading to frame k can only be computed once frame k exists, so a
+player that spreads the returned frames evenly over the next frame period shows frame k one THA
+period later than it would without interpolation. The first call after `reset` (a new character
+via ``setImage``) has no previous frame and returns the current frame `scale` times.
+
+Runtime only: one `Session` (no torch). `create_rife_stage` finds or exports the graph.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+
+from ezvtb.engines.base import Session
+from ezvtb.models.rife.spec import INPUT_NAMES, OUTPUT_NAME, SCALES, VERSIONS, check_scale
+from ezvtb.stages.timing import Timings
+
+log = logging.getLogger("ezvtb.rife")
+
+
+class RifeStage:
+    """Interpolates THA frames with one RIFE graph (spec `ezvtb.models.rife.spec.graph_spec`).
+
+    ``run([frame])``: frame is uint8 (H, W, 4) BGRA (H = W = the graph's size, 512). Returns a list
+    of exactly `scale` uint8 (H, W, 4) BGRA arrays, the last equal to `frame`. The arrays are views
+    of one buffer owned by the stage, allocated once and overwritten by the next `run`: copy what
+    must outlive it. The stage keeps its own copy of the previous frame, so the caller may reuse
+    `frame`'s buffer (THA's editor output) right away.
+    """
+
+    def __init__(self, session: Session, version: str = "hdv3", precision: str = "fp32") -> None:
+        spec = session.spec
+        out = spec.outputs[0] if len(spec.outputs) == 1 else None
+        if (spec.input_names != INPUT_NAMES or out is None or out.name != OUTPUT_NAME
+                or len(out.shape) != 4 or out.shape[0] not in SCALES or out.shape[1:] != spec.inputs[0].shape):
+            raise ValueError(f"session: expected a RIFE graph (inputs {list(INPUT_NAMES)}, output "
+                             f"{OUTPUT_NAME!r} [n, H, W, 4]), got {spec}")
+        if version not in VERSIONS:
+            raise ValueError(f"version: expected one of {list(VERSIONS)}, got {version!r}")
+        self.session = session
+        self.scale = check_scale(version, int(out.shape[0]))
+        self.version = version
+        self.precision = precision
+        self.frame_spec = spec.inputs[1]
+        self._prev = np.zeros(self.frame_spec.shape, np.uint8)
+        self._out = np.zeros(out.shape, np.uint8)
+        self._views = [self._out[i] for i in range(self.scale)]
+        self._has_prev = False
+        self.timings = Timings()
+        self.runs = 0
+        self.repeats = 0
+
+    def reset(self) -> None:
+        """Forget the previous frame (new character): the next `run` repeats its frame."""
+        self._has_prev = False
+
+    def _frame(self, frames: Any) -> np.ndarray:
+        if not isinstance(frames, (list, tuple)) or len(frames) != 1:
+            got = f"{type(frames).__name__} of {len(frames)}" if isinstance(frames, (list, tuple)) else type(frames).__name__
+            raise ValueError(f"frames: expected a list holding one THA frame, got {got}")
+        frame = frames[0]
+        if not isinstance(frame, np.ndarray):
+            raise ValueError(f"frames[0]: expected a uint8 {list(self.frame_spec.shape)} BGRA array, got "
+                             f"{type(frame).__name__}")
+        self.frame_spec.check(frame, "frames[0]")
+        return frame
+
+    def run(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        """[THA frame] -> `scale` frames (views of the stage's buffer; see the class docstring)."""
+        frame = self._frame(frames)
+        with self.timings.time("rife"):
+            if not self._has_prev:
+                self._out[:] = frame
+                self.repeats += 1
+            else:
+                res = self.session.run({INPUT_NAMES[0]: self._prev, INPUT_NAMES[1]: frame})
+                np.copyto(self._out, self.session.to_host(res[OUTPUT_NAME]))
+                self.runs += 1
+            np.copyto(self._prev, frame)
+            self._has_prev = True
+        return list(self._views)
+
+    def stats(self) -> dict[str, Any]:
+        return {"version": self.version, "scale": self.scale, "precision": self.precision,
+                "runs": self.runs, "repeats": self.repeats, "latency": self.timings.summary()}
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def check_interpolation_options(interpolation_scale: Any, rife_model: Any) -> int:
+    """Validate get_core's RIFE options before any work; returns the scale.
+
+    ValueError naming `interpolation_scale` unless it is 2, 3 or 4; x3 without `rife_model` (the
+    default HDv3 weights cannot do x3) raises `UnsupportedScaleError` (a ValueError).
+    """
+    if isinstance(interpolation_scale, bool) or not isinstance(interpolation_scale, (int, np.integer)) \
+            or int(interpolation_scale) not in SCALES:
+        raise ValueError(f"interpolation_scale: expected one of {list(SCALES)}, got {interpolation_scale!r}")
+    scale = int(interpolation_scale)
+    if rife_model is None:
+        check_scale("hdv3", scale)
+    elif not isinstance(rife_model, (str, os.PathLike)):
+        raise ValueError(f"rife_model: expected None or the path of a RIFE v4.x flownet.pkl, got "
+                         f"{type(rife_model).__name__}")
+    elif not os.path.isfile(os.path.expanduser(os.fspath(rife_model))):
+        raise FileNotFoundError(f"rife_model: no file at {os.fspath(rife_model)!r}")
+    return scale
+
+
+def create_rife_stage(interpolation_scale: int, half: bool, rife_model: str | os.PathLike | None = None,
+                      backend: str = "auto", **session_options: Any) -> RifeStage:
+    """Find (or export, which needs torch) the RIFE graph and open it on `backend`."""
+    from ezvtb.engines import create_session
+    from ezvtb.export.rife import rife_graph  # imports torch only when the graph must be exported
+
+    scale = check_interpolation_options(interpolation_scale, rife_model)
+    precision = "fp16" if half else "fp32"
+    graph = rife_graph(scale, precision, rife_model)
+    session = create_session(graph.path, graph.spec, backend, **session_options)
+    if half and getattr(session, "backend", backend) == "cpu":
+        log.warning("interpolation_half=True on the CPU backend: fp16 RIFE is slower on CPUs; "
+                    "pass interpolation_half=False for CPU use")
+    log.info("RIFE %s x%d %s on %s", graph.version, scale, precision, getattr(session, "backend", backend))
+    return RifeStage(session, graph.version, precision)
