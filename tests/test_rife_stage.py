@@ -143,3 +143,35 @@ def test_get_core_rife_options_are_checked_first(tmp_path):
         get_core(use_interpolation=True, interpolation_scale=2, rife_model=42)
     with pytest.raises(ValueError, match="interpolation_half: expected a bool"):
         get_core(use_interpolation=True, interpolation_half="yes")
+
+
+def test_get_core_with_rife_end_to_end(sample_bgra):
+    """get_core -> Core(THA, RIFE x2, fp32, CPU): 2 frames per inference, repeat after setImage."""
+    import ezvtb.export
+
+    if not hasattr(ezvtb.export, "tha3_graphs"):
+        pytest.skip("the THA3 export (issue 2, ezvtb.export.tha3_graphs) is not in the tree yet")
+    from ezvtb.factory import get_core
+    from ezvtb.pose import index
+
+    core = get_core(use_tensorrt=False, model_half=False, model_cache=False, use_interpolation=True,
+                    interpolation_scale=2, interpolation_half=False, use_cacher=False, backend="cpu")
+    try:
+        assert [type(s).__name__ for s in core.after] == ["RifeStage"]
+        core.setImage(sample_bgra("crypko_02"))
+        pose = np.zeros(45, np.float32)
+        out0 = [f.copy() for f in core.inference(pose)]
+        assert len(out0) == 2 and np.array_equal(out0[0], out0[1])
+        pose[index("head_y")] = 0.4
+        pose[index("mouth_aaa")] = 1.0
+        out1 = core.inference(pose)
+        assert len(out1) == 2 and out1[1].shape == (512, 512, 4) and out1[1].dtype == np.uint8
+        assert not np.array_equal(out1[1], out0[1])
+        assert not np.array_equal(out1[0], out0[1]) and not np.array_equal(out1[0], out1[1])
+        st = core.stats()["RifeStage"]
+        assert (st["runs"], st["repeats"], st["scale"], st["version"]) == (1, 1, 2, "hdv3")
+        core.setImage(sample_bgra("crypko_02"))
+        out2 = core.inference(pose)
+        assert np.array_equal(out2[0], out2[1]) and core.stats()["RifeStage"]["repeats"] == 2
+    finally:
+        core.close()
