@@ -10,7 +10,7 @@ import importlib
 import logging
 import sys
 
-SUBCOMMANDS = ("demo", "export", "doctor")
+SUBCOMMANDS = ("demo", "export", "doctor", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

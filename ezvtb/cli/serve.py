@@ -1,0 +1,64 @@
+"""`ezvtb serve`: run one core in its own process for one client (protocol: docs/ipc.md)."""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve", help="serve one core to another process over stdio or shared memory",
+        description="Builds a core with ezvtb.get_core(**options) and serves one client with the versioned "
+                    "ezvtb IPC protocol (docs/ipc.md); ezvtb.ipc.Client speaks it. The server exits when its "
+                    "client disconnects, on SHUTDOWN or on SIGTERM, removing its socket and shared memory.")
+    p.add_argument("--transport", choices=("stdio", "shm"), default="stdio",
+                   help="stdio: messages and frames on stdin/stdout (logs on stderr); shm: control messages on a "
+                        "Unix socket, frames in a shared-memory ring (default: %(default)s)")
+    p.add_argument("--engine", choices=("core", "echo"), default="core",
+                   help="core: ezvtb.get_core(**options); echo: no model, returns the character image moved by the "
+                        "head pose, for testing an integration without weights or a GPU (default: %(default)s)")
+    p.add_argument("--options", default="{}", metavar="JSON",
+                   help='get_core keyword arguments as a JSON object, e.g. \'{"use_interpolation": false}\'')
+    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="one get_core option (VALUE parsed as JSON when it is JSON, else a string); repeatable, "
+                        "wins over --options")
+    p.add_argument("--socket", metavar="PATH",
+                   help="shm: Unix socket path to listen on (default: a new private temporary directory; the path "
+                        "is printed on stdout)")
+    p.add_argument("--slots", type=int, default=3, help="shm: frame slot groups in the ring (default: %(default)s)")
+    p.add_argument("--message-timeout", type=float, default=5.0, metavar="S",
+                   help="drop a message that stops arriving midway after S seconds (default: %(default)s)")
+    p.add_argument("--accept-timeout", type=float, default=120.0, metavar="S",
+                   help="shm: exit if no client connects within S seconds (default: %(default)s)")
+    p.set_defaults(func=run)
+
+
+def parse_options(options_json: str, pairs: list[str]) -> dict[str, Any]:
+    """--options JSON and -o KEY=VALUE pairs -> get_core keyword arguments."""
+    try:
+        opts = json.loads(options_json)
+    except ValueError as e:
+        raise ValueError(f"--options: expected a JSON object, got {options_json!r} ({e})") from None
+    if not isinstance(opts, dict):
+        raise ValueError(f"--options: expected a JSON object, got {type(opts).__name__}")
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option: expected KEY=VALUE, got {pair!r}")
+        try:
+            opts[key] = json.loads(value)
+        except ValueError:
+            opts[key] = value
+    return opts
+
+
+def run(args: argparse.Namespace) -> int:
+    from ezvtb.ipc.server import serve
+
+    options = parse_options(args.options, args.option)
+    if args.transport == "stdio" and args.socket:
+        raise ValueError("--socket: only used with --transport shm")
+    return serve(args.transport, options, engine=args.engine, socket_path=args.socket, slots=args.slots,
+                 message_timeout=args.message_timeout, accept_timeout=args.accept_timeout,
+                 announce=lambda line: print(line, flush=True))
