@@ -165,14 +165,15 @@ def type_name(t: int) -> str:
         return f"0x{t:04x}"
 
 
-def encode(msg: int, seq: int, payload: bytes | bytearray | memoryview = b"", version: int = PROTOCOL_VERSION) -> bytes:
-    """One complete message (header + payload) as bytes."""
-    return HEADER.pack(MAGIC, version, int(msg), seq & MAX_SEQ, len(payload)) + bytes(payload)
+def encode(msg: int, seq: int, payload: bytes | bytearray | memoryview = b"", version: int | None = None) -> bytes:
+    """One complete message (header + payload) as bytes; `version` defaults to PROTOCOL_VERSION."""
+    v = PROTOCOL_VERSION if version is None else version
+    return HEADER.pack(MAGIC, v, int(msg), seq & MAX_SEQ, len(payload)) + bytes(payload)
 
 
 def encode_text(msg: int, seq: int, fixed: struct.Struct, values: tuple, text: str) -> bytes:
     """A message whose payload is `fixed` followed by UTF-8 text (truncated to MAX_TEXT bytes)."""
-    raw = text.encode("utf-8", "replace")[:MAX_TEXT]
+    raw = text.encode("utf-8", "replace")[:MAX_TEXT].decode("utf-8", "ignore").encode()  # whole characters
     return encode(msg, seq, fixed.pack(*values) + raw)
 
 
@@ -268,6 +269,10 @@ class MessageReader:
     @property
     def buffered(self) -> int:
         return len(self._buf)
+
+    def touch(self) -> None:
+        """Restart the stall clock (the caller stopped reading for reasons of its own)."""
+        self._last_progress = time.monotonic()
 
     def stalled(self, timeout: float) -> bool:
         return self.pending > 0 and time.monotonic() - self._last_progress > timeout

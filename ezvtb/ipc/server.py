@@ -110,7 +110,8 @@ class Channel:
     def read(self, n: int) -> bytes:
         raise NotImplementedError
 
-    def write(self, data: memoryview) -> int:
+    def write(self, views: list[memoryview]) -> int:
+        """Write as much of `views` (in order) as fits now; returns the byte count (0 if full)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -140,9 +141,9 @@ class StdioChannel(Channel):
         except (ConnectionResetError, BrokenPipeError):
             return b""
 
-    def write(self, data: memoryview) -> int:
+    def write(self, views: list[memoryview]) -> int:
         try:
-            return os.write(self.out_fd, data)
+            return os.writev(self.out_fd, views)
         except BlockingIOError:
             return 0
         except (BrokenPipeError, ConnectionResetError) as e:
@@ -172,9 +173,9 @@ class SocketChannel(Channel):
         except (ConnectionResetError, BrokenPipeError):
             return b""
 
-    def write(self, data: memoryview) -> int:
+    def write(self, views: list[memoryview]) -> int:
         try:
-            return self.sock.send(data)
+            return self.sock.sendmsg(views)
         except BlockingIOError:
             return 0
         except (BrokenPipeError, ConnectionResetError) as e:
@@ -283,13 +284,17 @@ class Server:
     def run(self) -> str:
         """Serve until the client leaves or asks to shut down; returns why."""
         try:
+            paused = False
             while True:
                 pause = self.small_bytes > OUT_LIMIT
-                if pause:
+                if pause and not paused:
                     self.c["reads_paused"] += 1
+                elif paused and not pause:
+                    self.reader.touch()  # a message cut short by our own pause is not the client's fault
+                paused = pause
                 rl = [] if pause else [self.ch.in_fd]
                 wl = [self.ch.out_fd] if self.q else []
-                timeout = self.reader.seconds_to_stall(self.message_timeout)
+                timeout = None if pause else self.reader.seconds_to_stall(self.message_timeout)
                 r, w, _ = select.select(rl, wl, [], timeout)
                 if w:
                     self._flush()
@@ -303,7 +308,7 @@ class Server:
                     if data:
                         self.reader.feed(data)
                         self._drain()
-                elif not w and self.reader.stalled(self.message_timeout):
+                elif not w and not pause and self.reader.stalled(self.message_timeout):
                     self._issue(self.reader.abandon(self.message_timeout))
                 if self.q:
                     self._flush()
@@ -537,24 +542,33 @@ class Server:
         self.c["max_unsent_bytes"] = max(self.c["max_unsent_bytes"], self.small_bytes)
 
     def _flush(self, block: bool = False, deadline_s: float = 5.0) -> None:
+        """Write queued messages without blocking (gathered into one writev/sendmsg of up to 64)."""
         end = time.monotonic() + deadline_s
         while self.q:
-            e = self.q[0]
-            n = self.ch.write(e.view[e.sent:])
-            if n:
+            views = []
+            for e in self.q:
+                views.append(e.view[e.sent:])
+                if len(views) == 64:
+                    break
+            n = self.ch.write(views)
+            self.c["bytes_out"] += n
+            while n and self.q:
+                e = self.q[0]
+                k = min(n, len(e.view) - e.sent)
                 if e.sent == 0 and e.frames:
                     self.c["frames_delivered"] += e.frames
                     if e.group is not None:
                         self.held.add(e.group)  # ownership passes with the first byte
-                e.sent += n
-                self.c["bytes_out"] += n
+                e.sent += k
+                n -= k
                 if e.buf is None:
-                    self.small_bytes -= n
-            if e.sent == len(e.view):
-                self.q.popleft()
-                if e.buf is not None:
-                    self._pool.append(e.buf)
-                continue
+                    self.small_bytes -= k
+                if e.sent == len(e.view):
+                    self.q.popleft()
+                    if e.buf is not None:
+                        self._pool.append(e.buf)
+            if not self.q:
+                return
             if not block or time.monotonic() > end:
                 return
             select.select([], [self.ch.out_fd], [], max(0.0, end - time.monotonic()))
@@ -565,6 +579,7 @@ class Server:
         s.update(transport=self.transport.name.lower(), uptime_s=round(time.monotonic() - self.t0, 3),
                  bytes_in=self.reader.bytes_in, garbage_bytes=self.reader.garbage_bytes,
                  unsent_messages=len(self.q), unsent_bytes=self.small_bytes, rss_kib=rss_kib(),
+                 shm_name=self.ring.name if self.ring else None,
                  slot_groups=self.ring.groups if self.ring else 0, groups_free=len(self.free),
                  groups_held_by_client=sorted(self.held))
         return {"core": self.core.stats() if self.core is not None else {}, "server": s}
@@ -631,8 +646,8 @@ def serve(transport: str = "stdio", options: dict[str, Any] | None = None, *, en
         shape, n = (512, 512, 4), 1
         t0 = time.perf_counter()
         try:
+            core = build_engine(engine, options)  # get_core checks every option first
             shape, n = expected_output(engine, options)
-            core = build_engine(engine, options)
             log.info("%s engine ready in %.1f s", engine, time.perf_counter() - t0)
         except Exception as e:  # noqa: BLE001 - reported to the client at HELLO
             log.error("could not build the %s engine: %s: %s", engine, type(e).__name__, e)
