@@ -27,7 +27,7 @@ class Timings:
         return _Timer(self, name)
 
     def summary(self) -> dict[str, dict[str, float]]:
-        """{step: {count, mean_ms, p50_ms, p95_ms}} over the window."""
+        """{step: {count, mean_ms, p50_ms, p95_ms, p99_ms}} over the window."""
         out = {}
         for k, q in self._d.items():
             a = np.fromiter(q, dtype=np.float64)
@@ -36,6 +36,7 @@ class Timings:
                 "mean_ms": float(a.mean()),
                 "p50_ms": float(np.percentile(a, 50)),
                 "p95_ms": float(np.percentile(a, 95)),
+                "p99_ms": float(np.percentile(a, 99)),
             }
         return out
 
