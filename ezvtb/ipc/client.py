@@ -175,7 +175,8 @@ class Client:
         self.ring: RingView | None = None
         try:
             self._handshake(startup_timeout)
-        except BaseException:
+        except BaseException as e:
+            self._describe_exit(e)
             self._abort()
             raise
 
