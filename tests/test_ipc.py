@@ -406,6 +406,30 @@ def test_a_client_that_stops_reading_does_not_grow_the_server(transport, tmp_pat
         peer.close()
 
 
+def test_stdio_requests_written_then_closed_are_all_answered_before_exit(tmp_path, image):
+    """`cat requests.bin | ezvtb serve --transport stdio > replies.bin` works: EOF on stdin is not
+    the end of the replies."""
+    requests = (P.encode(P.Msg.HELLO, 1, P.HELLO.pack(0, 0, 0))
+                + P.encode(P.Msg.SET_IMAGE, 2, P.IMAGE.pack(0, 3, b"u", 1, 512, 512, 4, 0) + image.tobytes())
+                + P.encode(P.Msg.POSE, 3, P.POSE.pack(0, *[0.0] * 45))
+                + P.encode(P.Msg.STATS, 4))
+    (tmp_path / "requests.bin").write_bytes(requests)
+    with open(tmp_path / "requests.bin", "rb") as fin, open(tmp_path / "replies.bin", "wb") as fout:
+        rc = subprocess.run(serve_argv("stdio", "-o", "use_interpolation=false"), stdin=fin, stdout=fout,
+                            timeout=60).returncode
+    assert rc == 0
+    data = (tmp_path / "replies.bin").read_bytes()
+    got = []
+    while data:
+        _, _, t, seq, length = P.HEADER.unpack_from(data)
+        got.append((t, seq))
+        if t == P.Msg.FRAMES:
+            frame = np.frombuffer(data, np.uint8, 512 * 512 * 4, 16 + P.FRAMES.size).reshape(512, 512, 4)
+            assert np.array_equal(frame, image)
+        data = data[16 + length:]
+    assert got == [(P.Msg.WELCOME, 1), (P.Msg.OK, 2), (P.Msg.FRAMES, 3), (P.Msg.STATS_REPLY, 4)]
+
+
 CHILD = textwrap.dedent("""
     import json, os, signal, sys
     import numpy as np

@@ -303,7 +303,8 @@ class Server:
                         data = self.ch.read(READ_CHUNK)
                     except InterruptedError:
                         data = None
-                    if data == b"":
+                    if data == b"":  # answer what was asked before the client hung up, then go
+                        self._flush(block=True, deadline_s=10.0)
                         return "client disconnected"
                     if data:
                         self.reader.feed(data)
