@@ -73,16 +73,26 @@ def resolve_options(options: dict[str, Any]) -> dict[str, Any]:
     return dict(bound.arguments)
 
 
-def expected_output(engine: str, options: dict[str, Any]) -> tuple[tuple[int, int, int], int]:
-    """(frame shape, frames per inference) that `engine` built from `options` produces."""
+def expected_output(engine: str, options: dict[str, Any], core: Any = None) -> tuple[tuple[int, int, int], int]:
+    """(frame shape, frames per inference) that `engine` built from `options` produces.
+
+    Frames per call: `interpolation_scale` with `use_interpolation`, else 1. Shape: 512x512x4, or
+    1024x1024x4 with `use_sr` (both SR models output 1024x1024); a built `core` whose last stage
+    declares its output (`out_spec`) is taken at its word. Every frame is checked at runtime too.
+    """
     a = resolve_options(options)
     if engine == "echo":
         from ezvtb.ipc.echo import echo_frames
 
         return (512, 512, 4), echo_frames(a)
     n = int(a["interpolation_scale"]) if a["use_interpolation"] else 1
-    k = (4 if a["sr_x4"] else 2) if a["use_sr"] else 1
-    return (512 * k, 512 * k, 4), n
+    shape = (1024, 1024, 4) if a["use_sr"] else (512, 512, 4)
+    for stage in getattr(core, "after", None) or []:
+        out = getattr(stage, "out_spec", None)
+        dims = tuple(getattr(out, "shape", ()) or ())
+        if len(dims) == 3 and dims[2] == 4 and all(isinstance(d, int) and d > 0 for d in dims):
+            shape = dims
+    return shape, n
 
 
 def build_engine(engine: str, options: dict[str, Any]) -> Any:
@@ -648,7 +658,7 @@ def serve(transport: str = "stdio", options: dict[str, Any] | None = None, *, en
         t0 = time.perf_counter()
         try:
             core = build_engine(engine, options)  # get_core checks every option first
-            shape, n = expected_output(engine, options)
+            shape, n = expected_output(engine, options, core)
             log.info("%s engine ready in %.1f s", engine, time.perf_counter() - t0)
         except Exception as e:  # noqa: BLE001 - reported to the client at HELLO
             log.error("could not build the %s engine: %s: %s", engine, type(e).__name__, e)
