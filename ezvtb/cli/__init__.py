@@ -10,7 +10,7 @@ import importlib
 import logging
 import sys
 
-SUBCOMMANDS = ("demo", "export", "doctor", "serve")
+SUBCOMMANDS = ("demo", "export", "doctor", "serve", "run", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

