@@ -599,3 +599,22 @@ def test_frames_dropped_reaches_the_client_as_an_exception_and_it_recovers(tmp_p
         assert e.value.reason == P.DropReason.NO_SLOT
         c._held = held
         assert np.array_equal(c.inference(pose())[0], image)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_late_replies_are_skipped_and_their_slot_groups_handed_back(transport, image):
+    """Replies to requests the client no longer waits for (e.g. after a timeout) are skipped by seq;
+    a late FRAMES over shm still hands its group to the client, which returns it with the next POSE."""
+    with Client.spawn(transport, engine="echo", use_interpolation=False, timeout=30) as c:
+        c.setImage(image)
+        c._stream.send(P.encode(P.Msg.STATS, 900_000))
+        c._stream.send(P.encode(P.Msg.POSE, 900_001, P.POSE.pack(0, *[0.0] * 40 + [1.0] + [0.0] * 4)))
+        time.sleep(0.2)  # both requests are answered before the next one is even sent
+        out = c.inference(pose(0, 0))[0]
+        assert np.array_equal(out, image)  # its own frames, not the late ones (shifted by head_y = 1)
+        s = c.stats()
+        assert s["ipc"]["client"]["stale_replies"] == 2
+        if transport == "shm":
+            assert len(s["ipc"]["server"]["groups_held_by_client"]) == 2
+            c.inference(pose(0, 0))
+            assert len(c.stats()["ipc"]["server"]["groups_held_by_client"]) == 1
