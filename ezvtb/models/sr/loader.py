@@ -108,7 +108,7 @@ def detect_sr(sd: Mapping[str, Tensor], what: str = "state dict") -> SrConfig:
         if "body.1.weight" not in sd:
             raise SrCheckpointError(f"{what}: SRVGGNetCompact without PReLU slopes (body.1.weight): only the PReLU "
                                     "variant (realesr-animevideov3, realesr-general-x4v3) is supported")
-        convs = [i for i in idx if len(_shape(sd, f"body.{i}.weight", what)) == 4]
+        convs = [i for i in idx if f"body.{i}.weight" in sd and sd[f"body.{i}.weight"].ndim == 4]
         if convs != list(range(0, 2 * len(convs) - 1, 2)) or len(convs) < 2:
             raise SrCheckpointError(f"{what}: SRVGGNetCompact convolutions must be body.0, body.2, ..., got "
                                     f"{['body.%d' % i for i in convs]}")
