@@ -106,3 +106,10 @@ def test_bench_real_core_with_reference_and_json(tmp_path, capsys):
     assert fig["reference"]["count"] == 3 and fig["ratio_reference_over_ours_p50"] > 0
     assert fig["tha_runs"]["decomposer"] == 0 and fig["tha_runs"]["editor"] == 3
     assert "ref/ours" in text and "| inference" in text and "output fps" in text
+
+
+def test_json_figures_are_plain_json():
+    import pathlib
+
+    out = bench._jsonable({"a": float("nan"), "b": np.float32(1.5), "c": [np.int64(3), pathlib.Path("x")], 4: None})
+    assert json.loads(json.dumps(out, allow_nan=False)) == {"a": None, "b": 1.5, "c": [3, "x"], "4": None}

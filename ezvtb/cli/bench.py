@@ -219,6 +219,21 @@ def format_table(fig: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _jsonable(x: Any) -> Any:
+    """Plain JSON: NaN/inf -> None, numpy scalars -> Python numbers, paths -> str."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.integer, np.floating)):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, os.PathLike):
+        return os.fspath(x)
+    return x
+
+
 def run(args: argparse.Namespace) -> int:
     from ezvtb import get_core
 
@@ -242,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
                         "standard" if not kwargs["model_seperable"] else "separable", " fp16" if kwargs["model_half"] else "")
         ref_ms = run_reference(image, poses, args.warmup, args.threads, not args.no_progress)
     fig = figures(res, args.fps, ref_ms)
-    fig["options"] = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in kwargs.items()}
+    fig["options"] = dict(kwargs)
     fig["trace"] = args.trace or "built-in"
     fig["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python " \
                      f"{platform.python_version()}"
@@ -254,6 +269,6 @@ def run(args: argparse.Namespace) -> int:
         from ezvtb.atomic import atomic_write
 
         with atomic_write(args.json, "w") as f:
-            json.dump(fig, f, indent=2, default=float)
+            json.dump(_jsonable(fig), f, indent=2)
         log.info("figures written to %s", args.json)
     return 0
