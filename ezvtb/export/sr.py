@@ -110,7 +110,13 @@ def build_upscaler(model: str, noise: int = 0, precision: str = "fp32", alpha: s
 
 
 def export_onnx(module, size: int) -> bytes:
-    """Export an `Upscaler` (either quantize mode) for a uint8 [size, size, 4] input; ONNX bytes."""
+    """Export an `Upscaler` (either quantize mode) for a uint8 [size, size, 4] input; ONNX bytes.
+
+    The exporter leaves the output's spatial dims unnamed (replicate padding defeats its shape
+    inference), so the static output shape is written into the graph and checked with ONNX's
+    shape inference.
+    """
+    import onnx
     import torch
 
     frame = torch.from_numpy(synthetic_frame(size))
@@ -119,7 +125,15 @@ def export_onnx(module, size: int) -> bytes:
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (frame,), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           opset_version=OPSET, do_constant_folding=True, dynamo=False)
-    return buf.getvalue()
+    model = onnx.load_from_string(buf.getvalue())
+    k = module.scale
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    for d, v in zip(dims, (k * size, k * size, 4)):
+        d.Clear()
+        d.dim_value = v
+    onnx.checker.check_model(model)
+    onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    return model.SerializeToString()
 
 
 def verify_export(onnx_bytes: bytes, model: str, noise: int, precision: str, alpha: str, size: int,
