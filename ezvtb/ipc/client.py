@@ -88,7 +88,7 @@ class _Stream:
         while got < n:
             if deadline is not None and got == 0:
                 left = deadline - time.monotonic()
-                if left <= 0 or not select.select([self.rfd], [], [], left)[0]:
+                if left <= 0 or not _readable(self.rfd, left):
                     raise TimeoutError("no reply from the ezvtb server in time")
             try:
                 k = self.sock.recv_into(view[got:]) if self.sock is not None else os.readv(self.rfd, [view[got:]])
@@ -97,6 +97,12 @@ class _Stream:
             if k == 0:
                 raise ServerGone("the ezvtb server closed the connection")
             got += k
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return bool(p.poll(max(0, int(timeout * 1000 + 0.999))))
 
 
 def _advance(views: list[memoryview], n: int) -> list[memoryview]:

@@ -198,6 +198,21 @@ class SocketChannel(Channel):
             pass
 
 
+def wait_fds(rfds: list[int], wfds: list[int], timeout: float | None) -> tuple[bool, bool]:
+    """poll(2) for readable `rfds` / writable `wfds` (no FD_SETSIZE limit); (any readable, any writable).
+    Hang-up and errors count as readable (the read returns EOF) and as writable (the write fails)."""
+    p = select.poll()
+    for fd in rfds:
+        p.register(fd, select.POLLIN)
+    for fd in wfds:
+        p.register(fd, select.POLLOUT | (select.POLLIN if fd in rfds else 0))
+    events = p.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.999)))
+    bad = select.POLLHUP | select.POLLERR | select.POLLNVAL
+    r = any(ev & (select.POLLIN | bad) for fd, ev in events if fd in rfds)
+    w = any(ev & (select.POLLOUT | bad) for fd, ev in events if fd in wfds)
+    return r, w
+
+
 def grow_pipe(fd: int, size: int) -> None:
     """Best effort: raise a pipe's kernel buffer to `size` (capped at pipe-max-size). Linux only."""
     op = getattr(fcntl, "F_SETPIPE_SZ", None)
@@ -305,7 +320,7 @@ class Server:
                 rl = [] if pause else [self.ch.in_fd]
                 wl = [self.ch.out_fd] if self.q else []
                 timeout = None if pause else self.reader.seconds_to_stall(self.message_timeout)
-                r, w, _ = select.select(rl, wl, [], timeout)
+                r, w = wait_fds(rl, wl, timeout)
                 if w:
                     self._flush()
                 if r:
@@ -319,6 +334,7 @@ class Server:
                     if data:
                         self.reader.feed(data)
                         self._drain()
+                        self.reader.touch()  # time spent rendering is not the client's stall
                 elif not w and not pause and self.reader.stalled(self.message_timeout):
                     self._issue(self.reader.abandon(self.message_timeout))
                 if self.q:
@@ -582,7 +598,7 @@ class Server:
                 return
             if not block or time.monotonic() > end:
                 return
-            select.select([], [self.ch.out_fd], [], max(0.0, end - time.monotonic()))
+            wait_fds([], [self.ch.out_fd], max(0.0, end - time.monotonic()))
 
     def stats(self) -> dict[str, Any]:
         """{"core": the engine's stats(), "server": counters} (see docs/ipc.md)."""
