@@ -618,3 +618,20 @@ def test_late_replies_are_skipped_and_their_slot_groups_handed_back(transport, i
             assert len(s["ipc"]["server"]["groups_held_by_client"]) == 2
             c.inference(pose(0, 0))
             assert len(c.stats()["ipc"]["server"]["groups_held_by_client"]) == 1
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_call_interrupted_mid_reply_leaves_a_clear_error_not_garbage(transport, image):
+    """E.g. Ctrl-C while a frame is arriving: the stream position is unknown, so the client refuses
+    further calls with ServerGone instead of misreading bytes; close() still stops the server."""
+    c = Client.spawn(transport, engine="echo", use_interpolation=False, timeout=30)
+    proc = c._res.proc
+    try:
+        c.setImage(image)
+        c._stream.send(P.encode(P.Msg.STATS, 4242))
+        c._stream.recv_into(memoryview(bytearray(5)))  # part of the reply's header, then "interrupted"
+        with pytest.raises(ServerGone, match="interrupted in the middle of a reply"):
+            c.inference(pose())
+    finally:
+        c.close()
+    assert proc.returncode is not None

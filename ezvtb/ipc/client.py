@@ -63,6 +63,7 @@ class _Stream:
 
     def __init__(self, rfd: int, wfd: int, sock: socket.socket | None = None) -> None:
         self.rfd, self.wfd, self.sock = rfd, wfd, sock
+        self.nread = 0  # bytes received so far (the client checks it against message boundaries)
 
     def send(self, *parts: bytes | bytearray | memoryview) -> None:
         try:
@@ -97,6 +98,7 @@ class _Stream:
             if k == 0:
                 raise ServerGone("the ezvtb server closed the connection")
             got += k
+            self.nread += k
 
 
 def _readable(fd: int, timeout: float) -> bool:
@@ -175,6 +177,7 @@ class Client:
         self._broken: BaseException | None = None
         self._held = 0  # shm: release mask of groups we own, handed back with the next POSE
         self._hdr = bytearray(P.HEADER_SIZE)
+        self._boundary = 0  # stream offset where the next reply starts (== nread between calls)
         self.timings = Timings()
         self._counts = {"requests": 0, "frames": 0, "dropped": 0, "errors": 0, "stale_replies": 0}
         self.server_info: dict[str, Any] = {}
@@ -355,7 +358,7 @@ class Client:
             if self._closed:
                 return
             self._closed = True
-            if self._broken is None:
+            if self._broken is None and self._stream.nread == self._boundary:
                 try:
                     seq = self._next_seq()
                     self._stream.send(P.encode(P.Msg.SHUTDOWN, seq))
@@ -386,8 +389,11 @@ class Client:
     def _check(self) -> None:
         if self._closed:
             raise RuntimeError("this ezvtb.ipc.Client is closed")
+        if self._broken is None and self._stream.nread != self._boundary:
+            self._broken = P.ProtocolError("a call was interrupted in the middle of a reply")
         if self._broken is not None:
-            raise ServerGone(f"the connection to the ezvtb server is broken: {self._broken}")
+            raise ServerGone(f"the connection to the ezvtb server is broken: {self._broken}; close this "
+                             "client and start or connect a new one")
 
     def _next_seq(self) -> int:
         self._seq = self._seq + 1 if self._seq < P.MAX_SEQ else 1
@@ -419,8 +425,10 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         hdr = memoryview(self._hdr)
         while True:
+            start = self._stream.nread
             self._stream.recv_into(hdr, deadline)
             magic, version, t, rseq, length = P.HEADER.unpack_from(hdr)
+            self._boundary = start + P.HEADER_SIZE + length
             if magic != P.MAGIC:
                 raise P.ProtocolError(f"bad reply header {bytes(hdr)!r}: the stream is out of sync")
             if version != P.PROTOCOL_VERSION:
