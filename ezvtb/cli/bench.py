@@ -219,6 +219,21 @@ def format_table(fig: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def machine() -> str:
+    """CPU model, core count, Python and onnxruntime versions (one line)."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    try:
+        import onnxruntime
+
+        ort = f", onnxruntime {onnxruntime.__version__}"
+    except ImportError:
+        ort = ""
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}{ort}"
+
+
 def _jsonable(x: Any) -> Any:
     """Plain JSON: NaN/inf -> None, numpy scalars -> Python numbers, paths -> str."""
     if isinstance(x, dict):
@@ -259,11 +274,10 @@ def run(args: argparse.Namespace) -> int:
     fig = figures(res, args.fps, ref_ms)
     fig["options"] = dict(kwargs)
     fig["trace"] = args.trace or "built-in"
-    fig["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python " \
-                     f"{platform.python_version()}"
+    fig["machine"] = machine()
     fig["variant"] = getattr(core, "variant", "")
     print(f"ezvtb bench: {fig['variant']} backend={kwargs['backend']}, {fig['poses']} poses "
-          f"({fig['trace']}), warmup {args.warmup}")
+          f"({fig['trace']}), warmup {args.warmup}; {fig['machine']}")
     print(format_table(fig))
     if args.json:
         from ezvtb.atomic import atomic_write
