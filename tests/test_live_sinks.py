@@ -255,3 +255,15 @@ def test_null_sink_counts():
     for f in frames(3):
         s.write(f)
     assert s.stats()["frames"] == 3
+
+
+def test_raw_stdout_refuses_a_terminal():
+    import pty
+
+    master, slave = pty.openpty()
+    code = ("import sys\nfrom ezvtb.live.sinks import open_sink\n"
+            "try:\n    open_sink('raw:-')\nexcept ValueError as e:\n    print('refused:', e, file=sys.stderr)\n")
+    r = subprocess.run([sys.executable, "-c", code], stdout=slave, stderr=subprocess.PIPE, timeout=60)
+    os.close(slave)
+    os.close(master)
+    assert r.returncode == 0 and b"refused: output raw:- writes binary frames" in r.stderr

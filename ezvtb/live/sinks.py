@@ -142,6 +142,9 @@ class RawSink(FrameSink):
         self.path = path
         self._f: BinaryIO | None = None
         self._stack = contextlib.ExitStack()
+        if path == "-" and sys.stdout.isatty():
+            raise ValueError("output raw:- writes binary frames to stdout, which is a terminal here; pipe it into "
+                             "a program (| ffmpeg -f rawvideo -pix_fmt bgra -s 512x512 -r 30 -i - ...) or use raw:PATH")
         if path != "-":
             p = Path(path)
             if p.exists() and not (stat.S_ISFIFO(p.stat().st_mode) or stat.S_ISCHR(p.stat().st_mode)
