@@ -59,6 +59,14 @@ class ByteLRU(Generic[V]):
         self.bytes += size
         return True
 
+    def pop(self, key: Hashable) -> V | None:
+        """Remove `key` (not counted as an eviction); returns its value or None."""
+        item = self._d.pop(key, None)
+        if item is None:
+            return None
+        self.bytes -= item[1]
+        return item[0]
+
     def clear(self) -> None:
         self._d.clear()
         self.bytes = 0
