@@ -90,6 +90,9 @@ def get_core(
     rife_model: str | os.PathLike | None = None,
     sr_region: tuple[int, int] | None = None,
     sr_alpha: str = "model",
+    cacher_on_database: bool = False,
+    cacher_db_path: str | os.PathLike | None = None,
+    pose_quantization: float | None = None,
 ) -> Core:
     """Build a core. Options follow the seed interface (`ezvtb_interface.get_core`).
 
@@ -100,7 +103,14 @@ def get_core(
     model_vram_cache: keep that LRU in device memory on GPU backends (host RAM otherwise).
     model_use_eyebrow: False skips eyebrow morphing (combiner runs once per image).
     use_interpolation / interpolation_scale / interpolation_half: RIFE stage (see ezvtb.stages.rife).
-    use_cacher / cacher_*: output cache (see ezvtb.cache).
+    use_cacher / cacher_quality / cacher_ram_size: output cache of THA frames (see ezvtb.cache):
+        JPEG quality 1..99 (colour 4:4:4 + alpha planes), 100 = lossless (QOI, else lz4, else raw);
+        budget in GB (RAM LRU, or the LMDB map size with cacher_on_database).
+    cacher_on_database / cacher_db_path (keyword-only): keep the cache in an LMDB environment at
+        that path (default ``$EZVTB_HOME/output_cache.lmdb``), shared by processes and restarts.
+    pose_quantization (keyword-only): None, or a step in (0, 1]: every pose parameter is snapped
+        to multiples of it before THA runs, so nearby poses share a cached frame (hit rate and
+        PSNR per step: README, "Output cache"). Default None: poses are used as given.
     use_sr / sr_x4 / sr_half / sr_noise: super-resolution stage (see ezvtb.stages.sr), the last stage,
         output 1024x1024. sr_x4=False: waifu2x UpConv7 2x of the whole frame, sr_noise = denoise
         level 0..3 or -1 for the plain scale2x model. sr_x4=True: Real-ESRGAN animevideov3 4x of a
@@ -136,6 +146,16 @@ def get_core(
         from ezvtb.stages.sr import check_sr_options
 
         check_sr_options(sr_x4, sr_half, sr_noise, sr_region, sr_alpha)
+    use_cacher = _check_bool("use_cacher", use_cacher)
+    if pose_quantization is not None and (isinstance(pose_quantization, bool) or not isinstance(
+            pose_quantization, (int, float)) or not 0.0 < float(pose_quantization) <= 1.0):
+        raise ValueError(f"pose_quantization: expected None or a step in (0, 1], got {pose_quantization!r}")
+    if use_cacher:  # checked before any export; an LMDB path is opened once to check it
+        from ezvtb.cache import probe_cacher_options
+
+        probe_cacher_options(cacher_quality, cacher_ram_size, cacher_on_database, cacher_db_path)
+    elif cacher_on_database or cacher_db_path is not None:
+        raise ValueError("cacher_on_database / cacher_db_path: given with use_cacher=False; pass use_cacher=True")
     backend = select_backend(backend, _check_bool("use_tensorrt", use_tensorrt))
     variant = "separable" if model_seperable else "standard"
     precision = "fp16" if model_half else "fp32"
@@ -159,8 +179,10 @@ def get_core(
 
     # --- output cache (issue 3) -------------------------------------------------------------
     cache = None
-    if _check_bool("use_cacher", use_cacher):
-        raise NotImplementedError("use_cacher=True: the output cache is being built; pass use_cacher=False")
+    if use_cacher:
+        from ezvtb.cache import create_output_cache
+
+        cache = create_output_cache(cacher_quality, cacher_ram_size, cacher_on_database, cacher_db_path)
 
     # --- frame stages after THA: RIFE (issue 4), then super-resolution (issue 4) ------------
     after = []
@@ -176,4 +198,4 @@ def get_core(
                                      max_frames=interpolation_scale if use_interpolation else 1,
                                      **session_options))
 
-    return Core(tha, cache=cache, after=after, variant=tha_variant)
+    return Core(tha, cache=cache, after=after, variant=tha_variant, pose_quantization=pose_quantization)
