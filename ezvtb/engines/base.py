@@ -116,9 +116,54 @@ class Session(abc.ABC):
     def output(self, name: str) -> Any:
         """The session-owned buffer that receives output `name`."""
 
-    def to_host(self, value: Any) -> np.ndarray:
-        """A host numpy view/copy of one of this session's buffers (identity on CPU)."""
-        return value
+    # -- buffers ----------------------------------------------------------------------------
+    # Stages move data only through these, so they never branch on the backend. The defaults
+    # are the host (numpy) versions; device sessions (`on_device`) override them with the
+    # `ezvtb.engines.memory` operations of their memory. A value may always be a host array.
+
+    @property
+    def on_device(self) -> bool:
+        """True when this session's outputs are device buffers (`DeviceBuffer`)."""
+        return False
+
+    def alloc(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        """A new zeroed buffer in this session's memory, owned by the caller."""
+        return np.zeros(shape, dtype)
+
+    def host_array(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """A host array suited to `to_host` downloads (page-locked on CUDA), owned by the caller."""
+        return np.zeros(shape, dtype)
+
+    def copy_into(self, dst: Any, src: Any) -> None:
+        """dst <- src (same shape/dtype); src is a host array or a buffer of this session's memory."""
+        if not isinstance(src, np.ndarray):
+            src = _download(src)
+        np.copyto(dst, src)
+
+    def copy_buffer(self, value: Any) -> Any:
+        """A copy of `value` that survives the next `run` (same memory), owned by the caller."""
+        return value.copy() if isinstance(value, np.ndarray) else _download(value)
+
+    def view(self, value: Any, index: int) -> Any:
+        """``value[index]`` along the first axis, without a copy."""
+        return value[index]
+
+    def crop_into(self, dst: Any, src: Any, top: int, left: int) -> None:
+        """dst (h, w, C) <- src[top:top+h, left:left+w] of an (H, W, C) frame."""
+        if not isinstance(src, np.ndarray):
+            src = _download(src)
+        h, w = dst.shape[:2]
+        np.copyto(dst, src[top:top + h, left:left + w])
+
+    def to_host(self, value: Any, out: np.ndarray | None = None) -> np.ndarray:
+        """`value` as a host array: written into `out` when given, else `value` itself on host
+        sessions (no copy) or a new array."""
+        if not isinstance(value, np.ndarray):
+            return _download(value, out)
+        if out is None or out is value:
+            return value
+        np.copyto(out, value)
+        return out
 
     def close(self) -> None:  # pragma: no cover - trivial default
         pass
@@ -142,3 +187,15 @@ class Session(abc.ABC):
             v = feeds[t.name]
             if isinstance(v, np.ndarray):
                 t.check(v, f"graph {self.spec.name!r} input")
+            elif hasattr(v, "shape") and hasattr(v, "dtype") and not callable(v.shape):
+                if tuple(v.shape) != t.shape or np.dtype(v.dtype) != t.np_dtype:
+                    raise ValueError(f"graph {self.spec.name!r} input {t.name!r}: expected "
+                                     f"{t.dtype}{list(t.shape)}, got {np.dtype(v.dtype)}{list(v.shape)}")
+
+
+def _download(value: Any, out: np.ndarray | None = None) -> np.ndarray:
+    """Host copy of a device buffer through its own memory (a buffer that reached a host session)."""
+    memory = getattr(value, "memory", None)
+    if memory is None:
+        raise TypeError(f"expected a numpy array or a DeviceBuffer, got {type(value).__name__}")
+    return memory.to_host(value, out)

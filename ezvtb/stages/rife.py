@@ -32,7 +32,14 @@ class RifeStage:
     of one buffer owned by the stage, allocated once and overwritten by the next `run`: copy what
     must outlive it. The stage keeps its own copy of the previous frame, so the caller may reuse
     `frame`'s buffer (THA's editor output) right away.
+
+    On a device session `frame` may also be a device buffer of the same memory (THA's editor
+    output): the previous frame is kept in device memory and the result is downloaded once. With
+    ``device_output=True`` (set when SR follows on the same device) the returned frames are
+    device views of the session's output buffer instead, valid until the next `run`.
     """
+
+    device_output = False
 
     def __init__(self, session: Session, version: str = "hdv3", precision: str = "fp32") -> None:
         spec = session.spec
@@ -48,8 +55,8 @@ class RifeStage:
         self.version = version
         self.precision = precision
         self.frame_spec = spec.inputs[1]
-        self._prev = np.zeros(self.frame_spec.shape, np.uint8)
-        self._out = np.zeros(out.shape, np.uint8)
+        self._prev = session.alloc(self.frame_spec.shape, np.uint8)
+        self._out = session.host_array(out.shape, np.uint8)
         self._views = [self._out[i] for i in range(self.scale)]
         self._has_prev = False
         self.timings = Timings()
@@ -65,29 +72,42 @@ class RifeStage:
             got = f"{type(frames).__name__} of {len(frames)}" if isinstance(frames, (list, tuple)) else type(frames).__name__
             raise ValueError(f"frames: expected a list holding one THA frame, got {got}")
         frame = frames[0]
-        if not isinstance(frame, np.ndarray):
+        if not isinstance(frame, np.ndarray) and not (self.session.on_device and hasattr(frame, "memory")):
             raise ValueError(f"frames[0]: expected a uint8 {list(self.frame_spec.shape)} BGRA array, got "
                              f"{type(frame).__name__}")
-        self.frame_spec.check(frame, "frames[0]")
+        if tuple(frame.shape) != self.frame_spec.shape or np.dtype(frame.dtype) != np.uint8:
+            raise ValueError(f"frames[0]: expected uint8{list(self.frame_spec.shape)}, got "
+                             f"{np.dtype(frame.dtype)}{list(frame.shape)}")
         return frame
 
-    def run(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+    def run(self, frames: list[Any]) -> list[Any]:
         """[THA frame] -> `scale` frames (views of the stage's buffer; see the class docstring)."""
         frame = self._frame(frames)
+        s = self.session
         with self.timings.time("rife"):
             if not self._has_prev:
-                self._out[:] = frame
+                if self.device_output:
+                    result = [frame] * self.scale
+                else:
+                    s.to_host(frame, self._out[-1])
+                    self._out[:-1] = self._out[-1]
+                    result = list(self._views)
                 self.repeats += 1
             else:
-                res = self.session.run({INPUT_NAMES[0]: self._prev, INPUT_NAMES[1]: frame})
-                np.copyto(self._out, self.session.to_host(res[OUTPUT_NAME]))
+                res = s.run({INPUT_NAMES[0]: self._prev, INPUT_NAMES[1]: frame})[OUTPUT_NAME]
+                if self.device_output:
+                    result = [s.view(res, i) for i in range(self.scale)]
+                else:
+                    s.to_host(res, self._out)
+                    result = list(self._views)
                 self.runs += 1
-            np.copyto(self._prev, frame)
+            s.copy_into(self._prev, frame)
             self._has_prev = True
-        return list(self._views)
+        return result
 
     def stats(self) -> dict[str, Any]:
         return {"version": self.version, "scale": self.scale, "precision": self.precision,
+                "device": bool(self.session.on_device), "device_output": bool(self.device_output),
                 "runs": self.runs, "repeats": self.repeats, "latency": self.timings.summary()}
 
     def close(self) -> None:

@@ -47,6 +47,8 @@ class SrStage:
     (k*S, k*S, 4) BGRA arrays (1024x1024). Output i is a buffer owned by the stage, allocated once
     per frame index and overwritten by the next `run`: copy what must outlive it. The input frames
     are only read. For ``animevideov3`` the `region` is copied into a preallocated input buffer.
+    On a device session the frames may also be device buffers of the same memory (RIFE's or
+    THA's outputs): the crop happens in device memory and each result is downloaded once.
     """
 
     def __init__(self, session: Session, model: str, region: tuple[int, int] | None = None,
@@ -75,23 +77,25 @@ class SrStage:
             self.region = check_region(DEFAULT_REGION if region is None else region, size, frame_size,
                                        name="sr_region")
             self.frame_shape = (frame_size, frame_size, 4)
-            self._crop = np.zeros(self.in_spec.shape, np.uint8)
+            self._crop = session.alloc(self.in_spec.shape, np.uint8)
         self.max_frames = max_frames
-        self._outs = [np.zeros(self.out_spec.shape, np.uint8) for _ in range(max_frames)]
+        self._outs = [session.host_array(self.out_spec.shape, np.uint8) for _ in range(max_frames)]
         self.timings = Timings()
         self.runs = 0
 
     def reset(self) -> None:
         """Nothing to forget between characters (SR has no temporal state)."""
 
-    def _check(self, frames: Any) -> list[np.ndarray]:
+    def _check(self, frames: Any) -> list[Any]:
         if not isinstance(frames, (list, tuple)) or not 1 <= len(frames) <= self.max_frames:
             got = f"{type(frames).__name__} of {len(frames)}" if isinstance(frames, (list, tuple)) \
                 else type(frames).__name__
             raise ValueError(f"frames: expected a list of 1..{self.max_frames} frames, got {got}")
+        device = self.session.on_device
         for i, f in enumerate(frames):
-            if not isinstance(f, np.ndarray) or f.dtype != np.uint8 or f.shape != self.frame_shape:
-                got = f"{f.dtype}{list(f.shape)}" if isinstance(f, np.ndarray) else type(f).__name__
+            ok_type = isinstance(f, np.ndarray) or (device and hasattr(f, "memory"))
+            if not ok_type or np.dtype(f.dtype) != np.uint8 or tuple(f.shape) != self.frame_shape:
+                got = f"{np.dtype(f.dtype)}{list(f.shape)}" if ok_type else type(f).__name__
                 raise ValueError(f"frames[{i}]: expected a uint8 {list(self.frame_shape)} BGRA array, got {got}")
         return list(frames)
 
@@ -101,17 +105,15 @@ class SrStage:
         with self.timings.time("sr"):
             for i, f in enumerate(frames):
                 if self._crop is not None:
-                    top, left = self.region
-                    s = self._crop.shape[0]
-                    np.copyto(self._crop, f[top:top + s, left:left + s])
+                    self.session.crop_into(self._crop, f, *self.region)
                     f = self._crop
                 res = self.session.run({INPUT_NAME: f})
-                np.copyto(self._outs[i], self.session.to_host(res[OUTPUT_NAME]))
+                self.session.to_host(res[OUTPUT_NAME], self._outs[i])
                 self.runs += 1
         return self._outs[:len(frames)]
 
     def stats(self) -> dict[str, Any]:
-        return {"model": self.model, "region": self.region, "runs": self.runs,
+        return {"model": self.model, "region": self.region, "runs": self.runs, "device": bool(self.session.on_device),
                 "output_shape": list(self.out_spec.shape), "latency": self.timings.summary()}
 
     def close(self) -> None:

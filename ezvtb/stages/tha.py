@@ -8,6 +8,10 @@ Per frame (`run`):
   * rotator and editor always (the rotation slice enters at their first layer).
 With a model cache budget, combiner outputs (keyed by pose[0:12]) and morpher outputs (keyed by
 pose[0:39]) are kept in byte-budgeted LRUs, so poses seen before skip those graphs.
+
+Buffers: on device sessions every intermediate stays in device memory (session buffers are fed
+to the next graph by address). The LRU entries are device copies with ``cache_on_device=True``
+(get_core's ``model_vram_cache``) and host numpy copies otherwise (uploaded again on a hit).
 """
 from __future__ import annotations
 
@@ -37,18 +41,25 @@ class ThaStage:
 
     `sessions` maps each of ``decomposer, combiner, morpher, rotator, editor`` to a `Session`
     whose spec is `ezvtb.models.tha3.spec.graph_spec(stage, precision)`.
-    `run` returns the editor's uint8 (512, 512, 4) BGRA output buffer, owned by the editor
-    session and overwritten by the next `run`.
+    `run` returns the frame, uint8 (512, 512, 4) BGRA, overwritten by the next `run`: a host
+    array owned by the stage (the editor session's own buffer on host sessions), or, with
+    ``device_output=True`` on a device session, the editor session's device buffer (for a next
+    stage on the same device; `to_host` downloads it).
+    cache_on_device: keep the LRU entries in the sessions' (device) memory; False keeps host copies.
     """
 
+    device_output = False
+
     def __init__(self, sessions: Mapping[str, Session], use_eyebrow: bool = True,
-                 cache_bytes: int = 0) -> None:
+                 cache_bytes: int = 0, cache_on_device: bool = True) -> None:
         missing = [s for s in STAGES if s not in sessions]
         if missing:
             raise ValueError(f"sessions: missing THA3 stages {missing}")
         self.sessions = dict(sessions)
         self.use_eyebrow = bool(use_eyebrow)
         self.cache_bytes = int(cache_bytes)
+        self.cache_on_device = bool(cache_on_device)
+        self._host_frame: np.ndarray | None = None
         self._combiner_lru: ByteLRU | None = None
         self._morpher_lru: ByteLRU | None = None
         if cache_bytes > 0:
@@ -75,13 +86,14 @@ class ThaStage:
         return out
 
     def _keep(self, stage: str, value: Any) -> Any:
-        """A copy of a session-owned buffer that survives the next run (for the LRUs)."""
-        if isinstance(value, np.ndarray):
-            return value.copy()
-        copy = getattr(self.sessions[stage], "copy_buffer", None)
-        if copy is None:
-            raise TypeError(f"{stage}: cannot copy a {type(value).__name__} buffer for the model cache")
-        return copy(value)
+        """A copy of a session-owned buffer that survives the next run, in the session's memory."""
+        return self.sessions[stage].copy_buffer(value)
+
+    def _cache_copy(self, stage: str, value: Any) -> Any:
+        """A copy for the LRU: device memory with `cache_on_device`, else a host numpy array."""
+        if self.cache_on_device or isinstance(value, np.ndarray):
+            return self._keep(stage, value)
+        return self.sessions[stage].to_host(value, np.empty(value.shape, value.dtype))
 
     # -- public API ------------------------------------------------------------------------
     def set_image(self, image: np.ndarray) -> None:
@@ -129,7 +141,7 @@ class ThaStage:
                     out = self._run_combiner()
                     cached = (out["face_crop"], out["face_features"])
                     if self._combiner_lru is not None:
-                        cached = (self._keep("combiner", cached[0]), self._keep("combiner", cached[1]))
+                        cached = (self._cache_copy("combiner", cached[0]), self._cache_copy("combiner", cached[1]))
                         self._combiner_lru.put(key, cached)
                 self._face_inputs = cached
                 self._last_eyebrow = key
@@ -147,7 +159,7 @@ class ThaStage:
                 })
                 cached = (out["face_morphed_full"], out["face_morphed_half"])
                 if self._morpher_lru is not None:
-                    cached = (self._keep("morpher", cached[0]), self._keep("morpher", cached[1]))
+                    cached = (self._cache_copy("morpher", cached[0]), self._cache_copy("morpher", cached[1]))
                     self._morpher_lru.put(key39, cached)
             self._morphed = cached
             self._last_face = key39
@@ -159,10 +171,22 @@ class ThaStage:
             "grid_change": rot["grid_change"],
             "rotation_pose": self._rotation_pose,
         })
-        return self.sessions["editor"].to_host(out["image"])
+        return out["image"] if self.device_output else self.to_host(out["image"])
+
+    def to_host(self, frame: Any) -> np.ndarray:
+        """`frame` (a `run` result) as a host array: identity for host arrays, else a download into
+        the stage's host buffer (page-locked on CUDA; overwritten by the next download)."""
+        if isinstance(frame, np.ndarray):
+            return frame
+        editor = self.sessions["editor"]
+        if self._host_frame is None:
+            self._host_frame = editor.host_array(frame.shape, frame.dtype)
+        return editor.to_host(frame, self._host_frame)
 
     def stats(self) -> dict[str, Any]:
-        s: dict[str, Any] = {"runs": dict(self.runs), "latency": self.timings.summary()}
+        s: dict[str, Any] = {"runs": dict(self.runs), "latency": self.timings.summary(),
+                             "device": bool(self.sessions["editor"].on_device),
+                             "cache_on_device": self.cache_on_device and bool(self.sessions["morpher"].on_device)}
         for name, lru in (("combiner_cache", self._combiner_lru), ("morpher_cache", self._morpher_lru)):
             if lru is not None:
                 s[name] = {"entries": len(lru), "bytes": lru.bytes, "budget": lru.budget,

@@ -4,6 +4,17 @@ ORT silently falls back to the CPU provider when a GPU provider fails to load (m
 libraries, no driver). We compare `get_providers()` with the request after creating the
 session: an explicitly requested backend that did not load is an error, under ``auto`` it is a
 warning.
+
+Buffers. A session runs in one of two modes (`OrtSession.on_device`):
+  * host: outputs are preallocated numpy arrays bound to the IO binding (on GPU providers ORT
+    copies each output to host at the end of the run);
+  * device: outputs are OrtValues allocated once in the provider's memory and handed out as
+    `DeviceBuffer`s; such buffers (or views of them) are bound as the next graph's inputs by
+    address, so chained graphs and stages never cross to the host. Host feeds (pose, image)
+    are uploaded by ORT (`bind_cpu_input`). Copies between buffers (model cache, RIFE's previous
+    frame, SR's crop) and downloads go through `ezvtb.engines.memory` (cuda-python on CUDA).
+Device mode is the default on the CUDA and TensorRT EPs when cuda-python is importable;
+``device_buffers=True`` on the CPU provider runs the same path with CPU OrtValues (tests).
 """
 from __future__ import annotations
 
@@ -16,6 +27,7 @@ import numpy as np
 
 from ezvtb.engines.base import GraphSpec, Session
 from ezvtb.engines.errors import BackendUnavailableError
+from ezvtb.engines.memory import HOST_PTR, DeviceBuffer, Memory
 
 log = logging.getLogger("ezvtb.engines.ort")
 
@@ -80,15 +92,25 @@ class OrtOptions:
     optimization: ORT graph optimisation level name; "all" enables the NCHWc layout
         transform, worth 20-40 % on CPU.
     allow_spinning: busy-wait between ops; off by default, it only helps on an idle machine.
-    trt_cache_dir / trt_fp16: TensorRT-EP engine cache folder and FP16 flag.
+    device_id: GPU index (CUDA, TensorRT EP, DirectML).
+    device_buffers: outputs in device memory, chained by address (see the module docstring).
+        None = on for the CUDA/TensorRT EPs when cuda-python is importable, off otherwise;
+        True on the CPU provider runs the device path with CPU OrtValues; DirectML is host only.
+    trt_cache_dir: TensorRT-EP engine and timing cache folder; None = ``$EZVTB_HOME/trt_ep``.
+    trt_fp16: TensorRT-EP FP16 flag. Leave it off for ezvtb's fp16 graphs: without it, ORT
+        builds a strongly typed network whose precisions follow the graph (grid math in fp32);
+        with it, TensorRT may run any fp32 layer in fp16.
+    trt_workspace_gb: TensorRT workspace limit (0 = TensorRT's default).
     """
 
     intra_op_threads: int = 0
     optimization: str = "all"
     allow_spinning: bool = False
     device_id: int = 0
+    device_buffers: bool | None = None
     trt_cache_dir: str | None = None
     trt_fp16: bool = False
+    trt_workspace_gb: float = 0.0
     extra_provider_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -132,11 +154,7 @@ class OrtSession(Session):
             if p in ("CUDAExecutionProvider", "TensorrtExecutionProvider", "DmlExecutionProvider"):
                 po["device_id"] = int(options.device_id)
             if p == "TensorrtExecutionProvider":
-                po["trt_fp16_enable"] = bool(options.trt_fp16)
-                if options.trt_cache_dir:
-                    os.makedirs(options.trt_cache_dir, exist_ok=True)
-                    po["trt_engine_cache_enable"] = True
-                    po["trt_engine_cache_path"] = options.trt_cache_dir
+                po.update(_trt_ep_options(options))
             po.update(options.extra_provider_options.get(p, {}))
             provider_options.append(po)
 
@@ -154,20 +172,51 @@ class OrtSession(Session):
             self._sess = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
         self._check_graph_matches_spec()
 
-        self._device = _DEVICE.get(self.backend)
+        self._ort_device, self.memory = self._choose_memory(options)
         self._binding = self._sess.io_binding()
         self._outputs: dict[str, Any] = {}
         for t in spec.outputs:
-            if self._device is None:
-                buf = np.empty(t.shape, dtype=t.np_dtype)
+            if self.memory is None:
+                buf = np.zeros(t.shape, dtype=t.np_dtype)
                 self._binding.bind_ortvalue_output(t.name, ort.OrtValue.ortvalue_from_numpy(buf))
             else:
-                buf = ort.OrtValue.ortvalue_from_shape_and_type(list(t.shape), t.np_dtype, self._device,
-                                                                int(options.device_id))
-                self._binding.bind_ortvalue_output(t.name, buf)
+                buf = self._new_buffer(t.shape, t.np_dtype)
+                self._binding.bind_ortvalue_output(t.name, buf.owner)
             self._outputs[t.name] = buf
-        self._OrtValue = ort.OrtValue
-        log.debug("%s: %s on %s", spec.name, path, self._sess.get_providers())
+        log.debug("%s: %s on %s, %s buffers", spec.name, path, self._sess.get_providers(),
+                  "device" if self.memory is not None else "host")
+
+    def _choose_memory(self, options: OrtOptions) -> tuple[str | None, Memory | None]:
+        """(ORT device name, Memory) for device mode, or (None, None) for host mode."""
+        want = options.device_buffers
+        device = _DEVICE.get(self.backend)
+        if want is False or (want is None and device not in ("cuda",)):
+            return None, None
+        if device is None:  # CPU provider: the device path over CPU OrtValues
+            return "cpu", HOST_PTR
+        if device != "cuda":
+            if want:
+                raise ValueError(f"device_buffers=True: not supported on the {self.backend} backend (host buffers only)")
+            return None, None
+        try:
+            from ezvtb.engines.cuda import cuda_memory
+
+            return "cuda", cuda_memory(int(options.device_id))
+        except BackendUnavailableError as e:
+            if want:
+                raise
+            log.warning("%s: device buffers need cuda-python (%s); outputs go through host memory, "
+                        "which costs a host round trip per graph", self.spec.name, e)
+            return None, None
+
+    def _new_buffer(self, shape: tuple[int, ...], dtype: Any) -> DeviceBuffer:
+        ov = self._OrtValue.ortvalue_from_shape_and_type(list(shape), np.dtype(dtype), self._ort_device,
+                                                         int(self.options.device_id))
+        return DeviceBuffer(ov.data_ptr(), tuple(shape), dtype, self.memory, ov)
+
+    @property
+    def _OrtValue(self):  # noqa: N802
+        return _ort().OrtValue
 
     @property
     def providers(self) -> list[str]:
@@ -186,6 +235,7 @@ class OrtSession(Session):
             )
 
     def run(self, feeds: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Run on host arrays and/or this memory's `DeviceBuffer`s; returns the session's buffers."""
         self.check_feeds(feeds)
         b = self._binding
         for t in self.spec.inputs:
@@ -194,21 +244,99 @@ class OrtSession(Session):
                 if not v.flags.c_contiguous:
                     v = np.ascontiguousarray(v)
                 b.bind_cpu_input(t.name, v)
-            else:
+            elif isinstance(v, DeviceBuffer):
+                if self.memory is None or v.memory.name != self.memory.name:
+                    where = "host buffers" if self.memory is None else self.memory.name
+                    raise ValueError(f"graph {self.spec.name!r} input {t.name!r}: a buffer in {v.memory.name} "
+                                     f"cannot feed a session using {where}")
+                b.bind_input(t.name, self._ort_device, int(self.options.device_id), v.dtype, list(v.shape), v.ptr)
+            elif isinstance(v, self._OrtValue):
                 b.bind_ortvalue_input(t.name, v)
+            else:
+                raise TypeError(f"graph {self.spec.name!r} input {t.name!r}: expected a numpy array or a "
+                                f"DeviceBuffer, got {type(v).__name__}")
         self._sess.run_with_iobinding(b)
-        if self._device is not None:
+        if self._ort_device == "cuda" or (self.memory is None and _DEVICE.get(self.backend)):
             b.synchronize_outputs()
         return self._outputs
 
     def output(self, name: str) -> Any:
         return self._outputs[name]
 
-    def to_host(self, value: Any) -> np.ndarray:
+    # -- buffers (see Session) ----------------------------------------------------------------
+    @property
+    def on_device(self) -> bool:
+        return self.memory is not None
+
+    def alloc(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        if self.memory is None:
+            return super().alloc(shape, dtype)
+        buf = self._new_buffer(tuple(shape), dtype)
+        self.memory.copy_into(buf, np.zeros(shape, dtype))
+        return buf
+
+    def host_array(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        return super().host_array(shape, dtype) if self.memory is None else self.memory.host_array(shape, dtype)
+
+    def copy_into(self, dst: Any, src: Any) -> None:
+        if isinstance(dst, np.ndarray):
+            return super().copy_into(dst, src)
+        self._mem("copy_into").copy_into(dst, src)
+
+    def copy_buffer(self, value: Any) -> Any:
         if isinstance(value, np.ndarray):
-            return value
-        return value.numpy()
+            return value.copy()
+        buf = self._new_buffer(value.shape, value.dtype)
+        self._mem("copy_buffer").copy_into(buf, value)
+        return buf
+
+    def view(self, value: Any, index: int) -> Any:
+        if isinstance(value, np.ndarray):
+            return value[index]
+        return self._mem("view").view(value, index)
+
+    def crop_into(self, dst: Any, src: Any, top: int, left: int) -> None:
+        if isinstance(dst, np.ndarray):
+            return super().crop_into(dst, src, top, left)
+        self._mem("crop_into").crop_into(dst, src, top, left)
+
+    def to_host(self, value: Any, out: np.ndarray | None = None) -> np.ndarray:
+        if isinstance(value, DeviceBuffer):
+            return value.memory.to_host(value, out)
+        if isinstance(value, self._OrtValue):  # an OrtValue fed by a caller
+            host = value.numpy()
+            if out is None:
+                return host
+            np.copyto(out, host)
+            return out
+        return super().to_host(value, out)
+
+    def _mem(self, what: str) -> Memory:
+        if self.memory is None:
+            raise TypeError(f"{what}: this {self.backend} session uses host buffers")
+        return self.memory
 
     def close(self) -> None:
         self._binding = None
         self._sess = None
+        self._outputs = {}
+
+
+def _trt_ep_options(options: OrtOptions) -> dict[str, Any]:
+    """TensorRT-EP provider options: engine + timing cache under $EZVTB_HOME, FP16, workspace."""
+    cache = options.trt_cache_dir
+    if cache is None:
+        from ezvtb import paths
+
+        cache = str(paths.subdir("trt_ep"))
+    os.makedirs(cache, exist_ok=True)
+    po: dict[str, Any] = {
+        "trt_fp16_enable": bool(options.trt_fp16),
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": cache,
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": cache,
+    }
+    if options.trt_workspace_gb > 0:
+        po["trt_max_workspace_size"] = int(options.trt_workspace_gb * 1024**3)
+    return po

@@ -1,0 +1,232 @@
+"""CUDA through cuda-python (`cuda.bindings.runtime`): checked calls, device memory, streams.
+
+cuda-python returns errors as values (``(err, result...)``); `call` turns every non-success
+into a `CudaError` naming the call and CUDA's own message, so no error is ever ignored. Without
+a driver or a GPU the runtime answers with an error value (cudaErrorInsufficientDriver,
+cudaErrorNoDevice), which `device_count` reports as 0 devices with the reason.
+
+`CudaMemory(device_id)` is the `Memory` of one GPU (see `ezvtb.engines.memory`): cudaMalloc'd
+buffers, copies on its own non-blocking stream, each synchronised before returning (so buffers
+are complete whenever a session or stage sees them), page-locked host arrays for downloads.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import numpy as np
+
+from ezvtb.engines.errors import BackendUnavailableError
+from ezvtb.engines.memory import D2D, D2H, H2D, Memory
+
+log = logging.getLogger("ezvtb.engines.cuda")
+
+
+class CudaError(RuntimeError):
+    """A CUDA runtime call failed."""
+
+
+_rt: Any = None
+
+
+def runtime() -> Any:
+    """The cuda-python runtime module (``cuda.bindings.runtime``, or ``cuda.cudart`` before 12.6)."""
+    global _rt
+    if _rt is None:
+        try:
+            from cuda.bindings import runtime as rt
+        except ImportError:
+            try:
+                from cuda import cudart as rt  # cuda-python < 12.6
+            except ImportError as e:
+                raise BackendUnavailableError(
+                    "this needs cuda-python (`pip install cuda-python`, part of ezvtb[tensorrt] and ezvtb[cuda]): "
+                    f"{e}") from e
+        _rt = rt
+    return _rt
+
+
+def call(what: str, result: Any) -> Any:
+    """Check a cuda-python result tuple ``(err, *values)``; return the value(s) or raise CudaError."""
+    rt = runtime()
+    if isinstance(result, tuple):
+        err, values = result[0], result[1:]
+    else:
+        err, values = result, ()
+    if err != rt.cudaError_t.cudaSuccess:
+        try:
+            name = rt.cudaGetErrorName(err)[1].decode()
+            text = rt.cudaGetErrorString(err)[1].decode()
+        except Exception:  # noqa: BLE001 - the message is best effort, the error is not
+            name, text = str(err), ""
+        raise CudaError(f"{what} failed: {name}: {text}")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else values
+
+
+def device_count() -> tuple[int, str]:
+    """(number of CUDA devices, reason when 0). Never raises for a missing driver or GPU."""
+    try:
+        rt = runtime()
+    except BackendUnavailableError as e:
+        return 0, str(e)
+    try:
+        n = call("cudaGetDeviceCount", rt.cudaGetDeviceCount())
+    except CudaError as e:
+        return 0, str(e)
+    return int(n), "" if n else "cudaGetDeviceCount reports no CUDA device"
+
+
+def device_info(device_id: int = 0) -> dict[str, Any]:
+    """Name, compute capability, memory, driver and runtime versions of one GPU."""
+    rt = runtime()
+    prop = call("cudaGetDeviceProperties", rt.cudaGetDeviceProperties(int(device_id)))
+    name = prop.name.split(b"\0", 1)[0].decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
+    drv = int(call("cudaDriverGetVersion", rt.cudaDriverGetVersion()))
+    rtv = int(call("cudaRuntimeGetVersion", rt.cudaRuntimeGetVersion()))
+    return {
+        "name": name.strip(),
+        "compute_capability": f"{prop.major}.{prop.minor}",
+        "total_memory_gb": round(int(prop.totalGlobalMem) / 1024**3, 1),
+        "driver_api": f"{drv // 1000}.{drv % 1000 // 10}",
+        "runtime": f"{rtv // 1000}.{rtv % 1000 // 10}",
+    }
+
+
+_KINDS = {H2D: "cudaMemcpyHostToDevice", D2H: "cudaMemcpyDeviceToHost", D2D: "cudaMemcpyDeviceToDevice"}
+
+
+class _DeviceBlock:
+    """cudaMalloc'd memory, freed when collected."""
+
+    __slots__ = ("ptr", "nbytes", "device_id")
+
+    def __init__(self, nbytes: int, device_id: int) -> None:
+        rt = runtime()
+        call("cudaSetDevice", rt.cudaSetDevice(device_id))
+        self.ptr = int(call(f"cudaMalloc({nbytes})", rt.cudaMalloc(nbytes)))
+        self.nbytes, self.device_id = nbytes, device_id
+
+    def __del__(self) -> None:
+        if getattr(self, "ptr", 0):
+            try:
+                runtime().cudaFree(self.ptr)
+            except Exception:  # noqa: BLE001 - interpreter shutdown
+                pass
+            self.ptr = 0
+
+
+class _PinnedBlock:
+    """Page-locked host memory exposed to numpy through the array interface; freed when collected."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: Any) -> None:
+        self.dtype = np.dtype(dtype)
+        self.shape = tuple(int(s) for s in shape)
+        nbytes = max(int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize, 1)
+        self.ptr = int(call(f"cudaMallocHost({nbytes})", runtime().cudaMallocHost(nbytes)))
+
+    @property
+    def __array_interface__(self) -> dict[str, Any]:
+        return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ptr, False), "version": 3}
+
+    def __del__(self) -> None:
+        if getattr(self, "ptr", 0):
+            try:
+                runtime().cudaFreeHost(self.ptr)
+            except Exception:  # noqa: BLE001
+                pass
+            self.ptr = 0
+
+
+class CudaStream:
+    """A non-blocking CUDA stream on one device, destroyed with the object."""
+
+    def __init__(self, device_id: int) -> None:
+        rt = runtime()
+        call("cudaSetDevice", rt.cudaSetDevice(device_id))
+        self.handle = call("cudaStreamCreateWithFlags", rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking))
+        self.device_id = device_id
+
+    @property
+    def ptr(self) -> int:
+        return int(self.handle)
+
+    def synchronize(self) -> None:
+        call("cudaStreamSynchronize", runtime().cudaStreamSynchronize(self.handle))
+
+    def __del__(self) -> None:
+        h = getattr(self, "handle", None)
+        if h is not None:
+            try:
+                runtime().cudaStreamDestroy(h)
+            except Exception:  # noqa: BLE001
+                pass
+            self.handle = None
+
+
+class CudaMemory(Memory):
+    """Device memory of one GPU. Copies run on the memory's own stream and are synchronised."""
+
+    def __init__(self, device_id: int = 0) -> None:
+        n, why = device_count()
+        if not 0 <= int(device_id) < max(n, 1) or n == 0:
+            raise BackendUnavailableError(f"device_id={device_id}: {why or f'only {n} CUDA device(s)'}")
+        self.device_id = int(device_id)
+        self.name = f"cuda:{self.device_id}"
+        self._local = threading.local()
+        self._stream = CudaStream(self.device_id)
+        self._local.ready = True
+
+    def _enter(self) -> Any:
+        """Make this GPU current in the calling thread (once per thread); returns the runtime."""
+        rt = runtime()
+        if not getattr(self._local, "ready", False):
+            call("cudaSetDevice", rt.cudaSetDevice(self.device_id))
+            self._local.ready = True
+        return rt
+
+    @property
+    def stream(self) -> CudaStream:
+        return self._stream
+
+    def _alloc(self, nbytes: int) -> tuple[int, Any]:
+        self._enter()
+        block = _DeviceBlock(nbytes, self.device_id)
+        return block.ptr, block
+
+    def _copy(self, dst: int, src: int, nbytes: int, kind: str) -> None:
+        rt = self._enter()
+        call(f"cudaMemcpyAsync({kind}, {nbytes} B)",
+             rt.cudaMemcpyAsync(dst, src, nbytes, getattr(rt.cudaMemcpyKind, _KINDS[kind]), self._stream.handle))
+        self._stream.synchronize()
+
+    def _copy2d(self, dst: int, dpitch: int, src: int, spitch: int, width: int, height: int, kind: str) -> None:
+        rt = self._enter()
+        call(f"cudaMemcpy2DAsync({kind}, {width}x{height} B)",
+             rt.cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, height, getattr(rt.cudaMemcpyKind, _KINDS[kind]),
+                                  self._stream.handle))
+        self._stream.synchronize()
+
+    def host_array(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        self._enter()
+        a = np.asarray(_PinnedBlock(shape, dtype))
+        a[...] = 0
+        return a
+
+    def synchronize(self) -> None:
+        self._stream.synchronize()
+
+
+_memories: dict[int, CudaMemory] = {}
+_lock = threading.Lock()
+
+
+def cuda_memory(device_id: int = 0) -> CudaMemory:
+    """The shared `CudaMemory` of one GPU (created on first use)."""
+    with _lock:
+        m = _memories.get(int(device_id))
+        if m is None:
+            m = _memories[int(device_id)] = CudaMemory(int(device_id))
+        return m
