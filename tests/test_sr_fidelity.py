@@ -35,8 +35,8 @@ def _import_native(name: str, tmp_path_factory):
     which = "waifu2x" if name.startswith("waifu2x") else "realesrgan"
     so = ncnn_wrapper(which, tmp_path_factory.mktemp(f"ncnn_{which}"))
     spec = importlib.util.spec_from_file_location(name, so)
-    mod = importlib.util.module_from_spec(spec)
-    try:
+    try:  # an extension module is dlopen-ed by module_from_spec already
+        mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
     except ImportError as e:  # libvulkan.so.1 / libomp.so.5 missing
         pytest.skip(f"the ncnn runtime of the {which} wheel cannot load here ({e}); "

