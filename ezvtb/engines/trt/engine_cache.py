@@ -1,0 +1,183 @@
+"""The serialised TensorRT engine cache: key, file format, corruption handling (no tensorrt, no CUDA).
+
+An engine is only valid for the exact ONNX graph, TensorRT version, GPU and build flags it was
+built with, so the cache key is the sha256 of all of them:
+
+    onnx sha256 | graph name | TensorRT version | GPU name | compute capability | build flags
+
+File ``<cache_dir>/<graph>-<key[:16]>.engine``:
+
+    b"EZVTBTRT" | u32 format version | u32 header length | header (JSON: the key fields)
+    | 32-byte sha256 of the payload | u64 payload length | payload (the serialised engine)
+
+`load_or_build` returns the cached payload when the file is whole and its header matches the
+key; a missing file is built; a truncated, corrupt or mismatching file is rebuilt with a
+warning (never fatal). Files are written atomically (`ezvtb.atomic.atomic_write`), so an
+interrupted build leaves no half file. `deserialize` lets the caller reject a payload that
+TensorRT itself refuses (then it is rebuilt once).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import struct
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from ezvtb.atomic import atomic_write
+
+log = logging.getLogger("ezvtb.engines.trt")
+
+MAGIC = b"EZVTBTRT"
+FORMAT_VERSION = 1
+_HEAD = struct.Struct("<8sII")
+_TAIL = struct.Struct("<32sQ")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BuildFlags:
+    """Builder settings that change the engine (all part of the cache key)."""
+
+    fp16: bool = False
+    tf32: bool = True
+    strongly_typed: bool = False
+    workspace_gb: float = 2.0
+    optimization_level: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.workspace_gb > 0:
+            raise ValueError(f"workspace_gb: expected a size in GB > 0, got {self.workspace_gb!r}")
+        if self.optimization_level is not None and not (isinstance(self.optimization_level, int)
+                                                        and 0 <= self.optimization_level <= 5):
+            raise ValueError(f"optimization_level: expected None or an int in 0..5, got {self.optimization_level!r}")
+        if self.fp16 and self.strongly_typed:
+            raise ValueError("fp16: a strongly typed network takes its precisions from the graph; "
+                             "pass fp16=False (or strongly_typed=False)")
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """Everything an engine depends on."""
+
+    onnx_sha256: str
+    graph: str
+    tensorrt: str
+    gpu: str
+    compute_capability: str
+    flags: BuildFlags
+
+    def fields(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["flags"] = asdict(self.flags)
+        return d
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.fields(), sort_keys=True).encode()).hexdigest()
+
+    def file_name(self) -> str:
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.graph)[:64] or "graph"
+        return f"{safe}-{self.digest[:16]}.engine"
+
+
+_digests: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file (memoised by path, size and mtime)."""
+    p = os.fspath(path)
+    st = os.stat(p)
+    k = (os.path.abspath(p), st.st_size, st.st_mtime_ns)
+    d = _digests.get(k)
+    if d is None:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        d = _digests[k] = h.hexdigest()
+    return d
+
+
+def encode(key: EngineKey, payload: bytes) -> bytes:
+    header = json.dumps(key.fields(), sort_keys=True).encode()
+    return (_HEAD.pack(MAGIC, FORMAT_VERSION, len(header)) + header
+            + _TAIL.pack(hashlib.sha256(payload).digest(), len(payload)) + payload)
+
+
+class CacheFileError(ValueError):
+    """A cache file that cannot be used (truncated, corrupt, other key)."""
+
+
+def decode(key: EngineKey, data: bytes) -> bytes:
+    """The payload of a cache file, or CacheFileError saying what is wrong with it."""
+    if len(data) < _HEAD.size:
+        raise CacheFileError(f"truncated ({len(data)} bytes, no header)")
+    magic, version, hlen = _HEAD.unpack_from(data)
+    if magic != MAGIC:
+        raise CacheFileError("not an ezvtb engine file (bad magic)")
+    if version != FORMAT_VERSION:
+        raise CacheFileError(f"format version {version}, expected {FORMAT_VERSION}")
+    end = _HEAD.size + hlen
+    if len(data) < end + _TAIL.size:
+        raise CacheFileError("truncated header")
+    try:
+        header = json.loads(data[_HEAD.size:end])
+    except ValueError as e:
+        raise CacheFileError(f"corrupt header ({e})") from None
+    if header != key.fields():
+        diff = sorted(k for k in set(header) | set(key.fields()) if header.get(k) != key.fields().get(k)) \
+            if isinstance(header, dict) else ["header"]
+        raise CacheFileError(f"built for another key (differs in {diff})")
+    digest, n = _TAIL.unpack_from(data, end)
+    payload = data[end + _TAIL.size:]
+    if len(payload) != n:
+        raise CacheFileError(f"truncated payload ({len(payload)} of {n} bytes)")
+    if hashlib.sha256(payload).digest() != digest:
+        raise CacheFileError("payload checksum mismatch")
+    return payload
+
+
+def load_or_build(cache_dir: str | os.PathLike, key: EngineKey, build: Callable[[], bytes],
+                  deserialize: Callable[[bytes], T]) -> tuple[T, bool]:
+    """(deserialize(payload), built) for `key`, from the cache or from `build()`.
+
+    `build` returns the serialised engine; `deserialize` turns a payload into the runtime object
+    and raises (or returns None) when it cannot. A bad cache file is logged and rebuilt.
+    """
+    path = Path(cache_dir) / key.file_name()
+    if path.is_file():
+        try:
+            payload = decode(key, path.read_bytes())
+            obj = deserialize(payload)
+            if obj is None:
+                raise CacheFileError("TensorRT could not deserialise the engine")
+            log.info("%s: engine from cache %s", key.graph, path)
+            return obj, False
+        except (CacheFileError, OSError) as e:
+            log.warning("%s: engine cache %s unusable (%s); rebuilding", key.graph, path, e)
+        except Exception as e:  # noqa: BLE001 - a deserialiser refusing the payload
+            log.warning("%s: engine cache %s rejected by the runtime (%s: %s); rebuilding",
+                        key.graph, path, type(e).__name__, e)
+    payload = build()
+    if not isinstance(payload, (bytes, bytearray, memoryview)) or len(payload) == 0:
+        raise RuntimeError(f"{key.graph}: the engine build returned no data")
+    payload = bytes(payload)
+    obj = deserialize(payload)
+    if obj is None:
+        raise RuntimeError(f"{key.graph}: TensorRT could not deserialise the engine it just built")
+    with atomic_write(path) as f:
+        f.write(encode(key, payload))
+    log.info("%s: engine built and cached at %s (%.1f MB)", key.graph, path, len(payload) / 1e6)
+    return obj, True
+
+
+def timing_cache_path(cache_dir: str | os.PathLike, tensorrt: str, gpu: str, compute_capability: str) -> Path:
+    """Where the builder's timing cache for this TensorRT version and GPU lives."""
+    tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{tensorrt}-{gpu}-sm{compute_capability}")
+    return Path(cache_dir) / f"timing-{tag}.cache"
