@@ -249,7 +249,10 @@ class OutputCache:
                 "codec": self.codec.name, "codec_backend": self.codec.backend, "quality": self.codec.quality,
             }
         if not self._closed:
-            s.update(self.store.stats())
+            try:
+                s.update(self.store.stats())
+            except Exception as e:  # noqa: BLE001 - stats never raise (a closed or broken store)
+                s["store_error"] = f"{type(e).__name__}: {e}"
         return s
 
     def _check_open(self) -> None:
