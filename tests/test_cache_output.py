@@ -142,3 +142,18 @@ def test_bad_arguments_are_refused():
             create_output_cache(**kw)
     with pytest.raises(ValueError, match="queue_size"):
         OutputCache(RamStore(10), LosslessCodec("raw"), queue_size=0)
+
+
+def test_cli_pose_quantization_flag():
+    import argparse
+
+    from ezvtb.cli.core_options import add_core_arguments, core_kwargs
+
+    p = argparse.ArgumentParser()
+    add_core_arguments(p)
+    assert "pose_quantization" not in core_kwargs(p.parse_args([]))
+    assert core_kwargs(p.parse_args(["--pose-quantization", "1/16", "--cache"]))["pose_quantization"] == 1 / 16
+    assert core_kwargs(p.parse_args(["--pose-quantization", "0.125"]))["pose_quantization"] == 0.125
+    for bad in ("0", "2", "1/0", "fine"):
+        with pytest.raises(SystemExit):
+            p.parse_args(["--pose-quantization", bad])

@@ -33,6 +33,9 @@ def add_core_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache-quality", type=int, default=85, help="cacher_quality= (JPEG quality; 100 = lossless)")
     g.add_argument("--cache-ram", type=float, default=2.0, metavar="GB", help="cacher_ram_size= (GB)")
     g.add_argument("--cache-db", metavar="PATH", help="cacher_on_database=True, cacher_db_path=PATH (LMDB)")
+    g.add_argument("--pose-quantization", type=_step, metavar="STEP",
+                   help="pose_quantization=: snap every pose parameter to multiples of STEP (e.g. 1/16 or 0.0625) "
+                        "so nearby poses share cached frames; default off")
     g.add_argument("--interpolation", type=int, default=1, metavar="N",
                    help="RIFE: N output frames per THA frame (2, 3, 4); 1 = off (default)")
     g.add_argument("--interpolation-half", action="store_true", help="interpolation_half=True (GPU backends)")
@@ -41,6 +44,18 @@ def add_core_arguments(p: argparse.ArgumentParser) -> None:
                    help="super-resolution: x2 (waifu2x UpConv7) or x4 (Real-ESRGAN animevideov3); default off")
     g.add_argument("--sr-half", action="store_true", help="sr_half=True (GPU backends)")
     g.add_argument("--sr-noise", type=int, default=1, help="sr_noise= (x2 denoise level 0..3)")
+
+
+def _step(text: str) -> float:
+    """A quantisation step: a number or a fraction such as ``1/16``, in (0, 1]."""
+    try:
+        num, _, den = text.partition("/")
+        v = float(num) / float(den) if den else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a step such as 1/16 or 0.0625, got {text!r}") from None
+    if not 0.0 < v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a step in (0, 1], got {text!r}")
+    return v
 
 
 def core_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -71,6 +86,8 @@ def core_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kw.update(cacher_quality=args.cache_quality, cacher_ram_size=args.cache_ram)
         if args.cache_db:
             kw.update(cacher_on_database=True, cacher_db_path=args.cache_db)
+    if getattr(args, "pose_quantization", None) is not None:
+        kw["pose_quantization"] = args.pose_quantization
     if args.sr != "off":
         kw.update(sr_x4=args.sr == "x4", sr_half=bool(args.sr_half), sr_noise=args.sr_noise)
     return kw
