@@ -32,36 +32,69 @@ def _check_gb(name: str, value: Any) -> float:
     return v
 
 
-def select_backend(backend: str, use_tensorrt: bool) -> str:
-    """Resolve the backend name from `backend` and the seed's `use_tensorrt` flag.
+def backend_chain(backend: str, use_tensorrt: bool) -> list[tuple[str, str]]:
+    """The backends to try in order, each with why it is on the list: [(name, reason), ...].
 
-    An explicit `backend` wins. Under ``auto`` with `use_tensorrt=True`: native TensorRT when
-    importable, else ONNX Runtime's TensorRT EP, else ``auto`` (CUDA, DirectML, CPU) with a
-    logged warning, as the seed does.
+    An explicit `backend` is the only candidate. Under ``auto`` with `use_tensorrt=True`: native
+    TensorRT when tensorrt imports and a CUDA device answers, then ONNX Runtime's TensorRT EP and
+    CUDA EP when this onnxruntime build offers them, then ``auto`` (DirectML, else CPU). Without
+    `use_tensorrt`: ``auto`` (CUDA EP, DirectML, CPU). `get_core` opens the THA graphs on each in
+    turn until one really loads (ORT can fall back silently; that is detected), logging why.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {list(BACKENDS)}, got {backend!r}")
-    if backend != "auto" or not use_tensorrt:
-        return backend
-    reasons = []
-    try:
-        from ezvtb.engines.trt import TrtSession  # noqa: F401
+    if backend != "auto":
+        return [(backend, "requested")]
+    if not use_tensorrt:
+        return [("auto", "use_tensorrt=False")]
+    chain: list[tuple[str, str]] = []
+    skipped: list[str] = []
+    from ezvtb.engines.trt import available
 
-        log.info("use_tensorrt=True: using native TensorRT")
-        return "trt"
-    except BackendUnavailableError as e:
-        reasons.append(str(e))
+    ok, why = available()
+    if ok:
+        chain.append(("trt", "use_tensorrt=True: native TensorRT"))
+    else:
+        skipped.append(why)
     try:
         from ezvtb.engines.ort import resolve_providers
 
-        resolve_providers("tensorrt")
-        log.info("use_tensorrt=True: native TensorRT unavailable, using ONNX Runtime's TensorRT EP")
-        return "tensorrt"
-    except BackendUnavailableError as e:
-        reasons.append(str(e))
-    log.warning("use_tensorrt=True but TensorRT is not available, falling back to backend='auto' (%s)",
-                "; ".join(reasons))
-    return "auto"
+        for b, what in (("tensorrt", "ONNX Runtime's TensorRT EP"), ("cuda", "ONNX Runtime's CUDA EP")):
+            try:
+                resolve_providers(b)
+                chain.append((b, f"use_tensorrt=True: {what}" + (f" (skipped: {'; '.join(skipped)})" if skipped else "")))
+            except BackendUnavailableError as e:
+                skipped.append(str(e))
+    except BackendUnavailableError as e:  # onnxruntime missing: the error surfaces when opening
+        skipped.append(str(e))
+    chain.append(("auto", "use_tensorrt=True but no TensorRT or CUDA backend is available here"
+                          + (f" ({'; '.join(skipped)})" if skipped else "")))
+    return chain
+
+
+def select_backend(backend: str, use_tensorrt: bool) -> str:
+    """The first backend of `backend_chain` (what get_core tries first)."""
+    return backend_chain(backend, use_tensorrt)[0][0]
+
+
+def link_device_stages(tha: ThaStage, cache: Any, after: list[Any]) -> list[str]:
+    """Let frames stay in device memory between stages that share it; returns the links made.
+
+    THA hands its device frame to the first stage after it unless an output cache sits in
+    between (the cache stores host frames); RIFE hands device views to SR. Only the last
+    stage's frames (or THA's, alone) are downloaded to the host.
+    """
+    links = []
+    stages = [tha, *after]
+    for i, (a, b) in enumerate(zip(stages, stages[1:])):
+        sa = a.sessions["editor"] if a is tha else a.session
+        sb = b.session
+        same = sa.on_device and sb.on_device and getattr(sa, "memory", None) is not None \
+            and getattr(sb, "memory", None) is not None and sa.memory.name == sb.memory.name
+        if same and not (a is tha and cache is not None):
+            a.device_output = True
+            links.append(f"{type(a).__name__}->{type(b).__name__} on {sa.memory.name}")
+    return links
 
 
 def get_core(
@@ -93,6 +126,7 @@ def get_core(
     cacher_on_database: bool = False,
     cacher_db_path: str | os.PathLike | None = None,
     pose_quantization: float | None = None,
+    pipelined: bool = False,
 ) -> Core:
     """Build a core. Options follow the seed interface (`ezvtb_interface.get_core`).
 
@@ -125,6 +159,9 @@ def get_core(
         head and shoulders (rows 0:256, cols 128:384).
     sr_alpha: how SR upscales alpha: ``model`` (default, through the network; best alpha PSNR) or
         ``bicubic`` (half the network work).
+    pipelined (keyword-only): return a `ezvtb.pipeline.PipelinedCore`: frame N+1 renders in a
+        worker thread while the caller consumes frame N; each call returns the previous pose's
+        frames (one frame of extra latency; the first frame is returned twice).
     """
     model_seperable = _check_bool("model_seperable", model_seperable)
     model_half = _check_bool("model_half", model_half)
@@ -156,24 +193,37 @@ def get_core(
         probe_cacher_options(cacher_quality, cacher_ram_size, cacher_on_database, cacher_db_path)
     elif cacher_on_database or cacher_db_path is not None:
         raise ValueError("cacher_on_database / cacher_db_path: given with use_cacher=False; pass use_cacher=True")
-    backend = select_backend(backend, _check_bool("use_tensorrt", use_tensorrt))
+    pipelined = _check_bool("pipelined", pipelined)
+    chain = backend_chain(backend, _check_bool("use_tensorrt", use_tensorrt))
     variant = "separable" if model_seperable else "standard"
     precision = "fp16" if model_half else "fp32"
 
     from ezvtb.export import tha3_graphs  # exports on first use (needs torch), cached after
 
     paths = tha3_graphs(variant, precision, weights_dir=weights_dir)
-    session_options: dict[str, Any] = {"device_id": device_id}
-    if backend != "trt":
-        session_options["intra_op_threads"] = threads
-    sessions = {s: create_session(paths[s], graph_spec(s, precision), backend, **session_options) for s in STAGES}
+    for i, (backend, reason) in enumerate(chain):
+        session_options: dict[str, Any] = {"device_id": device_id}
+        if backend != "trt":
+            session_options["intra_op_threads"] = threads
+        try:
+            sessions = {s: create_session(paths[s], graph_spec(s, precision), backend, **session_options)
+                        for s in STAGES}
+            break
+        except BackendUnavailableError as e:
+            if i == len(chain) - 1:
+                raise
+            log.warning("backend %r (%s) did not load: %s; trying %r", backend, reason, e, chain[i + 1][0])
     actual = getattr(sessions["editor"], "backend", backend)
+    log.info("backend: %s (%s)%s", actual, reason, "" if actual == backend else f", resolved from {backend!r}")
     if model_half and actual == "cpu":
         log.warning("model_half=True on the CPU backend: fp16 graphs are slower and less precise on CPUs; "
                     "pass model_half=False for CPU use")
-    if model_cache and not model_vram_cache:
-        log.info("THA intermediate cache in host RAM (%.2f GB)", cache_gb)
-    tha = ThaStage(sessions, use_eyebrow=model_use_eyebrow, cache_bytes=int(cache_gb * GB) if model_cache else 0)
+    on_device = sessions["morpher"].on_device
+    if model_cache:
+        log.info("THA intermediate cache in %s (%.2f GB)",
+                 "device memory" if model_vram_cache and on_device else "host RAM", cache_gb)
+    tha = ThaStage(sessions, use_eyebrow=model_use_eyebrow, cache_bytes=int(cache_gb * GB) if model_cache else 0,
+                   cache_on_device=model_vram_cache)
     eyebrow = "eyebrow" if model_use_eyebrow else "noeyebrow"
     tha_variant = f"tha3/{variant}/{precision}/{eyebrow}"
 
@@ -198,4 +248,12 @@ def get_core(
                                      max_frames=interpolation_scale if use_interpolation else 1,
                                      **session_options))
 
-    return Core(tha, cache=cache, after=after, variant=tha_variant, pose_quantization=pose_quantization)
+    links = link_device_stages(tha, cache, after)
+    if links:
+        log.info("frames stay on the device between stages: %s", ", ".join(links))
+    core = Core(tha, cache=cache, after=after, variant=tha_variant, pose_quantization=pose_quantization)
+    if pipelined:
+        from ezvtb.pipeline import PipelinedCore
+
+        return PipelinedCore(core)  # type: ignore[return-value] - same public API as Core
+    return core

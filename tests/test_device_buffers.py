@@ -213,3 +213,54 @@ def test_tha_stage_on_device_equals_host(cache_on_device, sample_bgra):
     f = d.run(poses[1])
     assert isinstance(f, DeviceBuffer)
     np.testing.assert_array_equal(d.to_host(f), h.run(poses[1]))
+
+
+def test_backend_chain_on_this_machine():
+    import onnxruntime as ort
+
+    from ezvtb.engines.trt import available
+    from ezvtb.factory import backend_chain, select_backend
+
+    assert backend_chain("cuda", True) == [("cuda", "requested")]
+    assert backend_chain("auto", False) == [("auto", "use_tensorrt=False")]
+    with pytest.raises(ValueError, match="backend: expected one of"):
+        backend_chain("metal", True)
+    chain = backend_chain("auto", True)
+    names = [b for b, _ in chain]
+    assert names[-1] == "auto" and names == sorted(set(names), key=names.index)
+    eps = ort.get_available_providers()
+    assert ("trt" in names) == available()[0]
+    assert ("tensorrt" in names) == ("TensorrtExecutionProvider" in eps)
+    assert ("cuda" in names) == ("CUDAExecutionProvider" in eps)
+    if names == ["auto"]:  # a CPU machine: the reason says what was missing
+        assert "tensorrt" in chain[0][1] and select_backend("auto", True) == "auto"
+
+
+@pytest.mark.slow
+def test_link_device_stages_keeps_frames_on_the_device():
+    from ezvtb.export import tha3_graphs
+    from ezvtb.export.rife import rife_graph
+    from ezvtb.export.sr import sr_graph
+    from ezvtb.factory import link_device_stages
+    from ezvtb.models.tha3.spec import STAGES, graph_spec
+    from ezvtb.stages.rife import RifeStage
+    from ezvtb.stages.sr import SrStage
+    from ezvtb.stages.tha import ThaStage
+
+    paths = tha3_graphs("separable", "fp32")
+    rg, sg = rife_graph(2, "fp32", size=128), sr_graph("upconv7", 0, "fp32", size=128)
+
+    def build(device):
+        tha = ThaStage({s: create_session(paths[s], graph_spec(s), "cpu", device_buffers=device) for s in STAGES})
+        rife = RifeStage(create_session(rg.path, rg.spec, "cpu", device_buffers=device), rg.version)
+        sr = SrStage(create_session(sg.path, sg.spec, "cpu", device_buffers=device), "upconv7", max_frames=2)
+        return tha, rife, sr
+
+    tha, rife, sr = build(True)
+    assert link_device_stages(tha, None, [rife, sr]) == ["ThaStage->RifeStage on cpu", "RifeStage->SrStage on cpu"]
+    assert tha.device_output and rife.device_output and not sr.device_output
+    tha, rife, sr = build(True)
+    assert link_device_stages(tha, object(), [rife, sr]) == ["RifeStage->SrStage on cpu"]  # a cache needs host frames
+    assert not tha.device_output
+    tha, rife, sr = build(False)
+    assert link_device_stages(tha, None, [rife, sr]) == [] and not tha.device_output

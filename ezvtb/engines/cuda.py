@@ -179,7 +179,7 @@ class CudaMemory(Memory):
         self._stream = CudaStream(self.device_id)
         self._local.ready = True
 
-    def _enter(self) -> Any:
+    def make_current(self) -> Any:
         """Make this GPU current in the calling thread (once per thread); returns the runtime."""
         rt = runtime()
         if not getattr(self._local, "ready", False):
@@ -192,25 +192,25 @@ class CudaMemory(Memory):
         return self._stream
 
     def _alloc(self, nbytes: int) -> tuple[int, Any]:
-        self._enter()
+        self.make_current()
         block = _DeviceBlock(nbytes, self.device_id)
         return block.ptr, block
 
     def _copy(self, dst: int, src: int, nbytes: int, kind: str) -> None:
-        rt = self._enter()
+        rt = self.make_current()
         call(f"cudaMemcpyAsync({kind}, {nbytes} B)",
              rt.cudaMemcpyAsync(dst, src, nbytes, getattr(rt.cudaMemcpyKind, _KINDS[kind]), self._stream.handle))
         self._stream.synchronize()
 
     def _copy2d(self, dst: int, dpitch: int, src: int, spitch: int, width: int, height: int, kind: str) -> None:
-        rt = self._enter()
+        rt = self.make_current()
         call(f"cudaMemcpy2DAsync({kind}, {width}x{height} B)",
              rt.cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, height, getattr(rt.cudaMemcpyKind, _KINDS[kind]),
                                   self._stream.handle))
         self._stream.synchronize()
 
     def host_array(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-        self._enter()
+        self.make_current()
         a = np.asarray(_PinnedBlock(shape, dtype))
         a[...] = 0
         return a

@@ -49,7 +49,10 @@ class SrStage:
     are only read. For ``animevideov3`` the `region` is copied into a preallocated input buffer.
     On a device session the frames may also be device buffers of the same memory (RIFE's or
     THA's outputs): the crop happens in device memory and each result is downloaded once.
+    SR is the last stage: its frames are always host arrays.
     """
+
+    device_output = False  # the last stage: always downloads
 
     def __init__(self, session: Session, model: str, region: tuple[int, int] | None = None,
                  max_frames: int = MAX_FRAMES, frame_size: int = FRAME_SIZE) -> None:

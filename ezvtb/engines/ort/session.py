@@ -236,6 +236,8 @@ class OrtSession(Session):
 
     def run(self, feeds: Mapping[str, Any]) -> Mapping[str, Any]:
         """Run on host arrays and/or this memory's `DeviceBuffer`s; returns the session's buffers."""
+        if self._sess is None:
+            raise RuntimeError(f"{self.spec.name}: the session is closed")
         self.check_feeds(feeds)
         b = self._binding
         for t in self.spec.inputs:

@@ -257,6 +257,7 @@ class TrtSession(Session):
     def run(self, feeds: Mapping[str, Any]) -> Mapping[str, Any]:
         """Run on host arrays and/or device buffers of this GPU; returns the session's buffers."""
         self.check_feeds(feeds)
+        self.memory.make_current()  # this GPU in the calling thread (pipelined cores run in a worker)
         for t in self.spec.inputs:
             v = feeds[t.name]
             if isinstance(v, np.ndarray):
