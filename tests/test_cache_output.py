@@ -157,3 +157,21 @@ def test_cli_pose_quantization_flag():
     for bad in ("0", "2", "1/0", "fine"):
         with pytest.raises(SystemExit):
             p.parse_args(["--pose-quantization", bad])
+
+
+def test_the_cache_does_not_import_torch_and_doctor_reports_it(capsys):
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\nfrom ezvtb.cache import create_output_cache\n"
+            "from ezvtb.cache.lmdb_store import LmdbStore\nfrom ezvtb import traces\n"
+            "c = create_output_cache(85, 0.01)\nc.set_character(np.zeros((8, 8, 4), np.uint8), 'v')\n"
+            "c.put(np.zeros(45, np.float32), np.zeros((8, 8, 4), np.uint8))\nc.close()\n"
+            "traces.realistic_trace(10, 20.0)\nassert 'torch' not in sys.modules, 'torch imported'\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    from ezvtb.cli import main
+
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "output cache: JPEG via" in out and "lossless (q100) codec" in out

@@ -32,6 +32,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"  onnxruntime providers: {', '.join(ort.get_available_providers())}")
     except ImportError:
         print("  onnxruntime missing: install one of ezvtb[cpu] / [cuda] / [tensorrt] / [directml]")
+    from ezvtb.cache import default_db_path, lossless_codec
+    from ezvtb.cache.codec import jpeg_backend
+
+    jpeg = jpeg_backend()
+    print(f"  output cache: JPEG via {jpeg.name} ({jpeg.version}), lossless (q100) codec {lossless_codec().name}, "
+          f"default database {default_db_path()}")
     from ezvtb.factory import select_backend
 
     print(f"  backend chosen by get_core(use_tensorrt=True): {select_backend('auto', True)}")
