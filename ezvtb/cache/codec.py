@@ -103,7 +103,7 @@ class _TurboJpeg:
 
         self._tj = turbojpeg.TurboJPEG(lib_path) if lib_path else turbojpeg.TurboJPEG()
         self._m = turbojpeg
-        self.version = f"PyTurboJPEG {getattr(turbojpeg, '__version__', '?')}"
+        self.version = f"PyTurboJPEG {getattr(turbojpeg, '__version__', '?')}, {lib_path or 'system libturbojpeg'}"
         # one probe round trip: refuses a library the wrapper cannot drive
         probe = np.zeros((16, 16, 4), np.uint8)
         out = np.empty_like(probe)
