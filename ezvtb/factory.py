@@ -143,8 +143,11 @@ def get_core(
     cacher_on_database / cacher_db_path (keyword-only): keep the cache in an LMDB environment at
         that path (default ``$EZVTB_HOME/output_cache.lmdb``), shared by processes and restarts.
     pose_quantization (keyword-only): None, or a step in (0, 1]: every pose parameter is snapped
-        to multiples of it before THA runs, so nearby poses share a cached frame (hit rate and
-        PSNR per step: README, "Output cache"). Default None: poses are used as given.
+        to multiples of it before THA runs, so nearby poses share a cached frame. On the built-in
+        realistic trace (tracker jitter, 2,000 frames at 20 fps) steps up to 1/32 give no hits;
+        1/16 gives 7.8 % hits (20 % idle) at 41.0 dB mean PSNR against unquantised frames (the q85
+        codec's own loss is 41.4 dB), 1/8 gives 26 % at 37.7 dB. Recommended with the cache: 1/16.
+        Default None: poses are used as given (README, "Pose quantisation").
     use_sr / sr_x4 / sr_half / sr_noise: super-resolution stage (see ezvtb.stages.sr), the last stage,
         output 1024x1024. sr_x4=False: waifu2x UpConv7 2x of the whole frame, sr_noise = denoise
         level 0..3 or -1 for the plain scale2x model. sr_x4=True: Real-ESRGAN animevideov3 4x of a
