@@ -109,10 +109,9 @@ def test_an_lmdb_cache_is_hit_by_a_second_process(tmp_path, sample_bgra, pose):
     core.setImage(image)
     fresh = core.inference(pose)[0].copy()
     core.close()  # flushes the writer
-    code = textwrap.dedent(f"""
+    code = textwrap.dedent("""
         import hashlib, json, sys, numpy as np
         from ezvtb import get_core
-from ezvtb.pose import quantize_pose
         core = get_core(**json.loads(sys.argv[1]))
         core.setImage(np.load(sys.argv[2]))
         f = core.inference(np.load(sys.argv[3]))[0]
