@@ -127,3 +127,51 @@ def test_bad_frames_blobs_and_buffers_are_refused(frames):
             C.make_codec(q)
     with pytest.raises(ValueError, match="jpeg_backend"):
         C.jpeg_backend("pillow")
+
+
+FALLBACK = """
+import sys
+for name in sys.argv[1].split(","):
+    if name:
+        sys.modules[name] = None  # this process behaves as if the package were not installed
+import numpy as np
+from ezvtb.cache import codec as C
+f = np.zeros((32, 32, 4), np.uint8)
+f[4:20, 6:30] = (10, 200, 30, 255)
+blob = bytes.fromhex(sys.argv[2]) if len(sys.argv) > 2 else b""
+out = np.empty_like(f)
+res = [C.lossless_codec().name, C.jpeg_backend("auto").name]
+if blob:
+    try:
+        C.decode_blob(blob, out)
+        res.append("decoded")
+    except C.CodecUnavailableError as e:
+        res.append("unavailable: " + str(e))
+c = C.make_codec(100)
+res.append(bool(np.array_equal(c.decode(c.encode(f), out), f)))
+print(res)
+"""
+
+
+def test_missing_codec_libraries_degrade_cleanly():
+    import ast
+    import os
+    import subprocess
+    import sys
+
+    f = np.zeros((32, 32, 4), np.uint8)
+    f[4:20, 6:30] = (10, 200, 30, 255)
+    qoi_blob = C.LosslessCodec("qoi").encode(f).hex() if C._lossless_available("qoi") else ""
+    env = {**os.environ, "EZVTB_TURBOJPEG_LIB": "/nonexistent/libturbojpeg.so.0"}  # a library that cannot load
+
+    def child(blocked: str, *blob: str) -> list:
+        r = subprocess.run([sys.executable, "-c", FALLBACK, blocked, *blob], capture_output=True, text=True,
+                           env=env, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return ast.literal_eval(r.stdout.strip())
+
+    assert child("qoi", *([qoi_blob] if qoi_blob else []))[:2] == ["lz4", "cv2"]
+    res = child("qoi,lz4", *([qoi_blob] if qoi_blob else []))
+    assert res[0] == "raw" and res[-1] is True
+    if qoi_blob:  # a QOI entry read by a process without qoi: a clear error (the cache treats it as a miss)
+        assert res[2].startswith("unavailable") and "qoi" in res[2]
