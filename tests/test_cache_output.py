@@ -120,6 +120,8 @@ def test_writer_errors_are_counted_and_the_cache_keeps_serving(tmp_path):
     assert cache._thread.is_alive()
     cache.put(pose(2), frame(6, 2))  # still accepts work, still counts
     assert cache.flush() and cache.stats()["write_errors"] == 2
+    assert cache.get(pose(0)) is None  # a failing lookup is a miss, not a failed frame
+    assert cache.stats()["read_errors"] == 1
     cache.close()
 
 
@@ -142,6 +144,20 @@ def test_bad_arguments_are_refused():
             create_output_cache(**kw)
     with pytest.raises(ValueError, match="queue_size"):
         OutputCache(RamStore(10), LosslessCodec("raw"), queue_size=0)
+
+
+def test_queued_frames_are_stored_at_exit_without_close(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\nfrom ezvtb.cache import create_output_cache\n"
+            "c = create_output_cache(100, 0.01, True, sys.argv[1])\nc.set_character(np.zeros((8, 8, 4), np.uint8), 'v')\n"
+            "for i in range(5):\n    c.put(np.full(45, i / 10, np.float32), np.full((8, 8, 4), i, np.uint8))\n")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "db")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    store = LmdbStore(tmp_path / "db", 8 << 20)
+    assert store.stats()["entries"] == 5
+    store.close()
 
 
 def test_cli_pose_quantization_flag():

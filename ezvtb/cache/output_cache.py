@@ -19,11 +19,13 @@ on a miss, `put(pose, frame)` with the THA frame (see `ezvtb.core.FrameCache`).
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import queue
 import threading
 import time
+import weakref
 from typing import Any
 
 import numpy as np
@@ -34,6 +36,17 @@ from ezvtb.cache.keys import FrameKeys, character_digest
 log = logging.getLogger("ezvtb.cache")
 
 _STOP = object()
+_OPEN: "weakref.WeakSet[OutputCache]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_caches() -> None:
+    """At interpreter exit, store what is still queued (a script that never called close)."""
+    for cache in list(_OPEN):
+        try:
+            cache.close(timeout=10.0)
+        except Exception as e:  # noqa: BLE001 - exiting anyway
+            log.warning("output cache: not closed cleanly at exit (%s)", e)
 
 
 class OutputCache:
@@ -61,10 +74,11 @@ class OutputCache:
         self._lock = threading.Lock()  # pending, free list, counters shared with the writer
         self._closed = False
         self.hits = self.misses = self.pending_hits = 0
-        self.dropped_writes = self.writes = self.write_errors = self.corrupt_entries = 0
+        self.dropped_writes = self.writes = self.write_errors = self.corrupt_entries = self.read_errors = 0
         self._encode_ms = self._decode_ms = self._lookup_ms = 0.0
         self._encodes = self._decodes = self._lookups = 0
         self._start_writer()
+        _OPEN.add(self)
 
     # -- writer thread -------------------------------------------------------------------------
     def _start_writer(self) -> None:
@@ -168,7 +182,14 @@ class OutputCache:
                 self.pending_hits += 1
                 return out
         t0 = time.perf_counter()
-        blob = self.store.get(key)
+        try:
+            blob = self.store.get(key)
+        except Exception as e:  # noqa: BLE001 - a failing store is a miss, never a failed frame
+            self.read_errors += 1
+            self.misses += 1
+            if self.read_errors in (1, 10, 100) or self.read_errors % 1000 == 0:
+                log.warning("output cache: lookup failed (%d so far; %s: %s)", self.read_errors, type(e).__name__, e)
+            return None
         t1 = time.perf_counter()
         with self._lock:
             self._lookup_ms += (t1 - t0) * 1e3
@@ -241,7 +262,8 @@ class OutputCache:
             s: dict[str, Any] = {
                 "hits": self.hits, "misses": self.misses, "hit_rate": self.hits / looked if looked else None,
                 "pending_hits": self.pending_hits, "dropped_writes": self.dropped_writes, "writes": self.writes,
-                "write_errors": self.write_errors, "corrupt_entries": self.corrupt_entries,
+                "write_errors": self.write_errors, "read_errors": self.read_errors,
+                "corrupt_entries": self.corrupt_entries,
                 "queued": len(self._pending),
                 "mean_encode_ms": self._encode_ms / self._encodes if self._encodes else None,
                 "mean_decode_ms": self._decode_ms / self._decodes if self._decodes else None,
@@ -272,4 +294,5 @@ class OutputCache:
                 pass
             self._thread.join(timeout)
         self._closed = True
+        _OPEN.discard(self)
         self.store.close()
