@@ -151,7 +151,8 @@ def test_queued_frames_are_stored_at_exit_without_close(tmp_path):
     import sys
 
     code = ("import sys, numpy as np\nfrom ezvtb.cache import create_output_cache\n"
-            "c = create_output_cache(100, 0.01, True, sys.argv[1])\nc.set_character(np.zeros((8, 8, 4), np.uint8), 'v')\n"
+            "c = create_output_cache(100, 0.01, True, sys.argv[1])\n"
+            "c.set_character(np.zeros((8, 8, 4), np.uint8), 'v')\n"
             "for i in range(5):\n    c.put(np.full(45, i / 10, np.float32), np.full((8, 8, 4), i, np.uint8))\n")
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "db")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
