@@ -93,7 +93,7 @@ def test_bench_real_core_with_reference_and_json(tmp_path, capsys):
 
     out = tmp_path / "b.json"
     rc = main(["bench", "--frames", "3", "--warmup", "1", "--backend", "cpu", "--threads", "2", "--reference",
-               "--json", str(out), "--no-progress"])
+               "--cache", "--json", str(out), "--no-progress"])
     assert rc == 0
     text = capsys.readouterr().out
     print(text)
@@ -105,6 +105,8 @@ def test_bench_real_core_with_reference_and_json(tmp_path, capsys):
     assert fig["stages"]["inference"]["count"] == 3
     assert fig["reference"]["count"] == 3 and fig["ratio_reference_over_ours_p50"] > 0
     assert fig["tha_runs"]["decomposer"] == 0 and fig["tha_runs"]["editor"] == 3
+    # the warm-up ran on another (mirrored) character: its frames are never hits of the measured run
+    assert fig["cache_hit_rate"] == 0.0
     assert "ref/ours" in text and "| inference" in text and "output fps" in text
 
 

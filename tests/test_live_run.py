@@ -47,8 +47,10 @@ def test_paced_never_faster_than_fps_and_no_drops_when_on_time():
     print(s)
     assert s["rendered"] == 15 and s["frames_out"] == 15 and s["stop_reason"] == "frames"
     assert s["elapsed_s"] >= 14 / 50 - 1e-3  # paced: 15 ticks span at least 14 periods
-    gaps = np.diff(r.starts)
-    assert gaps.min() >= 0.02 * 0.9  # no back-to-back ticks
+    # Never faster than fps: render i starts on tick g_i >= i of the grid that began at the first
+    # render (a per-gap bound would be flaky: a late tick followed by an on-time one is a short gap).
+    since_first = np.asarray(r.starts) - r.starts[0]
+    assert (since_first >= np.arange(len(r.starts)) * 0.02 - 2e-3).all(), since_first
     assert s["dropped"] <= 2  # on time (a little slack for a loaded machine)
 
 
