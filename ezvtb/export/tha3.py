@@ -4,20 +4,62 @@ The stage wrappers put the image conversion inside the first and last graphs (ui
 in and out, sRGB<->linear, RGBA zeroed where alpha is 0, [-1, 1]); the crop/paste glue comes from
 `ezvtb.models.tha3.poser.ThaPoser`. Classic exporter, opset 17, static shapes, one file per graph.
 fp16 graphs: networks in half, pose inputs float32 (cast inside), grid math float32 (the models).
+
+Before export, `optimize_for_export` applies exact rewrites (`REWRITES`) to a copy of the poser:
+the same function in operators ONNX Runtime's CPU provider runs faster (measured per rewrite by
+benchmarks/bench_tha_rewrites.py). The torch models themselves stay upstream's computation.
 """
 from __future__ import annotations
 
+import copy
 import io
 import logging
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
 
+from ezvtb.models.tha3.blocks import EncoderDecoder, ResizeConvUNet, ZeroInsertConvTranspose
 from ezvtb.models.tha3.poser import ThaPoser
 from ezvtb.models.tha3.spec import graph_spec
 
 log = logging.getLogger("ezvtb.export")
 OPSET = 17
+
+# Exact export-time rewrites (see `optimize_for_export`), all on by default.
+REWRITES = (
+    "fused_heads",  # the 3-5 output heads of a network as one conv (blocked convs pad outputs to 16)
+    "split_skip_concat",  # editor U-Net: no concatenated skip tensor (conv of a concat = sum of convs)
+    "zero_insert_convtranspose",  # depthwise ConvTranspose -> zero insertion + depthwise Conv
+)
+
+
+def optimize_for_export(poser: ThaPoser, rewrites: Iterable[str] = REWRITES) -> ThaPoser:
+    """A copy of `poser` with the named exact rewrites applied (`poser` itself is not changed).
+
+    fused_heads: `FusedHeads` in the decomposer, combiner, morpher and editor (the rotator's
+        only used head is already one conv; its unused direct head stays out of the graph).
+    split_skip_concat: the editor's up blocks take [upsampled, skip] as two parts (`concat_conv_block`).
+    zero_insert_convtranspose: `ZeroInsertConvTranspose` for the separable encoder-decoders'
+        depthwise upsampling (the standard variant's dense ConvTranspose stays).
+    """
+    rewrites = tuple(rewrites)
+    unknown = sorted(set(rewrites) - set(REWRITES))
+    if unknown:
+        raise ValueError(f"rewrites: unknown {unknown}; expected some of {list(REWRITES)}")
+    p = copy.deepcopy(poser)
+    for net in p.children():
+        if "fused_heads" in rewrites and hasattr(net, "fuse_heads"):
+            net.fuse_heads()
+        for m in net.modules():
+            if "split_skip_concat" in rewrites and isinstance(m, ResizeConvUNet):
+                m.split_skip_concat = True
+            if "zero_insert_convtranspose" in rewrites and isinstance(m, EncoderDecoder):
+                for block in m.upsample_blocks:
+                    t = block[0]
+                    if isinstance(t, nn.ConvTranspose2d) and t.groups == t.in_channels == t.out_channels > 1:
+                        block[0] = ZeroInsertConvTranspose(t)
+    return p.eval()
 
 
 def _srgb_to_linear(c: Tensor) -> Tensor:
@@ -77,12 +119,13 @@ def example_inputs(stage: str, precision: str) -> tuple[Tensor, ...]:
     return tuple(out)
 
 
-def export_stage(poser: ThaPoser, stage: str, precision: str) -> bytes:
-    """Export one stage graph; returns the serialised ONNX model."""
+def export_stage(poser: ThaPoser, stage: str, precision: str, rewrites: Iterable[str] = REWRITES) -> bytes:
+    """Export one stage graph (after `optimize_for_export` with `rewrites`); returns the ONNX model."""
     spec = graph_spec(stage, precision)
+    module = stage_module(optimize_for_export(poser, rewrites), stage)
     buf = io.BytesIO()
     with torch.inference_mode(False), torch.no_grad():
-        torch.onnx.export(stage_module(poser, stage), example_inputs(stage, precision), buf,
+        torch.onnx.export(module, example_inputs(stage, precision), buf,
                           opset_version=OPSET, input_names=list(spec.input_names),
                           output_names=list(spec.output_names), dynamo=False, do_constant_folding=True)
     return buf.getvalue()

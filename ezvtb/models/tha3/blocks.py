@@ -4,12 +4,18 @@ Module attribute names and ``nn.Sequential`` indices reproduce the official chec
 dict keys, so the official weights load with ``strict=True``. Every block exists in two flavours:
 *separable* (depthwise kxk conv + 1x1 conv) and *standard* (one dense kxk conv).
 
+A few blocks at the end are exact rewrites used only when exporting to ONNX (`FusedHeads`,
+`ZeroInsertConvTranspose`, `concat_conv_block`): they compute the same function with operators
+that ONNX Runtime's CPU provider runs faster. The models use them only when the exporter swaps
+them in (`ezvtb.export.tha3.optimize_for_export`), so their default forward is unchanged.
+
 Grid math (`warp`) always runs in float32, whatever the module dtype, with an identity grid built
 from ``torch.arange`` (no ``F.affine_grid``: ONNX AffineGrid needs opset 20 and TensorRT lacks it).
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -188,6 +194,8 @@ class ResizeConvUNet(nn.Module):
         self.upsample_blocks = nn.ModuleList(
             ConvNormAct(widths[i + 1] + widths[i], widths[i], 3, separable, act) for i in reversed(range(len(widths) - 1))
         )
+        # Export-time rewrite (`concat_conv_block`): same function, no concatenated tensor.
+        self.split_skip_concat = False
 
     def forward(self, x: Tensor) -> Tensor:
         skips = []
@@ -198,7 +206,10 @@ class ResizeConvUNet(nn.Module):
             x = block(x)
         for block, skip in zip(self.upsample_blocks, reversed(skips[:-1])):
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-            x = block(torch.cat([x, skip], dim=1))
+            if self.split_skip_concat:
+                x = concat_conv_block(block, [x, skip])
+            else:
+                x = block(torch.cat([x, skip], dim=1))
         return x
 
 
@@ -251,3 +262,99 @@ def blend(alpha: Tensor, color: Tensor, image: Tensor) -> Tensor:
 def blend_rgb(alpha: Tensor, color: Tensor, image: Tensor) -> Tensor:
     """`blend` on RGB; alpha channel taken from `image`."""
     return torch.cat([blend(alpha, color[:, :3], image[:, :3]), image[:, 3:4]], dim=1)
+
+
+# --- export-time rewrites (same function, operators ONNX Runtime's CPU provider runs faster) ------
+
+class FusedHeads(nn.Module):
+    """Several heads reading the same features, computed as one convolution.
+
+    Each head is a conv (`head`: conv + activation, or a bare conv like `grid_head`) with the same
+    input, kernel and padding. ONNX Runtime's blocked (NCHWc) CPU convolution pads every conv's
+    output channels to a multiple of 16, so separate 1-, 2- and 4-channel heads cost 4-16x their
+    arithmetic; stacked into one conv they cost one padded conv. ``forward(x)`` returns the
+    heads' outputs in the given order; heads without a bias get a zero bias (adding 0.0 is exact).
+    """
+
+    def __init__(self, heads: Sequence[nn.Module]):
+        super().__init__()
+        convs, acts = [], []
+        for h in heads:
+            conv, act = (h[0], h[1]) if isinstance(h, nn.Sequential) else (h, nn.Identity())
+            if not isinstance(conv, nn.Conv2d) or conv.groups != 1:
+                raise ValueError(f"FusedHeads: expected dense Conv2d heads, got {conv}")
+            convs.append(conv)
+            acts.append(act)
+        first = convs[0]
+        for c in convs[1:]:
+            if (c.in_channels, c.kernel_size, c.stride, c.padding, c.dilation) != (
+                    first.in_channels, first.kernel_size, first.stride, first.padding, first.dilation):
+                raise ValueError("FusedHeads: heads differ in input channels, kernel, stride, padding or dilation")
+        self.splits = [c.out_channels for c in convs]
+        self.conv = nn.Conv2d(first.in_channels, sum(self.splits), first.kernel_size, first.stride, first.padding,
+                              first.dilation, bias=True).to(first.weight.dtype)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.cat([c.weight for c in convs]))
+            self.conv.bias.copy_(torch.cat([c.bias if c.bias is not None else torch.zeros_like(c.weight[:, 0, 0, 0])
+                                            for c in convs]))
+        self.acts = nn.ModuleList(acts)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return [act(y) for act, y in zip(self.acts, torch.split(self.conv(x), self.splits, dim=1))]
+
+
+class ZeroInsertConvTranspose(nn.Module):
+    """A depthwise ``ConvTranspose2d(C, C, k, stride=2, padding=p, groups=C, bias=False)`` computed
+    as zero insertion (x at even rows and columns of a 2H x 2W map) + padding (k-1-p before,
+    k-p-2 after) + a depthwise Conv2d with the spatially flipped kernel: the same sums.
+
+    ONNX Runtime's CPU ConvTranspose runs a depthwise layer one small GEMM per channel; its
+    blocked depthwise Conv on the zero-inserted map is faster, zeros included (measured in
+    benchmarks/bench_tha_rewrites.py).
+    """
+
+    def __init__(self, convt: nn.ConvTranspose2d):
+        super().__init__()
+        c = convt.in_channels
+        k = convt.kernel_size[0]
+        if not (isinstance(convt, nn.ConvTranspose2d) and convt.groups == c == convt.out_channels
+                and convt.bias is None and convt.stride == (2, 2) and convt.kernel_size == (k, k)
+                and convt.padding[0] == convt.padding[1] and convt.dilation == (1, 1)
+                and convt.output_padding == (0, 0) and k - 2 - convt.padding[0] >= 0):
+            raise ValueError(f"ZeroInsertConvTranspose: expected a depthwise stride-2 ConvTranspose2d, got {convt}")
+        p = convt.padding[0]
+        self.pads = (k - 1 - p, k - 2 - p) * 2  # (left, right, top, bottom)
+        self.register_buffer("weight", torch.flip(convt.weight.detach(), [2, 3]).clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        z = torch.zeros_like(x)
+        y = torch.stack([torch.stack([x, z], -1), torch.stack([z, z], -1)], 3).reshape(n, c, 2 * h, 2 * w)
+        return F.conv2d(F.pad(y, self.pads), self.weight, groups=c)
+
+
+def concat_conv_block(block: nn.Sequential, parts: Sequence[Tensor]) -> Tensor:
+    """``block(torch.cat(parts, dim=1))`` for a `ConvNormAct` block, without the concatenation.
+
+    A depthwise conv acts on each channel alone and a 1x1 (or dense) conv is a sum over input
+    channels, so the block's convolutions split over the parts' channel ranges and their results
+    add up. ONNX Runtime then skips a large Concat and its layout reorder (the editor's U-Net skips).
+    """
+    layers = list(block)
+    n_conv = 2 if len(layers) == 4 else 1  # separable [dw, 1x1, norm, act] or standard [conv, norm, act]
+    convs, rest = layers[:n_conv], layers[n_conv:]
+    y, start = None, 0
+    for part in parts:
+        stop = start + part.shape[1]
+        if n_conv == 2:
+            dw, pw = convs
+            t = F.conv2d(part, dw.weight[start:stop], None, dw.stride, dw.padding, dw.dilation, stop - start)
+            t = F.conv2d(t, pw.weight[:, start:stop], None, pw.stride, pw.padding, pw.dilation)
+        else:
+            conv = convs[0]
+            t = F.conv2d(part, conv.weight[:, start:stop], None, conv.stride, conv.padding, conv.dilation)
+        y = t if y is None else y + t
+        start = stop
+    for layer in rest:
+        y = layer(y)
+    return y

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ezvtb.models.tha3.blocks import (
     EncoderDecoder,
+    FusedHeads,
     ResizeConvEncoderDecoder,
     ResizeConvUNet,
     blend,
@@ -46,14 +47,36 @@ class CheckpointMismatchError(WeightsError, ValueError):
     """A checkpoint is not the THA3 network (stage/variant) it was loaded as."""
 
 
+class _Heads:
+    """The output heads of a network (attribute names in `HEADS`), all reading the same features.
+
+    `fuse_heads` (an export-time rewrite) computes them as one convolution (`FusedHeads`);
+    by default each head module runs on its own, exactly as upstream.
+    """
+
+    HEADS: tuple[str, ...] = ()
+
+    def heads(self, x: Tensor) -> list[Tensor]:
+        fused = self._modules.get("fused_heads")
+        if fused is not None:
+            return fused(x)
+        return [getattr(self, name)(x) for name in self.HEADS]
+
+    def fuse_heads(self) -> None:
+        self.fused_heads = FusedHeads([getattr(self, name) for name in self.HEADS])
+
+
 def _separable(variant: str) -> bool:
     if variant not in VARIANTS:
         raise ValueError(f"variant: expected one of {list(VARIANTS)}, got {variant!r}")
     return variant == "separable"
 
 
-class EyebrowDecomposer(nn.Module):
+class EyebrowDecomposer(_Heads, nn.Module):
     """Splits the 128x128 head crop into an eyebrow layer and a background layer."""
+
+    HEADS = ("background_layer_alpha", "background_layer_color_change", "eyebrow_layer_alpha",
+             "eyebrow_layer_color_change")
 
     def __init__(self, variant: str = "separable"):
         super().__init__()
@@ -65,19 +88,18 @@ class EyebrowDecomposer(nn.Module):
         self.eyebrow_layer_color_change = head(64, 4, nn.Tanh())
 
     def forward(self, image: Tensor) -> list[Tensor]:
-        x = self.body(image)
-        bg_alpha = self.background_layer_alpha(x)
-        bg_change = self.background_layer_color_change(x)
-        eb_alpha = self.eyebrow_layer_alpha(x)
-        eb_change = self.eyebrow_layer_color_change(x)
+        bg_alpha, bg_change, eb_alpha, eb_change = self.heads(self.body(image))
         return [
             blend(eb_alpha, image, eb_change), eb_alpha, eb_change,
             blend(bg_alpha, bg_change, image), bg_alpha, bg_change,
         ]
 
 
-class EyebrowMorphingCombiner(nn.Module):
+class EyebrowMorphingCombiner(_Heads, nn.Module):
     """Warps and recolours the eyebrow layer for the 12 eyebrow parameters and composites it."""
+
+    HEADS = ("morphed_eyebrow_layer_grid_change", "morphed_eyebrow_layer_alpha",
+             "morphed_eyebrow_layer_color_change", "combine_alpha")
 
     def __init__(self, variant: str = "separable"):
         super().__init__()
@@ -90,12 +112,9 @@ class EyebrowMorphingCombiner(nn.Module):
 
     def forward(self, background_layer: Tensor, eyebrow_layer: Tensor, pose: Tensor) -> list[Tensor]:
         x = self.body(torch.cat([background_layer, eyebrow_layer], dim=1), pose)
-        grid_change = self.morphed_eyebrow_layer_grid_change(x)
-        alpha = self.morphed_eyebrow_layer_alpha(x)
-        change = self.morphed_eyebrow_layer_color_change(x)
+        grid_change, alpha, change, combine_alpha = self.heads(x)
         warped = warp(eyebrow_layer, grid_change)
         morphed = blend(alpha, change, warped)
-        combine_alpha = self.combine_alpha(x)
         return [
             blend_rgb(combine_alpha, morphed, background_layer),
             combine_alpha,
@@ -104,13 +123,16 @@ class EyebrowMorphingCombiner(nn.Module):
         ]
 
 
-class FaceMorpher(nn.Module):
+class FaceMorpher(_Heads, nn.Module):
     """Eye, iris and mouth expressions on the 192x192 face crop (27 parameters).
 
     `encode` is the pose-independent encoder ([N,512,24,24]); ``forward(image, pose)`` equals
     ``decode(image, encode(image), pose)``. The standard variant (upstream FaceMorpher08) keeps
     its encoder-decoder layers at the top level (no ``body.`` key prefix).
     """
+
+    HEADS = ("iris_mouth_grid_change", "iris_mouth_color_change", "iris_mouth_alpha", "eye_color_change",
+             "eye_alpha")
 
     def __init__(self, variant: str = "separable"):
         super().__init__()
@@ -135,14 +157,9 @@ class FaceMorpher(nn.Module):
 
     def decode(self, image: Tensor, features: Tensor, pose: Tensor) -> list[Tensor]:
         """The 7 outputs of `forward` from the crop, its `encode` features and the [N,27] pose."""
-        x = ed_decode(self._net(), features, pose)
-        grid_change = self.iris_mouth_grid_change(x)
+        grid_change, im_change, im_alpha, eye_change, eye_alpha = self.heads(ed_decode(self._net(), features, pose))
         image_0 = warp(image, grid_change)
-        im_change = self.iris_mouth_color_change(x)
-        im_alpha = self.iris_mouth_alpha(x)
         image_1 = blend(im_alpha, im_change, image_0)
-        eye_change = self.eye_color_change(x)
-        eye_alpha = self.eye_alpha(x)
         return [blend(eye_alpha, eye_change, image_1), eye_alpha, eye_change, image_1, im_alpha, im_change, image_0]
 
     def forward(self, image: Tensor, pose: Tensor) -> list[Tensor]:
@@ -166,9 +183,11 @@ class FaceBodyRotator(nn.Module):
         return [self.direct_creator(x), warp(image, grid_change), grid_change]
 
 
-class Editor(nn.Module):
+class Editor(_Heads, nn.Module):
     """Refines the rotation at 512x512: warps the full-resolution image with a corrected grid and
     applies a colour fix (upstream Editor07)."""
+
+    HEADS = ("grid_change_creator", "color_change_creator", "alpha_creator")
 
     def __init__(self, variant: str = "separable"):
         super().__init__()
@@ -180,9 +199,8 @@ class Editor(nn.Module):
 
     def forward(self, original: Tensor, warped: Tensor, grid_change: Tensor, pose: Tensor) -> list[Tensor]:
         x = self.body(torch.cat([original, warped, grid_change, tile_pose(pose, original.shape[-1], original)], dim=1))
-        grid = grid_change + self.grid_change_creator(x)
-        change = self.color_change_creator(x)
-        alpha = self.alpha_creator(x)
+        delta, change, alpha = self.heads(x)
+        grid = grid_change + delta
         warped_out = warp(original, grid)
         return [blend(alpha, change, warped_out), alpha, change, warped_out, grid]
 
