@@ -38,7 +38,15 @@ def run(args: argparse.Namespace) -> int:
     jpeg = jpeg_backend()
     print(f"  output cache: JPEG via {jpeg.name} ({jpeg.version}), lossless (q100) codec {lossless_codec().name}, "
           f"default database {default_db_path()}")
-    from ezvtb.factory import select_backend
+    from ezvtb.engines.cuda import device_count
+    from ezvtb.engines.trt import available
+    from ezvtb.factory import backend_chain
 
-    print(f"  backend chosen by get_core(use_tensorrt=True): {select_backend('auto', True)}")
+    n, why = device_count()
+    print(f"  CUDA devices (cuda-python): {n}" + (f" ({why})" if why else ""))
+    ok, why = available()
+    print(f"  native TensorRT: {'yes' if ok else 'no: ' + why}")
+    print(f"  TensorRT engine caches: {paths.home() / 'trt'} (native), {paths.home() / 'trt_ep'} (ORT EP)")
+    chain = backend_chain("auto", True)
+    print("  get_core(use_tensorrt=True) tries: " + " -> ".join(b for b, _ in chain) + f" ({chain[0][1]})")
     return 0
