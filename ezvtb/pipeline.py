@@ -113,6 +113,18 @@ class PipelinedCore:
     def tha(self):
         return self.core.tha
 
+    @property
+    def after(self):
+        return self.core.after
+
+    @property
+    def cache(self):
+        return self.core.cache
+
+    @property
+    def variant(self) -> str:
+        return self.core.variant
+
     def stats(self) -> dict[str, Any]:
         s = self.core.stats()
         s["pipelined"] = {"wait": self.timings.summary().get("wait", {}), "repeats": self.repeats,

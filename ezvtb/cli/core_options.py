@@ -44,6 +44,8 @@ def add_core_arguments(p: argparse.ArgumentParser) -> None:
                    help="super-resolution: x2 (waifu2x UpConv7) or x4 (Real-ESRGAN animevideov3); default off")
     g.add_argument("--sr-half", action="store_true", help="sr_half=True (GPU backends)")
     g.add_argument("--sr-noise", type=int, default=1, help="sr_noise= (x2 denoise level 0..3)")
+    g.add_argument("--pipelined", action="store_true", help="pipelined=True: render the next frame while the "
+                                                             "current one is consumed (one frame of extra latency)")
 
 
 def _step(text: str) -> float:
@@ -78,6 +80,8 @@ def core_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.weights_dir:
         kw["weights_dir"] = args.weights_dir
+    if getattr(args, "pipelined", False):
+        kw["pipelined"] = True
     if args.interpolation > 1:
         kw.update(interpolation_scale=args.interpolation, interpolation_half=bool(args.interpolation_half))
         if args.rife_model:
