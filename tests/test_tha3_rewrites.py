@@ -9,10 +9,14 @@ import pytest
 import torch
 from torch import nn
 
+import torch.nn.functional as F
+
 from ezvtb.models.tha3.blocks import (
     ConvNormAct,
     FusedHeads,
+    TapSplitConv,
     ZeroInsertConvTranspose,
+    blocked_upsample,
     concat_conv_block,
     grid_head,
     head,
@@ -41,7 +45,7 @@ def test_zero_insert_conv_transpose_refuses_other_layers():
     for bad in (nn.ConvTranspose2d(8, 8, 4, 2, 1, bias=False),  # dense
                 nn.ConvTranspose2d(8, 8, 4, 2, 1, groups=8, bias=True),
                 nn.ConvTranspose2d(8, 8, 3, 1, 1, groups=8, bias=False)):
-        with pytest.raises(ValueError, match="depthwise stride-2"):
+        with pytest.raises(ValueError, match="depthwise ConvTranspose2d"):
             ZeroInsertConvTranspose(bad)
 
 
@@ -76,7 +80,40 @@ def test_concat_conv_block_equals_the_block_on_the_concatenation(separable):
     assert (got - want).abs().max().item() < 1e-5
 
 
-@pytest.mark.slow  # runs the four rewritten networks (random weights) at full size
+def test_paste_by_concatenation_equals_slice_assignment():
+    from ezvtb.models.tha3.poser import _paste
+    from ezvtb.models.tha3.spec import EYEBROW_IN_FACE, FACE_BOX
+
+    image, face = _rand(1, 4, 512, 512, seed=11), _rand(1, 4, 192, 192, seed=12)
+    eyebrow = _rand(1, 4, 128, 128, seed=13)
+    want = image.clone()
+    want[(..., *FACE_BOX)] = face
+    assert torch.equal(_paste(image, face, FACE_BOX), want)
+    crop = image[(..., *FACE_BOX)]
+    want = crop.clone()
+    want[(..., *EYEBROW_IN_FACE)] = eyebrow
+    assert torch.equal(_paste(crop, eyebrow, EYEBROW_IN_FACE), want)
+
+
+def test_blocked_upsample_is_nearest_upsampling():
+    x = _rand(1, 16, 5, 6, seed=8)
+    assert torch.equal(blocked_upsample(x), F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_tap_split_conv_equals_the_conv(bias):
+    conv = nn.Conv2d(8, 2, 3, 1, 1, bias=bias)
+    for i, p in enumerate(conv.parameters()):
+        with torch.no_grad():
+            p.copy_(_rand(*p.shape, seed=30 + i))
+    x = _rand(1, 8, 7, 9, seed=9)
+    with torch.no_grad():
+        assert (TapSplitConv(conv)(x) - conv(x)).abs().max().item() < 1e-5
+    with pytest.raises(ValueError, match="same"):
+        TapSplitConv(nn.Conv2d(8, 2, 3, 1, 0))
+
+
+@pytest.mark.slow  # runs the five rewritten networks (random weights) at full size
 def test_optimize_for_export_rewrites_a_copy_and_keeps_the_function():
     from ezvtb.export.tha3 import REWRITES, optimize_for_export
     from ezvtb.models.tha3.poser import ThaPoser
@@ -92,6 +129,8 @@ def test_optimize_for_export_rewrites_a_copy_and_keeps_the_function():
     # the copy is rewritten
     assert isinstance(fast.editor.fused_heads, FusedHeads) and fast.editor.body.split_skip_concat
     assert isinstance(fast.combiner.body.upsample_blocks[2][0], ZeroInsertConvTranspose)
+    assert fast.editor.body.blocked_upsample and isinstance(fast.rotator.grid_change_creator, TapSplitConv)
+    assert fast.paste_by_concat and not poser.paste_by_concat
     g = torch.Generator().manual_seed(7)
 
     def img(size, channels=4):
@@ -99,6 +138,7 @@ def test_optimize_for_export_rewrites_a_copy_and_keeps_the_function():
 
     inputs = {"decomposer": (img(128),), "combiner": (img(128), img(128), torch.rand(1, 12, generator=g)),
               "morpher": (img(192), torch.rand(1, 27, generator=g)),
+              "rotator": (img(256), torch.rand(1, 6, generator=g)),
               "editor": (img(512), img(512), img(512, 2) * 0.1, torch.rand(1, 6, generator=g))}
     with torch.no_grad():
         for stage, xs in inputs.items():

@@ -5,7 +5,7 @@ dict keys, so the official weights load with ``strict=True``. Every block exists
 *separable* (depthwise kxk conv + 1x1 conv) and *standard* (one dense kxk conv).
 
 A few blocks at the end are exact rewrites used only when exporting to ONNX (`FusedHeads`,
-`ZeroInsertConvTranspose`, `concat_conv_block`): they compute the same function with operators
+`ZeroInsertConvTranspose`, `concat_conv_block`, `BlockedUpsample`, `TapSplitConv`): they compute the same function with operators
 that ONNX Runtime's CPU provider runs faster. The models use them only when the exporter swaps
 them in (`ezvtb.export.tha3.optimize_for_export`), so their default forward is unchanged.
 
@@ -194,8 +194,9 @@ class ResizeConvUNet(nn.Module):
         self.upsample_blocks = nn.ModuleList(
             ConvNormAct(widths[i + 1] + widths[i], widths[i], 3, separable, act) for i in reversed(range(len(widths) - 1))
         )
-        # Export-time rewrite (`concat_conv_block`): same function, no concatenated tensor.
+        # Export-time rewrites: no concatenated tensor (`concat_conv_block`); `blocked_upsample`.
         self.split_skip_concat = False
+        self.blocked_upsample = False
 
     def forward(self, x: Tensor) -> Tensor:
         skips = []
@@ -205,7 +206,7 @@ class ResizeConvUNet(nn.Module):
         for block in self.bottleneck_blocks:
             x = block(x)
         for block, skip in zip(self.upsample_blocks, reversed(skips[:-1])):
-            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+            x = blocked_upsample(x) if self.blocked_upsample else F.interpolate(x, scale_factor=2.0, mode="nearest")
             if self.split_skip_concat:
                 x = concat_conv_block(block, [x, skip])
             else:
@@ -304,33 +305,32 @@ class FusedHeads(nn.Module):
 
 
 class ZeroInsertConvTranspose(nn.Module):
-    """A depthwise ``ConvTranspose2d(C, C, k, stride=2, padding=p, groups=C, bias=False)`` computed
-    as zero insertion (x at even rows and columns of a 2H x 2W map) + padding (k-1-p before,
-    k-p-2 after) + a depthwise Conv2d with the spatially flipped kernel: the same sums.
+    """A depthwise ``ConvTranspose2d(C, C, 4, stride=2, padding=1, groups=C, bias=False)`` (the
+    encoder-decoders' upsampling) computed as a depthwise Conv2d with the spatially flipped
+    kernel over the zero-inserted input: x at rows and columns 2, 4, ..., 2H of a (2H+3)^2 map
+    of zeros. The same sums.
 
-    ONNX Runtime's CPU ConvTranspose runs a depthwise layer one small GEMM per channel; its
-    blocked depthwise Conv on the zero-inserted map is faster, zeros included (measured in
-    benchmarks/bench_tha_rewrites.py).
+    The zero insertion is itself a transposed conv, but a trivial one: the input padded by 1,
+    channels folded into the batch, a 1x1 all-ones ConvTranspose2d of stride 2. ONNX Runtime's
+    CPU ConvTranspose runs a depthwise layer one small GEMM per channel; this form is faster,
+    zeros included (measured in benchmarks/bench_tha_rewrites.py).
     """
 
     def __init__(self, convt: nn.ConvTranspose2d):
         super().__init__()
         c = convt.in_channels
-        k = convt.kernel_size[0]
         if not (isinstance(convt, nn.ConvTranspose2d) and convt.groups == c == convt.out_channels
-                and convt.bias is None and convt.stride == (2, 2) and convt.kernel_size == (k, k)
-                and convt.padding[0] == convt.padding[1] and convt.dilation == (1, 1)
-                and convt.output_padding == (0, 0) and k - 2 - convt.padding[0] >= 0):
-            raise ValueError(f"ZeroInsertConvTranspose: expected a depthwise stride-2 ConvTranspose2d, got {convt}")
-        p = convt.padding[0]
-        self.pads = (k - 1 - p, k - 2 - p) * 2  # (left, right, top, bottom)
+                and convt.bias is None and convt.stride == (2, 2) and convt.kernel_size == (4, 4)
+                and convt.padding == (1, 1) and convt.dilation == (1, 1) and convt.output_padding == (0, 0)):
+            raise ValueError(f"ZeroInsertConvTranspose: expected a depthwise ConvTranspose2d(4, 2, 1), got {convt}")
         self.register_buffer("weight", torch.flip(convt.weight.detach(), [2, 3]).clone())
 
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
-        z = torch.zeros_like(x)
-        y = torch.stack([torch.stack([x, z], -1), torch.stack([z, z], -1)], 3).reshape(n, c, 2 * h, 2 * w)
-        return F.conv2d(F.pad(y, self.pads), self.weight, groups=c)
+        xp = F.pad(x, (1, 1, 1, 1)).reshape(n * c, 1, h + 2, w + 2)
+        one = torch.ones(1, 1, 1, 1, dtype=x.dtype, device=x.device)
+        y = F.conv_transpose2d(xp, one, stride=2).reshape(n, c, 2 * h + 3, 2 * w + 3)
+        return F.conv2d(y, self.weight, groups=c)
 
 
 def concat_conv_block(block: nn.Sequential, parts: Sequence[Tensor]) -> Tensor:
@@ -358,3 +358,56 @@ def concat_conv_block(block: nn.Sequential, parts: Sequence[Tensor]) -> Tensor:
     for layer in rest:
         y = layer(y)
     return y
+
+
+def blocked_upsample(x: Tensor) -> Tensor:
+    """Nearest x2 upsampling after an identity depthwise 1x1 conv (weights 1.0: exact).
+
+    ONNX Runtime's NCHWc layout transform runs an upsample blocked only when its input already
+    is blocked, which a conv's output is; otherwise it upsamples in NCHW and then reorders the 4x
+    larger result for the next conv. With the identity conv in front it reorders the small input
+    and upsamples in the blocked layout.
+    """
+    c = x.shape[1]
+    identity = torch.ones(c, 1, 1, 1, dtype=x.dtype, device=x.device)
+    return F.interpolate(F.conv2d(x, identity, groups=c), scale_factor=2.0, mode="nearest")
+
+
+class BlockedUpsample(nn.Module):
+    """`blocked_upsample` as a module (replaces ``nn.Upsample(scale_factor=2, mode="nearest")``)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return blocked_upsample(x)
+
+
+class TapSplitConv(nn.Module):
+    """A dense k x k conv (stride 1, padding k // 2) with few output channels, computed as one
+    1x1 conv to k*k*Cout channels (one group per kernel tap) plus the sum of the k*k shifted
+    slices: the same sums.
+
+    ONNX Runtime's blocked convolution pads the output channels to 16: a 2-channel 3x3 head costs
+    16 * 9 * Cin multiply-adds per pixel, its 1x1 conv to 18 channels (padded to 32) 32 * Cin.
+    Worth it for one narrow head (the rotator's grid change), not for the fused heads.
+    """
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        co, ci, kh, kw = conv.weight.shape
+        if not (isinstance(conv, nn.Conv2d) and conv.groups == 1 and kh == kw and kh % 2 == 1
+                and conv.stride == (1, 1) and conv.padding == (kh // 2, kh // 2) and conv.dilation == (1, 1)):
+            raise ValueError(f"TapSplitConv: expected a dense odd k x k conv with 'same' padding, got {conv}")
+        self.k, self.out_channels = kh, co
+        w = conv.weight.detach()
+        self.register_buffer("weight", w.permute(2, 3, 0, 1).reshape(kh * kw * co, ci, 1, 1).clone())
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone().view(1, co, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        k, co = self.k, self.out_channels
+        taps = F.conv2d(x, self.weight, padding=k // 2)  # zero border: the conv's zero padding
+        y = None
+        for t in range(k * k):
+            dy, dx = divmod(t, k)
+            part = taps[:, t * co:(t + 1) * co, dy:dy + h, dx:dx + w]
+            y = part if y is None else y + part
+        return y if self.bias is None else y + self.bias

@@ -80,6 +80,17 @@ def _resize(x: Tensor, size: int) -> Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 
+def _paste(image: Tensor, patch: Tensor, box: tuple[slice, slice]) -> Tensor:
+    """A new tensor: `image` with `patch` at `box` (rows, cols), built by concatenation.
+
+    The same values as clone + slice assignment; exported, it is a few Concats instead of a
+    ScatterND over the whole image (used by the exporter, see `ThaPoser.paste_by_concat`).
+    """
+    rows, cols = box
+    middle = torch.cat([image[..., rows, :cols.start], patch, image[..., rows, cols.stop:]], dim=-1)
+    return torch.cat([image[..., :rows.start, :], middle, image[..., rows.stop:, :]], dim=-2)
+
+
 class ThaPoser(nn.Module):
     """The full THA3 pose pipeline with upstream's glue (crops, pastes, 512 <-> 256 resizes).
 
@@ -107,6 +118,9 @@ class ThaPoser(nn.Module):
             else:
                 net = load_tha3_network(stage, variant, src, dtype)
             self.add_module(stage, net)
+        # Export-time rewrite (ezvtb.export.tha3): paste crops by concatenation. Off here: in
+        # eager PyTorch the clone keeps upstream's memory layout, which its results depend on.
+        self.paste_by_concat = False
         self.eval()
 
     @property
@@ -123,15 +137,21 @@ class ThaPoser(nn.Module):
     def combine(self, image: Tensor, background: Tensor, eyebrow: Tensor, eyebrow_pose: Tensor) -> tuple[Tensor, Tensor]:
         """-> (face_crop [1,4,192,192] with the morphed eyebrows pasted in, face_features [1,512,24,24])."""
         eyebrow_image = self.combiner(background, eyebrow, eyebrow_pose)[2]
-        crop = image[(..., *FACE_BOX)].clone()
-        crop[(..., *EYEBROW_IN_FACE)] = eyebrow_image
+        if self.paste_by_concat:
+            crop = _paste(image[(..., *FACE_BOX)], eyebrow_image, EYEBROW_IN_FACE)
+        else:
+            crop = image[(..., *FACE_BOX)].clone()
+            crop[(..., *EYEBROW_IN_FACE)] = eyebrow_image
         return crop, self.morpher.encode(crop)
 
     def morph(self, image: Tensor, face_crop: Tensor, face_features: Tensor, face_pose: Tensor) -> tuple[Tensor, Tensor]:
         """-> (face_morphed_full [1,4,512,512], face_morphed_half [1,4,256,256])."""
         face = self.morpher.decode(face_crop, face_features, face_pose)[0]
-        full = image.clone()
-        full[(..., *FACE_BOX)] = face
+        if self.paste_by_concat:
+            full = _paste(image, face, FACE_BOX)
+        else:
+            full = image.clone()
+            full[(..., *FACE_BOX)] = face
         return full, _resize(full, 256)
 
     def rotate(self, face_morphed_half: Tensor, rotation_pose: Tensor) -> tuple[Tensor, Tensor]:
