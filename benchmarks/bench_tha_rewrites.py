@@ -33,6 +33,7 @@ APPLIES = {
     "blocked_upsample": {"rotator", "editor"},
     "tap_split_grid_head": {"rotator"},
     "concat_paste": {"combiner", "morpher"},
+    "matmul_encoder_pointwise": {"decomposer", "combiner", "rotator", "editor"},
 }
 
 

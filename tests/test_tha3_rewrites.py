@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from ezvtb.models.tha3.blocks import (
     ConvNormAct,
     FusedHeads,
+    PointwiseMatMul,
     TapSplitConv,
     ZeroInsertConvTranspose,
     blocked_upsample,
@@ -95,6 +96,17 @@ def test_paste_by_concatenation_equals_slice_assignment():
     assert torch.equal(_paste(crop, eyebrow, EYEBROW_IN_FACE), want)
 
 
+def test_pointwise_matmul_equals_the_1x1_conv():
+    conv = nn.Conv2d(6, 10, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(_rand(*conv.weight.shape, seed=40))
+    x = _rand(1, 6, 5, 7, seed=41)
+    with torch.no_grad():
+        assert (PointwiseMatMul(conv)(x) - conv(x)).abs().max().item() < 1e-5
+    with pytest.raises(ValueError, match="1x1"):
+        PointwiseMatMul(nn.Conv2d(6, 10, 3, bias=False))
+
+
 def test_blocked_upsample_is_nearest_upsampling():
     x = _rand(1, 16, 5, 6, seed=8)
     assert torch.equal(blocked_upsample(x), F.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -131,6 +143,8 @@ def test_optimize_for_export_rewrites_a_copy_and_keeps_the_function():
     assert isinstance(fast.combiner.body.upsample_blocks[2][0], ZeroInsertConvTranspose)
     assert fast.editor.body.blocked_upsample and isinstance(fast.rotator.grid_change_creator, TapSplitConv)
     assert fast.paste_by_concat and not poser.paste_by_concat
+    assert isinstance(fast.rotator.encoder_decoder.downsample_blocks[0][1], PointwiseMatMul)
+    assert isinstance(fast.morpher.body.downsample_blocks[3][1], PointwiseMatMul)
     g = torch.Generator().manual_seed(7)
 
     def img(size, channels=4):

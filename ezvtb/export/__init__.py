@@ -14,7 +14,7 @@ from ezvtb.atomic import atomic_write
 from ezvtb.models.tha3.spec import STAGES, onnx_file_name
 
 log = logging.getLogger("ezvtb.export")
-EXPORTER_VERSION = "tha3-5"  # tha3-5: exact CPU rewrites (ezvtb.export.tha3.REWRITES), LUT input conversion
+EXPORTER_VERSION = "tha3-6"  # tha3-6: exact CPU rewrites (ezvtb.export.tha3.REWRITES), LUT input conversion
 
 
 def tha3_graphs(variant: str = "separable", precision: str = "fp32", weights_dir: str | os.PathLike | None = None,

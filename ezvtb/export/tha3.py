@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from ezvtb.models.tha3.blocks import (
     BlockedUpsample,
     EncoderDecoder,
+    PointwiseMatMul,
     ResizeConvEncoderDecoder,
     ResizeConvUNet,
     TapSplitConv,
@@ -43,6 +44,7 @@ REWRITES = (
     "blocked_upsample",  # rotator/editor nearest x2 upsampling run in ORT's blocked layout
     "tap_split_grid_head",  # rotator's 2-channel 3x3 grid head as a 1x1 conv + shifted sums
     "concat_paste",  # crops pasted by Concat instead of ScatterND over the whole image
+    "matmul_encoder_pointwise",  # encoder blocks' 1x1 convs as MatMul (NCHW): smaller layout reorders
 )
 
 
@@ -57,6 +59,8 @@ def optimize_for_export(poser: ThaPoser, rewrites: Iterable[str] = REWRITES) -> 
     blocked_upsample: `blocked_upsample` for the rotator's and editor's nearest x2 upsampling.
     tap_split_grid_head: `TapSplitConv` for the rotator's grid change head.
     concat_paste: `ThaPoser.paste_by_concat` (the combiner's eyebrow paste, the morpher's face paste).
+    matmul_encoder_pointwise: `PointwiseMatMul` for the 1x1 conv of every separable encoder block
+        (the stem and the stride-2 blocks, before the bottleneck) in all five networks.
     """
     rewrites = tuple(rewrites)
     unknown = sorted(set(rewrites) - set(REWRITES))
@@ -77,6 +81,11 @@ def optimize_for_export(poser: ThaPoser, rewrites: Iterable[str] = REWRITES) -> 
                 for block in m.upsample_blocks:
                     if isinstance(block[0], nn.Upsample):
                         block[0] = BlockedUpsample()
+            if "matmul_encoder_pointwise" in rewrites and isinstance(
+                    m, (EncoderDecoder, ResizeConvEncoderDecoder, ResizeConvUNet)):
+                for block in m.downsample_blocks:
+                    if len(block) == 4 and isinstance(block[1], nn.Conv2d):  # separable [dw, 1x1, norm, act]
+                        block[1] = PointwiseMatMul(block[1])
             if "zero_insert_convtranspose" in rewrites and isinstance(m, EncoderDecoder):
                 for block in m.upsample_blocks:
                     t = block[0]

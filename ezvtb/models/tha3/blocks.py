@@ -5,7 +5,8 @@ dict keys, so the official weights load with ``strict=True``. Every block exists
 *separable* (depthwise kxk conv + 1x1 conv) and *standard* (one dense kxk conv).
 
 A few blocks at the end are exact rewrites used only when exporting to ONNX (`FusedHeads`,
-`ZeroInsertConvTranspose`, `concat_conv_block`, `BlockedUpsample`, `TapSplitConv`): they compute the same function with operators
+`ZeroInsertConvTranspose`, `concat_conv_block`, `BlockedUpsample`, `TapSplitConv`,
+`PointwiseMatMul`): they compute the same function with operators
 that ONNX Runtime's CPU provider runs faster. The models use them only when the exporter swaps
 them in (`ezvtb.export.tha3.optimize_for_export`), so their default forward is unchanged.
 
@@ -411,3 +412,23 @@ class TapSplitConv(nn.Module):
             part = taps[:, t * co:(t + 1) * co, dy:dy + h, dx:dx + w]
             y = part if y is None else y + part
         return y if self.bias is None else y + self.bias
+
+
+class PointwiseMatMul(nn.Module):
+    """A bias-free 1x1 ``Conv2d`` as a MatMul of its [Cout, Cin] weight with the [Cin, H*W] input.
+
+    ONNX Runtime runs a MatMul in the plain NCHW layout. In the encoders, where a block's 1x1 conv
+    doubles the channels (or follows a stem conv that already runs in NCHW), this moves the
+    layout reorder before the InstanceNorm onto the narrower input, or removes it.
+    """
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        if not (isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
+                and conv.padding == (0, 0) and conv.groups == 1 and conv.bias is None):
+            raise ValueError(f"PointwiseMatMul: expected a bias-free 1x1 Conv2d, got {conv}")
+        self.register_buffer("weight", conv.weight.detach()[:, :, 0, 0].clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        return torch.matmul(self.weight, x.reshape(n, c, h * w)).reshape(n, -1, h, w)
