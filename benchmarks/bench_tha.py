@@ -158,8 +158,12 @@ def main(argv=None) -> int:
     ap.add_argument("--max-foreign", type=float, default=None,
                     help="redo a round when other processes used more CPU cores than this during it")
     ap.add_argument("--max-tries", type=int, default=3, help="attempts per round with --max-foreign")
+    ap.add_argument("--no-rewrites", action="store_true",
+                    help="time graphs exported without the export-time rewrites (ezvtb.export.tha3.REWRITES)")
     ap.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
+
+    import tempfile
 
     import cv2
     import torch
@@ -171,7 +175,21 @@ def main(argv=None) -> int:
     from ezvtb.weights.tha3 import sample_image, tha3_weights
 
     torch.set_num_threads(args.threads)
-    paths = tha3_graphs("separable", "fp32")
+    if args.no_rewrites:
+        from ezvtb.export.tha3 import export_stage
+        from ezvtb.models.tha3.poser import ThaPoser
+        from ezvtb.models.tha3.spec import onnx_file_name
+
+        tmp = tempfile.TemporaryDirectory()
+        poser = ThaPoser("separable", tha3_weights())
+        paths = {}
+        for s in STAGES:
+            paths[s] = os.path.join(tmp.name, onnx_file_name(s, "separable", "fp32"))
+            with open(paths[s], "wb") as f:
+                f.write(export_stage(poser, s, "fp32", rewrites=()))
+        del poser
+    else:
+        paths = tha3_graphs("separable", "fp32")
     ours_stage = {s: [] for s in STAGES}
     sessions = {s: TimedSession(create_session(paths[s], graph_spec(s), "cpu", intra_op_threads=args.threads),
                                 ours_stage[s]) for s in STAGES}
@@ -266,7 +284,8 @@ def main(argv=None) -> int:
     la = np.asarray(loads)
     note = (f"{args.rounds} rounds after {args.warmup} warm-up, {args.threads} threads for both "
             f"(torch.set_num_threads / ORT intra-op), image {args.image}, random poses per path, "
-            f"exported graphs {EXPORTER_VERSION}. CPU cores used by other processes during the rounds: "
+            f"exported graphs {EXPORTER_VERSION}{' without the export-time rewrites' if args.no_rewrites else ''}. "
+            "CPU cores used by other processes during the rounds: "
             f"mean {np.nanmean(la):.2f}, max {np.nanmax(la):.2f}"
             + (f" ({redone} rounds redone above {args.max_foreign})" if args.max_foreign is not None else "")
             + ". Network rows: our combiner graph includes the morpher's encoder, our morpher graph only "
