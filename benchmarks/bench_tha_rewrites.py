@@ -1,15 +1,17 @@
 """What each export-time rewrite and ONNX Runtime session option gives, per THA3 stage graph (CPU).
 
-Exports the five fp32 stage graphs without rewrites, with each rewrite of
-`ezvtb.export.tha3.REWRITES` alone and with all of them, and times them in ONNX Runtime on
-real stage inputs (crypko_00, one mocap-like pose), every variant's graph run in turn so that
-machine noise hits all alike. With all rewrites it also tries session options: intra-op
-threads 1, busy-wait spinning on, ORT_ENABLE_EXTENDED (no NCHWc layout transform),
-denormals flushed to zero and (2 threads) the intra-op worker thread pinned to the second CPU. Reports p50 ms per graph, the eyebrow-changed frame as the sum of
-the combiner..editor p50s, and that sum's speed-up over the unrewritten export. Each variant's
-outputs are compared with the unrewritten graphs' (max abs difference, uint8 levels for the editor).
+For each fp32 stage graph: exported without rewrites, with each rewrite of
+`ezvtb.export.tha3.REWRITES` that changes that graph alone ("+ X"), with all of them, and with all
+but one ("all - X"); with all rewrites also under other session options: intra-op threads 1,
+busy-wait spinning on, ORT_ENABLE_EXTENDED (no NCHWc layout transform), denormals flushed to zero,
+and (2 threads) the intra-op worker pinned to the second CPU. One stage at a time, its variants run
+in turn on the same real inputs (crypko_00, one random pose), so that machine noise spreads over
+them within a short window. Per variant: p50 and min ms, speed-up over the unrewritten graph
+(p50 and min), process CPU ms p50 (all ORT threads), max abs output difference to the unrewritten
+graph (uint8 levels for the editor). Last rows: the eyebrow-changed frame (combiner + morpher +
+rotator + editor, sums of the per-graph figures).
 
-    python benchmarks/bench_tha_rewrites.py [--rounds 7] [--threads 2] [--append]
+    python benchmarks/bench_tha_rewrites.py [--rounds 15] [--threads 2] [--append]
 """
 from __future__ import annotations
 
@@ -57,8 +59,8 @@ def session(data: bytes, threads: int, level: str = "ORT_ENABLE_ALL", spinning: 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
@@ -73,84 +75,77 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     poser = ThaPoser("separable", tha3_weights())
-    variants: dict[str, dict[str, bytes]] = {"no rewrites": {}, **{f"+ {r} only": {} for r in REWRITES},
-                                             "all rewrites": {}}
-    for s in STAGES:
-        base = variants["no rewrites"][s] = export_stage(poser, s, "fp32", rewrites=())
-        for r in REWRITES:
-            variants[f"+ {r} only"][s] = export_stage(poser, s, "fp32", rewrites=(r,)) if s in APPLIES[r] else base
-        variants["all rewrites"][s] = export_stage(poser, s, "fp32")
-    configs = {name: {s: session(g[s], args.threads) for s in STAGES} for name, g in variants.items()}
     opts = {
-        "all rewrites, 1 intra-op thread": dict(threads=1),
-        "all rewrites, spinning on": dict(threads=args.threads, spinning=True),
-        "all rewrites, ORT_ENABLE_EXTENDED": dict(threads=args.threads, level="ORT_ENABLE_EXTENDED"),
-        "all rewrites, denormals as zero": dict(threads=args.threads, denormal_zero=True),
+        "all, 1 intra-op thread": dict(threads=1),
+        "all, spinning on": dict(threads=args.threads, spinning=True),
+        "all, ORT_ENABLE_EXTENDED": dict(threads=args.threads, level="ORT_ENABLE_EXTENDED"),
+        "all, denormals as zero": dict(threads=args.threads, denormal_zero=True),
     }
     if args.threads == 2 and (os.cpu_count() or 0) >= 2:
-        opts["all rewrites, worker thread pinned to CPU 2"] = dict(threads=2, affinity="2")
-    for name, kw in opts.items():
-        configs[name] = {s: session(variants["all rewrites"][s], **kw) for s in STAGES}
+        opts["all, worker thread pinned to CPU 2"] = dict(threads=2, affinity="2")
 
-    # Real stage inputs: one pass of the unrewritten graphs on a sample image and a pose.
     img = cv2.imread(str(sample_image("crypko_00")), cv2.IMREAD_UNCHANGED)
     pose = np.random.default_rng(7).uniform(0.0, 1.0, 45).astype(np.float32)
     pose[37:45] = pose[37:45] * 2.0 - 1.0
     pose[44] = abs(pose[44])
-    ref = configs["no rewrites"]
-    feeds: dict[str, dict[str, np.ndarray]] = {}
     env: dict[str, np.ndarray] = {"image": img, "eyebrow_pose": pose[None, 0:12], "face_pose": pose[None, 12:39],
                                   "rotation_pose": pose[None, 39:45]}
+
+    rows, per_stage = [], {}
     for s in STAGES:
         spec = graph_spec(s)
-        feeds[s] = {n: env[n] for n in spec.input_names}
-        outs = ref[s].run(None, feeds[s])
-        env.update(dict(zip(spec.output_names, outs)))
-
-    diffs = {}
-    for name, sess in configs.items():
-        worst = []
-        for s in STAGES:
-            a = ref[s].run(None, feeds[s])
-            b = sess[s].run(None, feeds[s])
-            worst.append(max(float(np.abs(x.astype(np.float64) - y.astype(np.float64)).max()) for x, y in zip(a, b)))
-        diffs[name] = worst
-
-    samples = {name: {s: [] for s in STAGES} for name in configs}
-    cpu = {name: {s: [] for s in STAGES} for name in configs}
-    for r in range(args.warmup + args.rounds):
-        for s in STAGES:
-            for name, sess in configs.items():
+        feeds = {n: env[n] for n in spec.input_names}
+        applies = [r for r in REWRITES if s in APPLIES[r]]
+        graphs = {"no rewrites": export_stage(poser, s, "fp32", rewrites=())}
+        graphs.update({f"+ {r}": export_stage(poser, s, "fp32", rewrites=(r,)) for r in applies})
+        graphs["all rewrites"] = export_stage(poser, s, "fp32")
+        if len(applies) > 1:
+            graphs.update({f"all - {r}": export_stage(poser, s, "fp32", rewrites=[x for x in REWRITES if x != r])
+                           for r in applies})
+        sessions = {name: session(g, args.threads) for name, g in graphs.items()}
+        sessions.update({name: session(graphs["all rewrites"], **kw) for name, kw in opts.items()})
+        base_out = sessions["no rewrites"].run(None, feeds)
+        env.update(dict(zip(spec.output_names, base_out)))  # the next stage's inputs
+        diffs = {}
+        for name, sess in sessions.items():
+            out = sess.run(None, feeds)
+            diffs[name] = max(float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
+                              for a, b in zip(base_out, out))
+        wall = {name: [] for name in sessions}
+        cpu = {name: [] for name in sessions}
+        for r in range(args.warmup + args.rounds):
+            for name, sess in sessions.items():
                 c0, t0 = time.process_time(), time.perf_counter()
-                sess[s].run(None, feeds[s])
+                sess.run(None, feeds)
                 t1, c1 = time.perf_counter(), time.process_time()
                 if r >= args.warmup:
-                    samples[name][s].append((t1 - t0) * 1e3)
-                    cpu[name][s].append((c1 - c0) * 1e3)
+                    wall[name].append((t1 - t0) * 1e3)
+                    cpu[name].append((c1 - c0) * 1e3)
+        per_stage[s] = {name: (pct(wall[name], 50), pct(wall[name], 0), pct(cpu[name], 50)) for name in sessions}
+        b50, b0, _ = per_stage[s]["no rewrites"]
+        for name in sessions:
+            p50, p0, c50 = per_stage[s][name]
+            d = f"{diffs[name]:.0f} levels" if s == "editor" else f"{diffs[name]:.1e}"
+            rows.append([f"{s}: {name}", p50, p0, f"{b50 / p50:.2f}x", f"{b0 / p0:.2f}x", c50, d])
+        del sessions
 
-    def frame(name, q):
-        return sum(pct(samples[name][s], q) for s in FRAME)
-
-    base50, base0 = frame("no rewrites", 50), frame("no rewrites", 0)
-    rows = []
-    for name in configs:
-        d = diffs[name]
-        cpu50 = sum(pct(cpu[name][s], 50) for s in FRAME)
-        rows.append([name, *[pct(samples[name][s], 50) for s in STAGES], frame(name, 50), frame(name, 0),
-                     f"{base50 / frame(name, 50):.2f}x", f"{base0 / frame(name, 0):.2f}x", cpu50,
-                     f"{max(d[:4]):.1e} / {d[4]:.0f}"])
-    t = table(["graphs / options (fp32, ORT CPU), p50 ms", *STAGES, "eyebrow frame p50", "min",
-               "speed-up p50", "min", "frame CPU ms p50", "max diff: float / editor uint8"], rows)
-    note = (f"{args.rounds} rounds after {args.warmup} warm-up, intra-op threads {args.threads} unless noted, "
-            "ORT_ENABLE_ALL unless noted, inputs from crypko_00 and one random pose. Eyebrow frame = sum over "
-            "combiner, morpher, rotator, editor of each graph's p50 (or min) run time (graph runs only, no "
-            "copies); speed-up against the unrewritten graphs; frame CPU ms = process CPU time (all ORT threads) "
-            "of the same runs, summed likewise. Max diff against the unrewritten graphs: float "
-            "outputs of the first four graphs / editor uint8 BGRA levels.")
+    names = ["no rewrites", "all rewrites", *opts]
+    frame = {n: [sum(per_stage[s][n][i] for s in FRAME) for i in range(3)] for n in names}
+    b50, b0, _ = frame["no rewrites"]
+    for n in names:
+        p50, p0, c50 = frame[n]
+        rows.append([f"eyebrow frame: {n}", p50, p0, f"{b50 / p50:.2f}x", f"{b0 / p0:.2f}x", c50, ""])
+    t = table(["THA3 fp32 graph: variant (ORT CPU)", "p50 ms", "min ms", "speed-up p50", "speed-up min",
+               "CPU ms p50", "max diff vs no rewrites"], rows)
+    note = (f"{args.rounds} rounds after {args.warmup} warm-up per stage, intra-op threads {args.threads} "
+            "unless noted, ORT_ENABLE_ALL unless noted; '+ X' = only rewrite X, 'all - X' = all rewrites but X; "
+            "inputs: crypko_00 and one random pose, each stage fed the unrewritten previous stage's outputs. "
+            "Eyebrow frame rows: sums over combiner, morpher, rotator, editor of the per-graph figures (graph "
+            "runs only, no copies). CPU ms = process CPU time of the run (all ORT threads).")
     print(t)
     print(note)
     if args.append:
-        append_results("THA3 export rewrites and ORT session options (CPU)", t + "\n\n" + note)
+        append_results("THA3 export rewrites and ORT session options, per graph (CPU)", t + "\n\n" + note)
     return 0
 
 
