@@ -197,7 +197,9 @@ def get_core(
     elif cacher_on_database or cacher_db_path is not None:
         raise ValueError("cacher_on_database / cacher_db_path: given with use_cacher=False; pass use_cacher=True")
     pipelined = _check_bool("pipelined", pipelined)
-    chain = backend_chain(backend, _check_bool("use_tensorrt", use_tensorrt))
+    use_tensorrt = _check_bool("use_tensorrt", use_tensorrt)
+    wants_tensorrt = use_tensorrt and backend == "auto"  # an explicit backend wins over use_tensorrt
+    chain = backend_chain(backend, use_tensorrt)
     variant = "separable" if model_seperable else "standard"
     precision = "fp16" if model_half else "fp32"
 
@@ -217,7 +219,12 @@ def get_core(
                 raise
             log.warning("backend %r (%s) did not load: %s; trying %r", backend, reason, e, chain[i + 1][0])
     actual = getattr(sessions["editor"], "backend", backend)
-    log.info("backend: %s (%s)%s", actual, reason, "" if actual == backend else f", resolved from {backend!r}")
+    resolved = "" if actual == backend else f", resolved from {backend!r}"
+    if wants_tensorrt and actual not in ("trt", "tensorrt"):
+        # The seed's contract: use_tensorrt=True without TensorRT falls back with a logged warning.
+        log.warning("use_tensorrt=True, but TensorRT is not usable here: running on %r (%s)%s", actual, reason, resolved)
+    else:
+        log.info("backend: %s (%s)%s", actual, reason, resolved)
     if model_half and actual == "cpu":
         log.warning("model_half=True on the CPU backend: fp16 graphs are slower and less precise on CPUs; "
                     "pass model_half=False for CPU use")

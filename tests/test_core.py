@@ -169,3 +169,25 @@ def test_get_core_option_errors_name_the_option():
         get_core(use_tensorrt=False, use_interpolation=False, use_cacher=False, model_cache_size=-1)
     with pytest.raises(ValueError, match="device_id"):
         get_core(device_id=-1, use_tensorrt=False, use_interpolation=False, use_cacher=False)
+
+
+def test_use_tensorrt_without_tensorrt_falls_back_with_a_warning(caplog):
+    """The seed's contract: use_tensorrt=True where TensorRT is absent warns and runs elsewhere."""
+    import logging
+
+    from ezvtb.engines.trt import available
+
+    if available()[0]:
+        pytest.skip("TensorRT is usable on this machine: no fallback to observe")
+    with caplog.at_level(logging.WARNING, logger="ezvtb"):
+        c = get_core(use_tensorrt=True, model_half=False, use_interpolation=False, use_cacher=False)
+    try:
+        warned = [r.getMessage() for r in caplog.records if "use_tensorrt=True" in r.getMessage()]
+        assert warned and "TensorRT is not usable" in warned[0], [r.getMessage() for r in caplog.records]
+    finally:
+        c.close()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ezvtb"):  # an explicit backend is not a fallback
+        get_core(use_tensorrt=True, backend="cpu", model_half=False, use_interpolation=False,
+                 use_cacher=False).close()
+    assert not [r for r in caplog.records if "use_tensorrt=True" in r.getMessage()]
