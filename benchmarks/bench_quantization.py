@@ -20,7 +20,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import append_results, table  # noqa: E402
+from _common import publish, table  # noqa: E402
 
 STEPS = (None, 1 / 256, 1 / 128, 1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4)
 
@@ -120,11 +120,7 @@ def main(argv=None) -> int:
             f"with {args.entry_kb:g} KB entries (no eviction happens at this size). PSNR: {args.psnr_frames} poses "
             f"spread over the realistic trace, {args.image}, THA3 separable fp32 on ORT CPU, quantised frame vs "
             "unquantised frame (identical frames count as 99 dB in the means).")
-    print(text)
-    print()
-    print(note)
-    if args.append:
-        append_results("Pose quantisation: output-cache hit rate and PSNR per step", text + "\n\n" + note)
+    publish("Pose quantisation: output-cache hit rate and PSNR per step", text, note, args.append)
     return 0
 
 

@@ -16,10 +16,9 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import append_results, pct, table  # noqa: E402
+from _common import publish, pct, table  # noqa: E402
 
 
 def random_v4_file(folder: str) -> str:
@@ -94,10 +93,7 @@ def main(argv=None) -> int:
             f"(torch.set_num_threads / ORT intra_op), frames: {args.image} and a rotated copy. "
             "ezvtb = RifeStage.run (graph + output copy); reference = the same module eagerly in PyTorch. "
             "v4.25.lite rows use random weights (timing only).")
-    print(t)
-    print(note)
-    if args.append:
-        append_results("RIFE latency: ezvtb ORT RifeStage vs PyTorch eager (CPU)", t + "\n\n" + note)
+    publish("RIFE latency: ezvtb ORT RifeStage vs PyTorch eager (CPU)", t, note, args.append)
     return 0
 
 

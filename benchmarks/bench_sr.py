@@ -15,7 +15,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import append_results, pct, table  # noqa: E402
+from _common import publish, pct, table  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -65,10 +65,7 @@ def main(argv=None) -> int:
             f"{args.image}. ezvtb = SrStage.run (region copy + graph + output copy; uint8 BGRA in and out); "
             "reference = cv2.resize(INTER_CUBIC) of the same BGRA pixels to 1024x1024 (OpenCV's own threads). "
             f"x4 region: rows {top}:{top + 256}, cols {left}:{left + 256}.")
-    print(t)
-    print(note)
-    if args.append:
-        append_results("Super-resolution latency: ezvtb ORT SrStage vs bicubic (CPU)", t + "\n\n" + note)
+    publish("Super-resolution latency: ezvtb ORT SrStage vs bicubic (CPU)", t, note, args.append)
     return 0
 
 

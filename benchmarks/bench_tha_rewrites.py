@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import append_results, pct, table  # noqa: E402
+from _common import publish, pct, table  # noqa: E402
 
 STAGES = ("decomposer", "combiner", "morpher", "rotator", "editor")
 FRAME = STAGES[1:]  # eyebrow changed: combiner + morpher + rotator + editor
@@ -142,10 +142,7 @@ def main(argv=None) -> int:
             "inputs: crypko_00 and one random pose, each stage fed the unrewritten previous stage's outputs. "
             "Eyebrow frame rows: sums over combiner, morpher, rotator, editor of the per-graph figures (graph "
             "runs only, no copies). CPU ms = process CPU time of the run (all ORT threads).")
-    print(t)
-    print(note)
-    if args.append:
-        append_results("THA3 export rewrites and ORT session options, per graph (CPU)", t + "\n\n" + note)
+    publish("THA3 export rewrites and ORT session options, per graph (CPU)", t, note, args.append)
     return 0
 
 
