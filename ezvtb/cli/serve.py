@@ -1,4 +1,5 @@
-"""`ezvtb serve`: run one core in its own process for one client (protocol: docs/ipc.md)."""
+"""`ezvtb serve`: run one core in its own process for one client (protocol: docs/ipc.md), or with
+``--ray [ADDRESS]`` cores for many clients on a Ray cluster (`ezvtb.cluster.live`)."""
 from __future__ import annotations
 
 import argparse
@@ -31,6 +32,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="drop a message that stops arriving midway after S seconds (default: %(default)s)")
     p.add_argument("--accept-timeout", type=float, default=120.0, metavar="S",
                    help="shm: exit if no client connects within S seconds (default: %(default)s)")
+    g = p.add_argument_group("Ray cluster (ezvtb.cluster; needs the cluster extra)")
+    g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="serve cores to many clients on Ray instead (ADDRESS: HOST:PORT of `ray start --head`, or "
+                        "auto; omitted: RAY_ADDRESS, a cluster on this machine, else a new local instance); clients: "
+                        "ezvtb.cluster.Client.connect(ADDRESS)")
+    g.add_argument("--replicas", type=int, default=1, help="--ray: replica actors (default: %(default)s)")
+    g.add_argument("--cores-per-replica", type=int, default=1, help="--ray: cores (characters) per replica")
+    g.add_argument("--cpus-per-replica", type=float, default=1.0, help="--ray: Ray CPUs per replica")
+    g.add_argument("--gpus-per-replica", type=float, default=0.0,
+                   help="--ray: Ray GPUs per replica; a fraction shares a GPU, e.g. 0.25 (default: %(default)s)")
+    g.add_argument("--name", default="ezvtb", help="--ray: service name in namespace ezvtb (default: %(default)s)")
     p.set_defaults(func=run)
 
 
@@ -57,6 +69,12 @@ def run(args: argparse.Namespace) -> int:
     from ezvtb.ipc.server import serve
 
     options = parse_options(args.options, args.option)
+    if args.ray is not None:
+        from ezvtb.cluster.live import serve_forever
+
+        return serve_forever(args.ray or None, options, engine=args.engine, name=args.name, replicas=args.replicas,
+                             cores_per_replica=args.cores_per_replica, cpus_per_replica=args.cpus_per_replica,
+                             gpus_per_replica=args.gpus_per_replica, announce=lambda line: print(line, flush=True))
     if args.transport == "stdio" and args.socket:
         raise ValueError("--socket: only used with --transport shm")
     return serve(args.transport, options, engine=args.engine, socket_path=args.socket, slots=args.slots,

@@ -15,6 +15,13 @@ Buffers. A session runs in one of two modes (`OrtSession.on_device`):
     frame, SR's crop) and downloads go through `ezvtb.engines.memory` (cuda-python on CUDA).
 Device mode is the default on the CUDA and TensorRT EPs when cuda-python is importable;
 ``device_buffers=True`` on the CPU provider runs the same path with CPU OrtValues (tests).
+
+GPU libraries. The onnxruntime-gpu wheel's CUDA and TensorRT provider libraries carry no RUNPATH:
+they find libcudart, libcublas, libcurand, libcudnn and libnvinfer only if something loaded them.
+`prepare_gpu_libraries` runs once before the first CUDA/TensorRT-EP session: it calls
+`onnxruntime.preload_dlls()` (ORT >= 1.21; loads the pip-installed nvidia-* wheels' copies, else the
+system's) and, for the TensorRT EP, imports `tensorrt` (whose import loads libnvinfer from the
+tensorrt wheel). A provider that still fails to create its session counts as not loaded.
 """
 from __future__ import annotations
 
@@ -47,6 +54,10 @@ _DEVICE = {"cuda": "cuda", "tensorrt": "cuda", "directml": "dml"}
 _AUTO_ORDER = ("cuda", "directml", "cpu")
 
 ORT_BACKENDS = tuple(_PROVIDERS)
+# Backends whose providers need the CUDA (and TensorRT) libraries loaded first.
+_CUDA_BACKENDS = ("cuda", "tensorrt")
+# What `prepare_gpu_libraries` already did in this process: "preload_dlls", "tensorrt".
+_prepared: set[str] = set()
 
 
 def _ort():
@@ -58,6 +69,43 @@ def _ort():
             "ezvtb[cpu], ezvtb[cuda], ezvtb[tensorrt] or ezvtb[directml]"
         ) from e
     return onnxruntime
+
+
+def prepare_gpu_libraries(backend: str) -> None:
+    """Load the libraries the CUDA / TensorRT EPs need, once per process (see the module docstring).
+
+    No-op for other backends. Never raises: what cannot be loaded shows up as a provider that did
+    not load, which the session reports.
+    """
+    if backend not in _CUDA_BACKENDS:
+        return
+    ort = _ort()
+    if "preload_dlls" not in _prepared:
+        _prepared.add("preload_dlls")
+        preload = getattr(ort, "preload_dlls", None)
+        if preload is None:
+            log.info("onnxruntime %s has no preload_dlls (ORT < 1.21): CUDA/cuDNN must be on the loader path",
+                     getattr(ort, "__version__", "?"))
+        else:
+            import contextlib
+            import io
+
+            out = io.StringIO()
+            try:
+                with contextlib.redirect_stdout(out):  # it prints its failures
+                    preload()
+            except Exception as e:  # noqa: BLE001 - best effort; a failed provider load is reported later
+                log.warning("onnxruntime.preload_dlls() failed: %s: %s", type(e).__name__, e)
+            said = " ".join(out.getvalue().split())
+            if said:
+                log.warning("onnxruntime.preload_dlls(): %s", said)
+    if backend == "tensorrt" and "tensorrt" not in _prepared:
+        _prepared.add("tensorrt")
+        try:
+            import tensorrt  # noqa: F401 - its import loads libnvinfer from the tensorrt wheel
+        except Exception as e:  # noqa: BLE001 - a system TensorRT on the loader path works without it
+            log.info("import tensorrt failed (%s: %s); the TensorRT EP needs libnvinfer on the loader path",
+                     type(e).__name__, e)
 
 
 def resolve_providers(backend: str) -> tuple[str, bool]:
@@ -135,6 +183,7 @@ class OrtSession(Session):
             raise FileNotFoundError(f"model_path: no ONNX file at {path!r}")
         self.backend, explicit = resolve_providers(backend)
         want_ep, providers = _PROVIDERS[self.backend]
+        prepare_gpu_libraries(self.backend)
 
         so = ort.SessionOptions()
         if options.optimization not in _LEVELS:
@@ -158,12 +207,21 @@ class OrtSession(Session):
             po.update(options.extra_provider_options.get(p, {}))
             provider_options.append(po)
 
-        self._sess = ort.InferenceSession(path, sess_options=so, providers=list(providers),
-                                          provider_options=provider_options)
-        active = self._sess.get_providers()
+        failed = ""
+        try:
+            self._sess = ort.InferenceSession(path, sess_options=so, providers=list(providers),
+                                              provider_options=provider_options)
+            active = self._sess.get_providers()
+        except Exception as e:  # noqa: BLE001 - ORT's errors are not RuntimeErrors (Fail, EPFail, ...)
+            if self.backend == "cpu":
+                raise
+            # A GPU provider that fails while creating the session (a TensorRT build, CUDA out of
+            # memory, a missing library) did not load; a broken graph fails again on the CPU below.
+            self._sess, active, failed = None, [], f"{type(e).__name__}: {e}"
         if want_ep not in active:
             msg = (f"{spec.name}: requested {want_ep} did not load, ONNX Runtime fell back to "
-                   f"{active} (check the CUDA/cuDNN/TensorRT libraries and the driver)")
+                   f"{active} (check the CUDA/cuDNN/TensorRT libraries and the driver)") if not failed else \
+                  f"{spec.name}: creating the session on {want_ep} failed: {failed}"
             self._sess = None
             if explicit:
                 raise BackendUnavailableError(msg)
