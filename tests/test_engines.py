@@ -131,3 +131,100 @@ def test_options_reach_the_session(toy_model):
     assert s.options.intra_op_threads == 1
     with pytest.raises(ValueError, match="optimization"):
         create_session(toy_model, SPEC, "cpu", optimization="max")
+
+
+# --- GPU library loading (issue 17): the real preload runs only with onnxruntime-gpu; here the ORT
+# module's functions are wrapped to record calls, the sessions themselves are real CPU sessions.
+
+@pytest.fixture
+def fresh_gpu_preparation(monkeypatch):
+    """A process that has not prepared the GPU libraries yet; records preload_dlls and session creation."""
+    import onnxruntime as ort
+
+    from ezvtb.engines.ort import session as ort_session
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("CUDA really is available here: the real preload already ran or would")
+    monkeypatch.setattr(ort_session, "_prepared", set())
+    events: list[str] = []
+    monkeypatch.setattr(ort, "preload_dlls", lambda *a, **k: events.append("preload_dlls"), raising=False)
+    real_session = ort.InferenceSession
+
+    def recording_session(path, *a, providers=None, **k):
+        events.append(f"session {providers[0] if providers else '?'}")
+        return real_session(path, *a, providers=providers, **k)
+
+    monkeypatch.setattr(ort, "InferenceSession", recording_session)
+    return events
+
+
+def test_preload_dlls_runs_once_before_the_first_gpu_session(toy_model, monkeypatch, fresh_gpu_preparation, caplog):
+    import onnxruntime as ort
+
+    events = fresh_gpu_preparation
+    real = ort.get_available_providers
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *real()])
+    with caplog.at_level(logging.WARNING, logger="ezvtb"):
+        a = OrtSession(toy_model, SPEC, "auto")  # resolves to cuda, which cannot load on this CPU build
+        b = OrtSession(toy_model, SPEC, "auto")
+    assert events[:2] == ["preload_dlls", "session CUDAExecutionProvider"], events
+    assert events.count("preload_dlls") == 1, events
+    assert a.backend == b.backend == "cpu" and a.run(feeds(2, 2.0))["scaled"][0, 0, 0] == 4.0
+
+
+def test_cpu_sessions_never_preload_gpu_libraries(toy_model, fresh_gpu_preparation):
+    events = fresh_gpu_preparation
+    create_session(toy_model, SPEC, "cpu")
+    create_session(toy_model, SPEC, "auto")  # auto on a CPU-only build: the CPU provider
+    assert events == ["session CPUExecutionProvider"] * 2
+
+
+def test_tensorrt_ep_imports_tensorrt_before_its_first_session(toy_model, monkeypatch, fresh_gpu_preparation, caplog):
+    import onnxruntime as ort
+
+    events = fresh_gpu_preparation
+    real = ort.get_available_providers
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", *real()])
+    import builtins
+
+    real_import = builtins.__import__
+
+    def recording_import(name, *a, **k):
+        if name == "tensorrt":
+            events.append("import tensorrt")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", recording_import)
+    with pytest.raises(BackendUnavailableError, match="TensorrtExecutionProvider"):
+        OrtSession(toy_model, SPEC, "tensorrt")  # the EP cannot load on this CPU build
+    monkeypatch.setattr(builtins, "__import__", real_import)
+    assert events[:3] == ["preload_dlls", "import tensorrt", "session TensorrtExecutionProvider"], events
+    with pytest.raises(BackendUnavailableError):
+        OrtSession(toy_model, SPEC, "tensorrt")
+    assert events.count("import tensorrt") == 1 and events.count("preload_dlls") == 1, events
+
+
+def test_a_gpu_provider_failing_at_session_creation_did_not_load(toy_model, monkeypatch, caplog):
+    """An EP that raises while creating the session (a TensorRT build, CUDA out of memory): ORT raises
+    its own exception types (not RuntimeError); explicit backends get BackendUnavailableError, auto
+    falls back to the CPU with a warning."""
+    import onnxruntime as ort
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("CUDA really is available here")
+    real, real_session = ort.get_available_providers, ort.InferenceSession
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *real()])
+
+    def failing_on_cuda(path, *a, providers=None, **k):
+        if "CUDAExecutionProvider" in (providers or []):
+            raise Fail("CUDA failure 2: out of memory")
+        return real_session(path, *a, providers=providers, **k)
+
+    monkeypatch.setattr(ort, "InferenceSession", failing_on_cuda)
+    with pytest.raises(BackendUnavailableError, match="CUDAExecutionProvider failed: Fail: CUDA failure 2"):
+        OrtSession(toy_model, SPEC, "cuda")
+    with caplog.at_level(logging.WARNING, logger="ezvtb"):
+        s = OrtSession(toy_model, SPEC, "auto")
+    assert s.backend == "cpu" and s.run(feeds(3, 1.0))["scaled"][0, 0, 0] == 3.0
+    assert any("out of memory" in r.message for r in caplog.records)
