@@ -1,0 +1,527 @@
+"""Export any torch network to ONNX with a declared `GraphSpec`, and run it on an `ezvtb.engines` session.
+
+Used by the generative pipelines (UNet steps, VAE encoder/decoder, text/image encoders, small nets):
+they run on the same session runtime as the realtime stages. This module imports torch only
+inside functions that need it; the realtime core never imports it.
+
+Cache layout (files written atomically; the ``.onnx`` is written last, so its presence means the
+export is complete)::
+
+    $EZVTB_HOME/onnx/<name>/<key>/<name>.onnx
+    $EZVTB_HOME/onnx/<name>/<key>/<name>.<key>.weights      (only for graphs with external data)
+
+``key`` = blake2b(weights digest | module structure | spec | precision | opset | exporter version |
+torch version). The external-data file name carries the key, so two graphs that differ only in
+their weights have different ``.onnx`` bytes too (native TensorRT keys its engine cache by the
+``.onnx`` file's sha256).
+
+Export uses the TorchScript exporter (``dynamo=False``, static shapes, constant folding): on the
+diffusion UNets it is several times faster than the dynamo exporter and gives the same graphs to
+ORT (facts sheet §3). Graphs over `EXTERNAL_DATA_BYTES` are saved with ONNX external data in one
+file next to the ``.onnx``; backends open them from that folder (ORT and TensorRT's parser both
+resolve the location relative to the ``.onnx``).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ezvtb import paths
+from ezvtb.atomic import atomic_write
+from ezvtb.engines.base import GraphSpec
+
+log = logging.getLogger("ezvtb.export.generic")
+
+GENERIC_EXPORTER_VERSION = "generic-1"
+# Graphs whose initializers exceed this are saved with external data (protobuf's hard limit is 2 GiB).
+EXTERNAL_DATA_BYTES = int(1.8e9)
+# Offsets of tensors in the external-data file are aligned to this (page size; lets runtimes map them).
+EXTERNAL_DATA_ALIGN = 4096
+PRECISIONS = ("fp32", "fp16")
+MIN_OPSET, MAX_OPSET = 14, 20  # SDPA / LayerNormalization need >= 14 (17 for LayerNormalization op)
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_TORCH_DTYPES = {
+    "float32": "float32", "float16": "float16", "bfloat16": "bfloat16", "float64": "float64",
+    "int64": "int64", "int32": "int32", "int16": "int16", "int8": "int8", "uint8": "uint8", "bool": "bool",
+}
+
+
+class ExportError(RuntimeError):
+    """The exporter failed or produced a graph that does not match the declared spec."""
+
+
+# -- keys ------------------------------------------------------------------------------------------
+def weights_digest(module: Any) -> str:
+    """blake2b hex digest of every parameter and buffer of `module` (names, dtypes, shapes, bytes).
+
+    Hashes each tensor's memory in place (no copy of contiguous CPU tensors).
+    """
+    import torch
+
+    h = hashlib.blake2b(b"ezvtb-module-weights-v1\n", digest_size=16)
+    tensors = list(module.named_parameters()) + list(module.named_buffers())
+    for name, t in tensors:
+        t = t.detach()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        if t.numel() == 0:
+            continue
+        if t.device.type != "cpu":
+            t = t.cpu()
+        t = t.contiguous()
+        if t.dtype == torch.bfloat16:
+            t = t.view(torch.int16)
+        elif t.dtype == torch.bool:
+            t = t.view(torch.uint8)
+        h.update(memoryview(t.numpy()).cast("B"))
+    return h.hexdigest()
+
+
+def export_key(module: Any, spec: GraphSpec, precision: str = "fp32", opset: int = 17,
+               digest: str | None = None) -> str:
+    """The cache key of (module weights and structure, spec, precision, opset, exporter and torch versions)."""
+    import torch
+
+    digest = weights_digest(module) if digest is None else digest
+    structure = hashlib.blake2b(f"{type(module).__module__}.{type(module).__qualname__}\n{module!r}".encode(),
+                                digest_size=8).hexdigest()
+    text = "|".join([digest, structure, repr(spec), precision, str(opset), GENERIC_EXPORTER_VERSION,
+                     torch.__version__])
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+# -- validation ------------------------------------------------------------------------------------
+def _check_name(name: Any) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ValueError(f"name: expected 1-100 characters of letters, digits, '_', '.', '-' (a file name), "
+                         f"got {name!r}")
+    return name
+
+
+def _check_precision(precision: Any) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+def _check_spec(spec: Any) -> GraphSpec:
+    if not isinstance(spec, GraphSpec):
+        raise ValueError(f"spec: expected an ezvtb.engines.base.GraphSpec, got {type(spec).__name__}")
+    if not spec.inputs or not spec.outputs:
+        raise ValueError(f"spec {spec.name!r}: needs at least one input and one output")
+    names = spec.input_names + spec.output_names
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"spec {spec.name!r}: tensor names must be unique, repeated: {dup}")
+    for t in spec.inputs + spec.outputs:
+        if t.dtype not in _TORCH_DTYPES:
+            raise ValueError(f"spec {spec.name!r} tensor {t.name!r}: dtype {t.dtype!r} is not one of "
+                             f"{sorted(_TORCH_DTYPES)}")
+        if any((not isinstance(d, int)) or d < 0 for d in t.shape):
+            raise ValueError(f"spec {spec.name!r} tensor {t.name!r}: shape must be static non-negative ints, "
+                             f"got {t.shape}")
+    return spec
+
+
+def _check_opset(opset: Any) -> int:
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(f"opset: expected an int in [{MIN_OPSET}, {MAX_OPSET}], got {opset!r}")
+    return opset
+
+
+# -- export ----------------------------------------------------------------------------------------
+def graph_path(name: str, key: str, out_dir: str | os.PathLike | None = None) -> Path:
+    """Where `export_module` keeps the ``.onnx`` of (name, key)."""
+    folder = Path(out_dir) if out_dir is not None else paths.subdir("onnx", name, key)
+    return folder / f"{name}.onnx"
+
+
+def external_data_name(name: str, key: str) -> str:
+    """File name of the external-data file of (name, key), next to the ``.onnx``."""
+    return f"{name}.{key}.weights"
+
+
+def _is_complete(path: Path) -> bool:
+    """True when `path` exists and every external-data file it references exists too."""
+    if not path.is_file():
+        return False
+    marker = path.with_suffix(".external")
+    if marker.is_file():  # written before the .onnx when the graph has external data
+        return (path.parent / marker.read_text().strip()).is_file()
+    return True
+
+
+def export_module(module: Any, spec: GraphSpec, *, name: str, precision: str = "fp32",
+                  out_dir: str | os.PathLike | None = None, external_data: bool | None = None,
+                  opset: int = 17, progress: bool = True, example_inputs: Sequence[Any] | None = None,
+                  digest: str | None = None) -> Path:
+    """Export `module` to ONNX with the static shapes/dtypes of `spec` and return the .onnx path.
+
+    module: called as ``module(*inputs)`` with tensors in ``spec.inputs`` order (dtypes from the spec);
+        returns one tensor or a tuple in ``spec.outputs`` order. It is put in eval mode for the export
+        (and restored); turn gradient checkpointing off and use SDPA attention (xformers does not export).
+    name: the graph's cache name (a file name); it should identify the module's code and configuration.
+    Cached under ``paths.subdir("onnx", name, key)`` (see `export_key`); a second call with the same
+        weights/spec returns the cached path without running the exporter.
+    out_dir: write into this folder instead of the cache (the key still names the external-data file).
+    external_data: None = automatic (over `EXTERNAL_DATA_BYTES` of initializers); True forces it.
+    precision: "fp16" runs the module's floating tensors in half inside the graph (a half copy of the
+        module is made for the export); inputs and outputs keep the spec's dtypes (cast in the graph).
+    example_inputs: values to trace with (default: seeded random floats, zero integers, in spec shapes);
+        give real values when the module's control flow depends on them.
+    digest: a precomputed `weights_digest(module)` (saves hashing the weights again).
+    Raises ValueError for bad arguments or a module whose outputs do not match the spec, and
+    `ExportError` when the exporter fails.
+    """
+    spec = _check_spec(spec)
+    name = _check_name(name)
+    precision = _check_precision(precision)
+    opset = _check_opset(opset)
+    if external_data not in (None, True, False):
+        raise ValueError(f"external_data: expected None, True or False, got {external_data!r}")
+    try:
+        import torch
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ImportError("export_module needs torch: install ezvtb[diffusion]") from e
+    if not isinstance(module, torch.nn.Module):
+        raise ValueError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
+
+    args = _example_inputs(spec, example_inputs) if example_inputs is not None else None
+    key = export_key(module, spec, precision, opset, digest)
+    path = graph_path(name, key, out_dir)
+    if _is_complete(path):
+        log.debug("%s: cached graph %s", name, path)
+        return path
+
+    from tqdm import tqdm
+
+    if args is None:
+        args = _example_inputs(spec, None)
+    was_training = module.training
+    module.eval()
+    with tqdm(total=3, desc=f"export {name} {precision}", unit="step", leave=False, disable=not progress) as bar:
+        wrapper = _SpecModule(module, spec, precision)
+        try:
+            _check_outputs(wrapper, args, spec)
+            bar.update()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=path.parent))
+            try:
+                raw = tmp / "graph.onnx"
+                _run_exporter(wrapper, args, raw, spec, opset, name)
+                bar.update()
+                del wrapper  # the fp16 copy, if any, is no longer needed
+                _finalise(raw, path, spec, key, name, external_data)
+                bar.update()
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            module.train(was_training)
+    log.info("exported %s %s -> %s", name, precision, path)
+    return path
+
+
+def _example_inputs(spec: GraphSpec, example_inputs: Sequence[Any] | None) -> tuple:
+    import torch
+
+    if example_inputs is not None:
+        if len(example_inputs) != len(spec.inputs):
+            raise ValueError(f"example_inputs: expected {len(spec.inputs)} tensors ({list(spec.input_names)}), "
+                             f"got {len(example_inputs)}")
+        out = []
+        for t, v in zip(spec.inputs, example_inputs):
+            v = torch.as_tensor(v)
+            if tuple(v.shape) != t.shape:
+                raise ValueError(f"example_inputs[{t.name!r}]: expected shape {list(t.shape)}, got {list(v.shape)}")
+            out.append(v.detach().to("cpu", getattr(torch, t.dtype)).contiguous())
+        return tuple(out)
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for t in spec.inputs:
+        dt = getattr(torch, t.dtype)
+        if dt.is_floating_point:
+            out.append(torch.randn(t.shape, generator=g, dtype=torch.float32).to(dt))
+        else:
+            out.append(torch.zeros(t.shape, dtype=dt))
+    return tuple(out)
+
+
+def _SpecModule(module: Any, spec: GraphSpec, precision: str):  # noqa: N802 - builds a torch module
+    """`module` with spec-typed I/O: float inputs cast to the compute dtype, outputs to the spec dtypes."""
+    import copy
+
+    import torch
+
+    inner = module
+    compute = None
+    if precision == "fp16":
+        inner = copy.deepcopy(module).to(torch.float16).eval()
+        compute = torch.float16
+    out_dtypes = [getattr(torch, t.dtype) for t in spec.outputs]
+
+    class SpecModule(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *xs):
+            if compute is not None:
+                xs = tuple(x.to(compute) if x.is_floating_point() else x for x in xs)
+            ys = self.inner(*xs)
+            if isinstance(ys, torch.Tensor):
+                ys = (ys,)
+            if not isinstance(ys, (tuple, list)) or not all(isinstance(y, torch.Tensor) for y in ys):
+                raise ValueError(f"module: must return a tensor or a tuple of tensors for spec {spec.name!r}, "
+                                 f"got {type(ys).__name__}")
+            if len(ys) != len(out_dtypes):
+                raise ValueError(f"module: returned {len(ys)} outputs, spec {spec.name!r} declares "
+                                 f"{len(out_dtypes)} ({list(spec.output_names)})")
+            return tuple(y.to(d) for y, d in zip(ys, out_dtypes))
+
+    return SpecModule().eval()
+
+
+def _check_outputs(wrapper: Any, args: tuple, spec: GraphSpec) -> None:
+    """Run once in torch and compare output shapes with the spec (clear error before a long export)."""
+    import torch
+
+    with torch.no_grad():
+        ys = wrapper(*args)
+    for t, y in zip(spec.outputs, ys):
+        if tuple(y.shape) != t.shape:
+            raise ValueError(f"module: output {t.name!r} of spec {spec.name!r} has shape {list(y.shape)}, "
+                             f"the spec declares {list(t.shape)}")
+
+
+def _run_exporter(wrapper: Any, args: tuple, raw: Path, spec: GraphSpec, opset: int, name: str) -> None:
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        try:
+            torch.onnx.export(wrapper, args, str(raw), input_names=list(spec.input_names),
+                              output_names=list(spec.output_names), opset_version=opset,
+                              do_constant_folding=True, dynamo=False)
+        except ValueError:
+            raise
+        except Exception as e:  # the exporter's errors are of many types
+            raise ExportError(f"{name}: torch.onnx.export failed: {type(e).__name__}: {e}") from e
+    seen = set()
+    for w in caught:
+        msg = str(w.message).splitlines()[0][:200]
+        if msg not in seen:
+            seen.add(msg)
+            logging.getLogger("ezvtb.export.warnings").debug("%s: %s: %s", name, w.category.__name__, msg)
+
+
+def _finalise(raw: Path, path: Path, spec: GraphSpec, key: str, name: str, external_data: bool | None) -> None:
+    """Fix the output shapes to the spec, move weights to one external file if needed, write atomically."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    model = onnx.load(str(raw), load_external_data=False)
+    _set_static_io(model, spec, name)
+    inits = list(model.graph.initializer)
+    size = 0
+    exporter_external = False
+    for t in inits:
+        if uses_external_data(t):
+            exporter_external = True
+            size += (raw.parent / _external_location(t)).stat().st_size
+        else:
+            size += len(t.raw_data) if t.HasField("raw_data") else t.ByteSize()
+    if external_data is None:
+        external_data = exporter_external or size > EXTERNAL_DATA_BYTES
+    if not external_data and exporter_external:
+        raise ValueError(f"external_data=False: graph {name!r} holds {size / 2**30:.2f} GiB of weights, over "
+                         "protobuf's 2 GiB limit; use external_data=None or True")
+    marker = path.with_suffix(".external")
+    if external_data:
+        data_name = external_data_name(name, key)
+        _write_external(model, raw.parent, path.parent / data_name, data_name)
+        with atomic_write(marker, "w") as f:
+            f.write(data_name + "\n")
+    elif marker.exists():
+        marker.unlink()
+    data = model.SerializeToString()
+    del model
+    with atomic_write(path) as f:
+        f.write(data)
+    log.debug("%s: %.1f MB graph, %.1f MB weights%s", name, len(data) / 1e6, size / 1e6,
+              " (external)" if external_data else "")
+
+
+def _external_location(t: Any) -> str:
+    for e in t.external_data:
+        if e.key == "location":
+            return e.value
+    raise ExportError(f"initializer {t.name!r}: external data without a location")
+
+
+def _write_external(model: Any, raw_dir: Path, data_path: Path, data_name: str) -> None:
+    """Stream every large initializer into one aligned external-data file (tensor by tensor)."""
+    from onnx import TensorProto
+    from onnx.external_data_helper import uses_external_data
+
+    with atomic_write(data_path) as f:
+        offset = 0
+        for t in model.graph.initializer:
+            if uses_external_data(t):
+                blob = (raw_dir / _external_location(t)).read_bytes()
+            elif t.HasField("raw_data"):
+                blob = t.raw_data
+            else:
+                continue  # typed-field constants (small, exporter-made) stay inline
+            if len(blob) < 1024:
+                if uses_external_data(t):
+                    t.raw_data = blob
+                    del t.external_data[:]
+                    t.data_location = TensorProto.DEFAULT
+                continue
+            pad = (-offset) % EXTERNAL_DATA_ALIGN
+            if pad:
+                f.write(b"\0" * pad)
+                offset += pad
+            f.write(blob)
+            del t.external_data[:]
+            for k, v in (("location", data_name), ("offset", str(offset)), ("length", str(len(blob)))):
+                e = t.external_data.add()
+                e.key, e.value = k, v
+            t.data_location = TensorProto.EXTERNAL
+            t.ClearField("raw_data")
+            offset += len(blob)
+            del blob
+
+
+def _set_static_io(model: Any, spec: GraphSpec, name: str) -> None:
+    """Write the spec's static shapes into the graph's outputs (the exporter may leave them symbolic)."""
+    outputs = {o.name: o for o in model.graph.output}
+    for t in spec.outputs:
+        o = outputs.get(t.name)
+        if o is None:
+            raise ExportError(f"{name}: exported graph has no output {t.name!r} (outputs: {list(outputs)})")
+        dims = o.type.tensor_type.shape.dim
+        if len(dims) != len(t.shape):
+            raise ExportError(f"{name}: output {t.name!r} has rank {len(dims)}, the spec declares {list(t.shape)}")
+        for d, v in zip(dims, t.shape):
+            if d.HasField("dim_value") and d.dim_value != v:
+                raise ExportError(f"{name}: output {t.name!r} has shape dim {d.dim_value}, the spec declares "
+                                  f"{list(t.shape)}")
+            d.Clear()
+            d.dim_value = v
+
+
+# -- running ---------------------------------------------------------------------------------------
+RUNNER_BACKENDS = ("torch", "auto", "cpu", "cuda", "tensorrt", "directml", "trt")
+
+
+class GraphRunner:
+    """One network, run eagerly (``backend="torch"``) or as exported graphs on `ezvtb.engines` sessions.
+
+    ``backend="torch"`` calls the module itself (the reference, and what training uses: no
+    ``no_grad``, no copies). Other backends ("auto" | "cpu" | "cuda" | "tensorrt" | "directml" |
+    "trt") hold one session per input-shape key: on first use of a shape, ``spec_for(shapes)`` gives
+    the `GraphSpec` for those input shapes, `export_module` exports (or finds in the cache) the graph,
+    and `ezvtb.engines.create_session` opens it with ``session_options``. Inputs are converted to the
+    spec's dtypes; outputs are fresh torch tensors on the first input's device (copied out of the
+    session-owned buffers). The weights are hashed once, at the first export: do not change them
+    afterwards (build a new runner).
+    """
+
+    def __init__(self, module: Any, spec_for: Callable[[tuple[tuple[int, ...], ...]], GraphSpec], *, name: str,
+                 backend: str = "auto", precision: str = "fp32", progress: bool = True,
+                 external_data: bool | None = None, **session_options: Any) -> None:
+        if backend not in RUNNER_BACKENDS:
+            raise ValueError(f"backend: expected one of {list(RUNNER_BACKENDS)}, got {backend!r}")
+        if not callable(spec_for):
+            raise ValueError(f"spec_for: expected a callable shapes -> GraphSpec, got {type(spec_for).__name__}")
+        self.module = module
+        self.spec_for = spec_for
+        self.name = _check_name(name)
+        self.backend = backend
+        self.precision = _check_precision(precision)
+        self.progress = progress
+        self.external_data = external_data
+        self.session_options = session_options
+        self._sessions: dict[tuple, Any] = {}
+        self._digest: str | None = None
+        self.paths: dict[tuple, Path] = {}
+
+    def __repr__(self) -> str:
+        return (f"GraphRunner({self.name!r}, backend={self.backend!r}, precision={self.precision!r}, "
+                f"{len(self._sessions)} sessions)")
+
+    def session_for(self, shapes: tuple[tuple[int, ...], ...]) -> Any:
+        """The session for these input shapes (exported and opened on first use)."""
+        sess = self._sessions.get(shapes)
+        if sess is not None:
+            return sess
+        spec = self.spec_for(shapes)
+        if not isinstance(spec, GraphSpec):
+            raise ValueError(f"spec_for: must return a GraphSpec, got {type(spec).__name__}")
+        declared = tuple(t.shape for t in spec.inputs)
+        if declared != shapes:
+            raise ValueError(f"{self.name}: spec_for({list(map(list, shapes))}) returned a spec with input shapes "
+                             f"{list(map(list, declared))}")
+        if self._digest is None:
+            self._digest = weights_digest(self.module)
+        path = export_module(self.module, spec, name=self.name, precision=self.precision,
+                             external_data=self.external_data, progress=self.progress, digest=self._digest)
+        from ezvtb.engines import create_session
+
+        sess = create_session(path, spec, self.backend, **self.session_options)
+        self._sessions[shapes] = sess
+        self.paths[shapes] = path
+        return sess
+
+    def __call__(self, *inputs: Any) -> Any:
+        """Same as ``module(*inputs)``: one tensor, or a tuple in the spec's output order."""
+        if self.backend == "torch":
+            return self.module(*inputs)
+        import torch
+
+        if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
+            raise ValueError(f"{self.name}: inputs must be torch tensors, got {[type(x).__name__ for x in inputs]}")
+        shapes = tuple(tuple(x.shape) for x in inputs)
+        sess = self.session_for(shapes)
+        spec = sess.spec
+        if len(inputs) != len(spec.inputs):
+            raise ValueError(f"{self.name}: expected {len(spec.inputs)} inputs ({list(spec.input_names)}), "
+                             f"got {len(inputs)}")
+        feeds = {}
+        for t, x in zip(spec.inputs, inputs):
+            a = x.detach().cpu()
+            if a.dtype == torch.bfloat16:
+                a = a.float()
+            feeds[t.name] = np.ascontiguousarray(a.numpy(), dtype=t.np_dtype)
+        out = sess.run(feeds)
+        device = inputs[0].device
+        ys = tuple(torch.from_numpy(np.array(sess.to_host(out[t.name]), copy=True)).to(device)
+                   for t in spec.outputs)
+        return ys[0] if len(ys) == 1 else ys
+
+    def close(self) -> None:
+        """Release every session (the exported files stay in the cache)."""
+        for s in self._sessions.values():
+            s.close()
+        self._sessions.clear()
+
+    def __enter__(self) -> "GraphRunner":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["EXTERNAL_DATA_BYTES", "ExportError", "GENERIC_EXPORTER_VERSION", "GraphRunner", "export_key",
+           "export_module", "external_data_name", "graph_path", "weights_digest"]

@@ -1,0 +1,226 @@
+"""ezvtb.export.generic: export any torch module with a GraphSpec, cache it, run it on sessions.
+
+A small real network (conv, GroupNorm, SDPA attention, a sinusoidal timestep embedding from an
+int64 input, two outputs) is exported with the TorchScript exporter and run on ONNX Runtime's CPU
+provider; every result is compared with the module itself.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+
+from ezvtb.engines import create_session  # noqa: E402
+from ezvtb.engines.base import GraphSpec, TensorSpec  # noqa: E402
+from ezvtb.export import generic  # noqa: E402
+from ezvtb.export.generic import GraphRunner, export_module, external_data_name  # noqa: E402
+
+
+class TinyNet(torch.nn.Module):
+    """x (B,C,H,W) float, t (B,) int64 -> (y same as x, pooled (B,C))."""
+
+    def __init__(self, c: int = 32) -> None:
+        super().__init__()
+        self.c = c
+        self.conv = torch.nn.Conv2d(c, c, 3, padding=1)
+        self.norm = torch.nn.GroupNorm(32, c)
+        self.qkv = torch.nn.Linear(c, 3 * c)
+        self.temb = torch.nn.Linear(c, c)
+        self.out = torch.nn.Conv2d(c, c, 1)
+
+    def forward(self, x, t):
+        half = self.c // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+        args = t.float()[:, None] * freqs[None]
+        emb = self.temb(torch.cat([torch.cos(args), torch.sin(args)], -1).to(x.dtype))
+        h = torch.nn.functional.silu(self.norm(self.conv(x))) + emb[:, :, None, None]
+        b, c, hh, ww = h.shape
+        seq = h.flatten(2).transpose(1, 2)
+        q, k, v = self.qkv(seq).reshape(b, hh * ww, 3, 2, c // 2).permute(2, 0, 3, 1, 4)
+        a = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        a = a.permute(0, 2, 1, 3).reshape(b, hh * ww, c).transpose(1, 2).reshape(b, c, hh, ww)
+        y = self.out(a) + x
+        return y, y.mean(dim=(2, 3))
+
+
+def spec_for(shapes):
+    (b, c, h, w), (bt,) = shapes
+    return GraphSpec(f"tiny_{b}x{h}x{w}",
+                     (TensorSpec("x", (b, c, h, w), "float32"), TensorSpec("t", (bt,), "int64")),
+                     (TensorSpec("y", (b, c, h, w), "float32"), TensorSpec("pooled", (b, c), "float32")))
+
+
+SHAPES = ((2, 32, 8, 8), (2,))
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """One export cache for the whole file (each export takes seconds on a small CPU)."""
+    path = tmp_path_factory.mktemp("generic") / "home"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EZVTB_HOME", str(path))
+        yield path
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return TinyNet().eval()
+
+
+def inputs(seed=1, shapes=SHAPES):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shapes[0], generator=g), torch.randint(0, 1000, shapes[1], generator=g)
+
+
+def ort_run(path, spec, x, t, **options):
+    with create_session(path, spec, "cpu", **options) as s:
+        out = s.run({"x": x.numpy(), "t": t.numpy()})
+        return {k: v.copy() for k, v in out.items()}
+
+
+def test_export_matches_torch_on_ort(home, net):
+    spec = spec_for(SHAPES)
+    path = export_module(net, spec, name="tiny", progress=False)
+    assert path.is_file() and path.parent.parent == home / "onnx" / "tiny"
+    x, t = inputs()
+    with torch.no_grad():
+        y, pooled = net(x, t)
+    got = ort_run(path, spec, x, t)
+    err = max(np.abs(got["y"] - y.numpy()).max(), np.abs(got["pooled"] - pooled.numpy()).max())
+    print(f"tiny net ORT vs torch max abs {err:.2e} (|y| max {float(y.abs().max()):.2f})")
+    assert err <= 1e-5
+    assert float(y.abs().max()) > 0.1  # a real, non-trivial output
+
+
+def test_second_call_is_a_cache_hit_without_the_exporter(home, net, monkeypatch):
+    spec = spec_for(SHAPES)
+    first = export_module(net, spec, name="tiny", progress=False)
+    mtime = first.stat().st_mtime_ns
+
+    def boom(*a, **k):
+        raise AssertionError("torch.onnx.export must not run on a cache hit")
+
+    monkeypatch.setattr(torch.onnx, "export", boom)
+    second = export_module(net, spec, name="tiny", progress=False)
+    assert second == first and second.stat().st_mtime_ns == mtime
+    # other weights, precision or spec -> another key (would export: here the exporter raises)
+    other = TinyNet().eval()
+    with pytest.raises(generic.ExportError, match="torch.onnx.export failed"):
+        export_module(other, spec, name="tiny", progress=False)
+    assert generic.export_key(other, spec) != generic.export_key(net, spec)
+    assert generic.export_key(net, spec, "fp16") != generic.export_key(net, spec)
+    assert generic.export_key(net, spec_for(((1, 32, 8, 8), (1,)))) != generic.export_key(net, spec)
+    assert not list(first.parent.parent.glob("*/.tiny.*")), "no temporary folder may be left behind"
+
+
+def test_forced_external_data_opens_from_its_folder(home, net, tmp_path):
+    spec = spec_for(SHAPES)
+    out = tmp_path / "ext"
+    path = export_module(net, spec, name="tiny", external_data=True, out_dir=out, progress=False)
+    key = generic.export_key(net, spec)
+    data = out / external_data_name("tiny", key)
+    assert data.is_file() and data.stat().st_size > 0.9 * sum(p.numel() * 4 for p in net.parameters())
+    assert path.stat().st_size < 20_000, "weights must live in the external file, not the .onnx"
+    model = onnx.load(str(path), load_external_data=False)
+    locs = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locs == {data.name}
+    # the folder moves as a whole: the location is relative to the .onnx
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    shutil.rmtree(out)
+    x, t = inputs(2)
+    with torch.no_grad():
+        y, _ = net(x, t)
+    got = ort_run(moved / path.name, spec, x, t)
+    assert np.abs(got["y"] - y.numpy()).max() <= 1e-5
+    onnx.checker.check_model(str(moved / path.name))
+    # a removed weights file makes the cache entry incomplete -> exported again
+    (moved / data.name).unlink()
+    assert not generic._is_complete(moved / path.name)
+
+
+def test_fp16_graph_keeps_spec_dtypes(home, net):
+    spec = spec_for(SHAPES)
+    path = export_module(net, spec, name="tiny", precision="fp16", progress=False)
+    model = onnx.load(str(path))
+    assert [i.type.tensor_type.elem_type for i in model.graph.input] == [onnx.TensorProto.FLOAT,
+                                                                         onnx.TensorProto.INT64]
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    x, t = inputs(3)
+    with torch.no_grad():
+        y, _ = net(x, t)
+    got = ort_run(path, spec, x, t)
+    err = np.abs(got["y"] - y.numpy()).max()
+    print(f"fp16 graph vs fp32 torch max abs {err:.2e}")
+    assert err <= 3e-2 * float(y.abs().max())
+    assert net.conv.weight.dtype == torch.float32, "the caller's module must stay fp32"
+
+
+def test_errors_name_the_argument(home, net):
+    spec = spec_for(SHAPES)
+    with pytest.raises(ValueError, match="name"):
+        export_module(net, spec, name="../evil", progress=False)
+    with pytest.raises(ValueError, match="precision"):
+        export_module(net, spec, name="tiny", precision="int8", progress=False)
+    with pytest.raises(ValueError, match="opset"):
+        export_module(net, spec, name="tiny", opset=9, progress=False)
+    with pytest.raises(ValueError, match="spec"):
+        export_module(net, "not a spec", name="tiny", progress=False)
+    with pytest.raises(ValueError, match="external_data"):
+        export_module(net, spec, name="tiny", external_data="yes", progress=False)
+    with pytest.raises(ValueError, match="module"):
+        export_module(lambda x: x, spec, name="tiny", progress=False)
+    bad_shape = GraphSpec("bad", spec.inputs, (TensorSpec("y", (2, 32, 4, 4), "float32"), spec.outputs[1]))
+    with pytest.raises(ValueError, match=r"output 'y'.*\[2, 32, 8, 8\].*\[2, 32, 4, 4\]"):
+        export_module(net, bad_shape, name="tiny", progress=False)
+    one_out = GraphSpec("one", spec.inputs, spec.outputs[:1])
+    with pytest.raises(ValueError, match="returned 2 outputs.*declares 1"):
+        export_module(net, one_out, name="tiny", progress=False)
+    with pytest.raises(ValueError, match="example_inputs"):
+        export_module(net, spec, name="tiny", example_inputs=(torch.zeros(1),), progress=False)
+    assert net.training is False
+    net.train()
+    with pytest.raises(ValueError):
+        export_module(net, one_out, name="tiny", progress=False)
+    assert net.training is True, "export restores the module's training flag"
+    net.eval()
+    with pytest.raises(ValueError, match="backend"):
+        GraphRunner(net, spec_for, name="tiny", backend="gpu")
+    runner = GraphRunner(net, lambda shapes: spec, name="tiny", backend="cpu", progress=False)
+    with pytest.raises(ValueError, match="spec_for"):
+        runner(*inputs(1, ((1, 32, 8, 8), (1,))))
+    assert not list(home.glob("onnx/tiny/*/.tiny.*")), "failed exports leave no temporary folder"
+
+
+def test_graph_runner_per_shape_sessions_and_torch_backend(home, net):
+    runner = GraphRunner(net, spec_for, name="tiny", backend="cpu", progress=False, intra_op_threads=1)
+    try:
+        for shapes in (SHAPES, ((1, 32, 16, 8), (1,)), SHAPES):
+            x, t = inputs(4, shapes)
+            with torch.no_grad():
+                ref = net(x, t)
+            got = runner(x, t)
+            assert isinstance(got, tuple) and len(got) == 2
+            for r, g in zip(ref, got):
+                assert isinstance(g, torch.Tensor) and g.shape == r.shape
+                assert float((g - r).abs().max()) <= 1e-5
+        assert len(runner._sessions) == 2
+        a = runner(*inputs(5))[0]
+        kept = a.clone()
+        runner(*inputs(6))
+        assert torch.equal(a, kept), "outputs are fresh tensors, not views of session buffers"
+    finally:
+        runner.close()
+    assert not runner._sessions
+    eager = GraphRunner(net, spec_for, name="tiny", backend="torch")
+    x, t = inputs(7)
+    x.requires_grad_(True)
+    y, _ = eager(x, t)
+    y.sum().backward()  # the torch backend is the module itself: gradients flow
+    assert x.grad is not None
