@@ -7,6 +7,7 @@ deserialiser parses them, so every branch of the cache logic runs for real.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import zlib
 
@@ -200,3 +201,147 @@ def test_trt_session_without_tensorrt_fails_clearly():
         from ezvtb.engines.trt import TrtSession  # noqa: F401
     ok, why = available()
     assert not ok and "tensorrt" in why
+
+
+# --- timing cache (TensorRT's create_timing_cache returns None for data it cannot parse) -------------------
+
+class TimingCache:
+    """Stands in for trt.ITimingCache: a JSON dict of tactic timings, serialised as bytes."""
+
+    def __init__(self, entries):
+        self.entries = entries
+
+    def serialize(self):
+        return json.dumps(self.entries).encode()
+
+
+def create_timing_cache(data: bytes):
+    """TensorRT's semantics: b"" -> an empty cache, parseable data -> that cache, else None."""
+    if not data:
+        return TimingCache({})
+    try:
+        return TimingCache(json.loads(data))
+    except ValueError:
+        return None
+
+
+@pytest.mark.parametrize("content, why", [(b"\x00garbage\xff", "could not parse"), (b'{"conv": 1', "could not parse")])
+def test_a_corrupt_timing_cache_is_started_empty_and_rebuilt(tmp_path, caplog, content, why):
+    path = ec.timing_cache_path(tmp_path, "10.16.1.11", "NVIDIA H100 80GB HBM3", "9.0")
+    path.write_bytes(content)
+    with caplog.at_level(logging.WARNING, logger="ezvtb.engines.trt"):
+        cache = ec.load_timing_cache(path, create_timing_cache)
+    assert cache is not None and cache.entries == {}, "an empty cache instead of None (which failed the build)"
+    assert any("rejected" in r.message and why in r.message for r in caplog.records), caplog.text
+    cache.entries["conv"] = 0.25  # the build adds timings
+    ec.save_timing_cache(path, cache)
+    assert json.loads(path.read_bytes()) == {"conv": 0.25}
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert ec.load_timing_cache(path, create_timing_cache).entries == {"conv": 0.25}, "the rebuilt file loads"
+
+
+def test_timing_cache_missing_raising_or_uncreatable(tmp_path, caplog):
+    path = tmp_path / "timing.cache"
+    assert ec.load_timing_cache(path, create_timing_cache).entries == {}  # missing: empty, no warning
+    path.write_bytes(b"xx")
+
+    def raising(data):
+        if data:
+            raise RuntimeError("Failed to deserialize the timing cache")
+        return TimingCache({})
+
+    with caplog.at_level(logging.WARNING, logger="ezvtb.engines.trt"):
+        assert ec.load_timing_cache(path, raising).entries == {}
+        assert ec.load_timing_cache(path, lambda data: None) is None  # not even an empty one: build without
+    assert "RuntimeError: Failed to deserialize" in caplog.text and "building without one" in caplog.text
+    ec.save_timing_cache(tmp_path / "sub" / "t.cache", object())  # no serialize(): logged, not raised
+    assert "could not save the timing cache" in caplog.text
+
+
+# --- network typing from the graph's precision (issue 17, item 4) -----------------------------------------
+
+@pytest.fixture(scope="module")
+def exported_graphs():
+    """Real exported RIFE HDv3 x2 and SR graphs, small frames (same weights and graph format as 512)."""
+    pytest.importorskip("torch")
+    from ezvtb.export.rife import rife_graph
+    from ezvtb.export.sr import sr_graph
+
+    return {"rife fp16": rife_graph(2, "fp16", size=128), "rife fp32": rife_graph(2, "fp32", size=128),
+            "sr x4 fp16": sr_graph("animevideov3", 0, "fp16", size=32),
+            "sr x2 fp16": sr_graph("upconv7", 0, "fp16", size=32),
+            "sr x2 fp32": sr_graph("upconv7", 0, "fp32", size=32)}
+
+
+def test_fp16_rife_and_sr_graphs_are_built_strongly_typed(exported_graphs):
+    from ezvtb.engines.trt.precision import float16_evidence, strongly_typed_for
+
+    for name, g in exported_graphs.items():
+        io_dtypes = {t.dtype for t in (*g.spec.inputs, *g.spec.outputs)}
+        assert io_dtypes == {"uint8"}, (name, io_dtypes)  # the graph's I/O says nothing about its precision
+        evidence = float16_evidence(g.path)
+        print(f"{name}: {evidence or 'no float16 tensor'}")
+        assert strongly_typed_for(g.path, g.spec) is (g.precision == "fp16"), name
+        if g.precision == "fp16":
+            assert evidence.startswith("initializer "), evidence  # float16 weights
+
+
+def _graph(nodes, inputs, outputs, initializers=(), fp16_value_info=False):
+    from onnx import TensorProto, helper
+
+    vi = [helper.make_tensor_value_info("h", TensorProto.FLOAT16, [1, 4])] if fp16_value_info else []
+    return helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers),
+                                               value_info=vi), opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_float16_found_in_casts_constants_and_subgraphs(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from ezvtb.engines.trt.precision import float16_evidence
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    cases = {
+        "plain fp32": (_graph([helper.make_node("Relu", ["x"], ["y"])], [x], [y]), ""),
+        "cast": (_graph([helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16, name="c"),
+                         helper.make_node("Cast", ["h"], ["y"], to=TensorProto.FLOAT)], [x], [y]),
+                 "Cast node 'c' to float16"),
+        "constant": (_graph([helper.make_node("Constant", [], ["k"], name="k16", value=helper.make_tensor(
+            "k", TensorProto.FLOAT16, [1], [1.0])), helper.make_node("Relu", ["x"], ["y"])], [x], [y]),
+                     "Constant node 'k16' with a float16 value"),
+    }
+    then = helper.make_graph([helper.make_node("Cast", ["x"], ["t"], to=TensorProto.FLOAT16, name="inner")],
+                             "then", [], [helper.make_tensor_value_info("t", TensorProto.FLOAT16, [1, 4])])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 4])])
+    cond = helper.make_tensor_value_info("c", TensorProto.BOOL, [])
+    cases["subgraph"] = (_graph([helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)],
+                                [x, cond], [y]), "tensor 't'")
+    for name, (model, want) in cases.items():
+        p = tmp_path / f"{name.replace(' ', '_')}.onnx"
+        onnx.save(model, p)
+        assert float16_evidence(p) == want, name
+
+
+def test_without_onnx_the_io_decides_with_a_warning(tmp_path, monkeypatch, caplog):
+    import sys
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from ezvtb.engines.base import GraphSpec, TensorSpec
+    from ezvtb.engines.trt import precision
+
+    x = helper.make_tensor_value_info("x", TensorProto.UINT8, [4])
+    y = helper.make_tensor_value_info("y", TensorProto.UINT8, [4])
+    p = tmp_path / "u8.onnx"
+    onnx.save(_graph([helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16),
+                      helper.make_node("Cast", ["h"], ["y"], to=TensorProto.UINT8)], [x], [y]), p)
+    spec = GraphSpec("u8", (TensorSpec("x", (4,), "uint8"),), (TensorSpec("y", (4,), "uint8"),))
+    assert precision.strongly_typed_for(p, spec)
+    monkeypatch.setattr(precision, "_found", {})
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` raises ImportError
+    with caplog.at_level(logging.WARNING, logger="ezvtb.engines.trt"):
+        assert not precision.strongly_typed_for(p, spec)
+    assert "`onnx` package is missing" in caplog.text

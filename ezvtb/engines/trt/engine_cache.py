@@ -181,3 +181,48 @@ def timing_cache_path(cache_dir: str | os.PathLike, tensorrt: str, gpu: str, com
     """Where the builder's timing cache for this TensorRT version and GPU lives."""
     tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{tensorrt}-{gpu}-sm{compute_capability}")
     return Path(cache_dir) / f"timing-{tag}.cache"
+
+
+def load_timing_cache(path: str | os.PathLike, create: Callable[[bytes], Any]) -> Any:
+    """The builder's timing cache from `path`, or a new empty one.
+
+    `create` is TensorRT's ``IBuilderConfig.create_timing_cache``: it raises or returns None for
+    data it cannot parse. A missing file starts empty; an unreadable, rejected or corrupt file is
+    logged and started empty too (`save_timing_cache` replaces it after the build). Returns None
+    only when even an empty cache cannot be created (the build then runs without one).
+    """
+    p = Path(path)
+    data = b""
+    if p.is_file():
+        try:
+            data = p.read_bytes()
+        except OSError as e:
+            log.warning("timing cache %s unreadable (%s); starting an empty one", p, e)
+    if data:
+        try:
+            cache = create(data)
+        except Exception as e:  # noqa: BLE001 - a corrupt timing cache is never fatal
+            cache, why = None, f"{type(e).__name__}: {e}"
+        else:
+            why = "TensorRT could not parse it"
+        if cache is not None:
+            return cache
+        log.warning("timing cache %s rejected (%s); starting an empty one, rebuilt by this build", p, why)
+    try:
+        cache = create(b"")
+    except Exception as e:  # noqa: BLE001
+        cache = None
+        log.warning("could not create an empty timing cache (%s: %s); building without one", type(e).__name__, e)
+    if cache is None:
+        log.warning("TensorRT created no timing cache; building without one")
+    return cache
+
+
+def save_timing_cache(path: str | os.PathLike, cache: Any) -> None:
+    """Write `cache.serialize()` to `path` atomically; a failure is logged (the cache is only an optimisation)."""
+    try:
+        data = bytes(memoryview(cache.serialize()))
+        with atomic_write(Path(path)) as fh:
+            fh.write(data)
+    except Exception as e:  # noqa: BLE001
+        log.warning("could not save the timing cache %s: %s", path, e)

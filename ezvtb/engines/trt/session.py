@@ -1,7 +1,9 @@
 """`TrtSession`: one exported ONNX graph as a native TensorRT 10 engine, memory through cuda-python.
 
-Build: ONNX parser -> network (strongly typed for graphs with float16 tensors, so the graph's
-own precisions hold: ezvtb's fp16 graphs keep grid construction and GridSample in fp32), builder
+Build: ONNX parser -> network (strongly typed for graphs that compute in float16 anywhere, read
+from the ONNX file by `ezvtb.engines.trt.precision`: the fp16 RIFE and SR graphs have uint8 inputs
+and outputs but float16 weights and casts; the graph's own precisions then hold, e.g. ezvtb's fp16
+graphs keep grid construction and GridSample in fp32), builder
 config with the workspace limit, TF32 and (weakly typed networks only) FP16 flags, the timing
 cache and a progress line (tqdm) while building. The serialised engine is cached by
 `ezvtb.engines.trt.engine_cache` (key: ONNX sha256, TensorRT version, GPU name, compute
@@ -34,11 +36,19 @@ except Exception as e:  # noqa: BLE001 - ImportError, or a broken install (missi
         f"importing it failed: {e}"
     ) from e
 
-from ezvtb.atomic import atomic_write
 from ezvtb.engines.base import GraphSpec, Session
 from ezvtb.engines.cuda import CudaStream, cuda_memory, device_info
 from ezvtb.engines.memory import DeviceBuffer
-from ezvtb.engines.trt.engine_cache import BuildFlags, EngineKey, file_sha256, load_or_build, timing_cache_path
+from ezvtb.engines.trt.engine_cache import (
+    BuildFlags,
+    EngineKey,
+    file_sha256,
+    load_or_build,
+    load_timing_cache,
+    save_timing_cache,
+    timing_cache_path,
+)
+from ezvtb.engines.trt.precision import strongly_typed_for
 
 log = logging.getLogger("ezvtb.engines.trt")
 
@@ -106,16 +116,13 @@ class _Progress(trt.IProgressMonitor):
             pass
 
 
-def _has_fp16(spec: GraphSpec) -> bool:
-    return any(t.dtype == "float16" for t in (*spec.inputs, *spec.outputs))
-
-
 class TrtSession(Session):
     """Runs one ONNX file as a TensorRT engine (see the module docstring).
 
     device_id: GPU index. fp16: BuilderFlag.FP16 (weakly typed networks only: TensorRT may then
     run fp32 layers in fp16; GridSample layers are pinned to fp32). tf32: BuilderFlag.TF32.
-    strongly_typed: None = True for graphs with float16 tensors. workspace_gb: workspace pool
+    strongly_typed: None = True for graphs that compute in float16 (any float16 tensor in the ONNX
+    file, `ezvtb.engines.trt.precision.strongly_typed_for`). workspace_gb: workspace pool
     limit. cache_dir: engine and timing cache folder (default ``$EZVTB_HOME/trt``).
     optimization_level: builder optimisation level 0..5 (None = TensorRT's default, 3).
     progress: show the tqdm line while building.
@@ -135,7 +142,7 @@ class TrtSession(Session):
             raise ValueError(f"device_id: expected an int >= 0, got {device_id!r}")
         self.memory = cuda_memory(device_id)  # BackendUnavailableError without a GPU / cuda-python
         self.device_id = device_id
-        typed = _has_fp16(spec) if strongly_typed is None else bool(strongly_typed)
+        typed = strongly_typed_for(path, spec) if strongly_typed is None else bool(strongly_typed)
         self.flags = BuildFlags(fp16=bool(fp16), tf32=bool(tf32), strongly_typed=typed,
                                 workspace_gb=float(workspace_gb), optimization_level=optimization_level)
         if cache_dir is None:
@@ -201,7 +208,9 @@ class TrtSession(Session):
                 config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
         if f.optimization_level is not None:
             config.builder_optimization_level = f.optimization_level
-        cache = self._load_timing_cache(config)
+        cache = load_timing_cache(self._timing, config.create_timing_cache)
+        if cache is not None:
+            config.set_timing_cache(cache, ignore_mismatch=False)
         config.progress_monitor = progress = _Progress(self.spec.name, self._progress)
         log.info("%s: building a TensorRT engine (%s); this takes a while once, then it is cached",
                  self.spec.name, ", ".join(k for k, v in (("strongly typed", f.strongly_typed), ("fp16", f.fp16),
@@ -211,30 +220,9 @@ class TrtSession(Session):
         if plan is None:
             raise RuntimeError(f"{self.spec.name}: TensorRT failed to build the engine: "
                                f"{'; '.join(self._logger.errors) or 'see the TensorRT log'}")
-        self._save_timing_cache(cache)
+        if cache is not None:
+            save_timing_cache(self._timing, cache)
         return bytes(memoryview(plan))
-
-    def _load_timing_cache(self, config: Any) -> Any:
-        data = b""
-        if self._timing.is_file():
-            try:
-                data = self._timing.read_bytes()
-            except OSError as e:
-                log.warning("timing cache %s unreadable (%s); starting empty", self._timing, e)
-        try:
-            cache = config.create_timing_cache(data)
-        except Exception as e:  # noqa: BLE001 - a corrupt timing cache is not fatal
-            log.warning("timing cache %s rejected (%s); starting empty", self._timing, e)
-            cache = config.create_timing_cache(b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
-        return cache
-
-    def _save_timing_cache(self, cache: Any) -> None:
-        try:
-            with atomic_write(self._timing) as fh:
-                fh.write(bytes(memoryview(cache.serialize())))
-        except Exception as e:  # noqa: BLE001 - only an optimisation
-            log.warning("could not save the timing cache %s: %s", self._timing, e)
 
     def _check_engine_matches_spec(self) -> None:
         e = self.engine
