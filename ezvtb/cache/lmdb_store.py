@@ -2,7 +2,8 @@
 
 Layout (named databases in one environment):
 
-* ``frames``: key (20 B) -> encoded frame blob (`ezvtb.cache.codec`);
+* ``frames``: key (20 B) -> entry = checksum (16 B) + encoded frame blob (`ezvtb.cache.codec`);
+  the checksum is blake2b keyed with ``CHECKSUM_KEY`` over key + blob, verified on every `get`;
 * ``access``: key -> last-access tick (8 B big-endian);
 * ``order``:  tick (8 B big-endian, so LMDB sorts it) -> key: the oldest entries come first;
 * ``meta``:   ``format`` (``FORMAT``), ``clock`` (the last tick), ``bytes`` (sum of blob sizes).
@@ -24,6 +25,22 @@ flushed at commit, the meta page lazily). A process killed at any point leaves a
 opens and serves every committed frame; an OS crash may undo the last commit but keeps the
 database intact (LMDB's MDB_NOMETASYNC guarantee).
 
+Faults: a cache is derived data, so damage costs frames, never the process.
+
+* On open, ``data.mdb`` is checked against its newest valid meta page: a file shorter than
+  (last page + 1) x page size (which LMDB would map and then die of SIGBUS on), or with a
+  damaged meta page, is moved aside (renamed ``data.mdb.damaged-<UTC time>-<pid>``, kept for
+  inspection), its lock file removed, and an empty cache started, with one warning.
+* An entry whose checksum does not match (a corrupted page) raises `CorruptEntryError` (a
+  `CodecError`: the output cache counts it in ``corrupt_entries`` and renders again) and is
+  deleted by the next write transaction.
+* LMDB reporting a damaged tree (``MDB_CORRUPTED``, ``MDB_PAGE_NOTFOUND``, ``MDB_BAD_TXN``; on
+  open, a read of every database's first and last record is the check) turns the store into
+  misses at once; the next write transaction (the writer thread) moves the file aside and
+  starts an empty cache, as on open.
+* A database of an older entry format of ours (``OLDER_FORMATS``: entries without a checksum)
+  is cleared on open, with a warning; an unknown (newer) format raises ValueError.
+
 Paths: a directory (created if missing) holds ``data.mdb`` and ``lock.mdb``; an existing
 regular file is opened as a single-file environment (its lock file is ``<path>-lock``).
 Problems with the path raise ValueError naming it. The environment is reopened lazily in a
@@ -31,25 +48,52 @@ forked child (LMDB handles must not cross ``fork``).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import struct
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
 import lmdb
 
+from ezvtb.cache.codec import CodecError
+
 log = logging.getLogger("ezvtb.cache.lmdb")
 
-FORMAT = b"ezvtb.output-cache.lmdb/1"
+FORMAT = b"ezvtb.output-cache.lmdb/2"
+OLDER_FORMATS = (b"ezvtb.output-cache.lmdb/1",)  # entries without checksum: cleared on open
+CHECKSUM_KEY = b"ezvtb.output-cache.entry/2"
+CHECKSUM_SIZE = 16
 HIGH_WATER = 0.85
 LOW_WATER = 0.75
 MIN_BUDGET = 1 << 20
 _DBS = (b"frames", b"access", b"order", b"meta")
 _U64 = struct.Struct(">Q")
 _LMDB_MAGIC = 0xBEEFC0DE
+_LMDB_DATA_VERSION = 1
+_P_META = 0x08
+_META_READ = 152  # page header (16) + MDB_meta up to mm_txnid
+# What LMDB reports on a damaged tree. MDB_BAD_TXN too: our transactions are always fresh and used
+# correctly, and LMDB flags one as failed when it cannot read a named database's record (its first
+# error is not returned then, only MDB_BAD_TXN on the next call).
+_DAMAGE_ERRORS = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.BadTxnError)
 T = TypeVar("T")
+
+
+class CorruptEntryError(CodecError):
+    """A stored entry failed its checksum (a damaged page); it is deleted by the next write."""
+
+
+def entry_checksum(key: bytes, blob: Any) -> bytes:
+    """The 16-byte checksum stored in front of `blob` under `key`: keyed blake2b of key + blob.
+
+    Covers the key too, so a damaged tree that pairs a key with another entry's data is caught."""
+    h = hashlib.blake2b(key, digest_size=CHECKSUM_SIZE, key=CHECKSUM_KEY)
+    h.update(blob)
+    return h.digest()
 
 
 def _u64(b: Any) -> int:
@@ -103,19 +147,72 @@ class _Held:
         self.lock.release(self.exclusive)
 
 
-def _check_lmdb_file(data: Path, path: Path) -> None:
-    """ValueError unless `data` is empty or starts with an LMDB meta page (checked before LMDB opens it)."""
+def _meta_page(head: bytes) -> tuple[int, int, int, int] | None:
+    """(magic ok, page size, last page, txnid) of a meta page's first bytes; None if too short."""
+    if len(head) < _META_READ:
+        return None
+    flags = struct.unpack_from("<H", head, 10)[0]
+    magic, version = struct.unpack_from("<II", head, 16)
+    psize = struct.unpack_from("<I", head, 40)[0]  # FREE_DBI's md_pad holds the page size
+    last_pg, txnid = struct.unpack_from("<QQ", head, 136)
+    ok = magic == _LMDB_MAGIC and version == _LMDB_DATA_VERSION and bool(flags & _P_META) \
+        and psize >= 512 and psize & (psize - 1) == 0 and psize <= 1 << 16
+    return (int(ok), psize, last_pg, txnid)
+
+
+def inspect_data_file(data: Path, path: Path) -> str | None:
+    """Why `data` (an LMDB data file) cannot be opened safely, or None when it can (or is empty).
+
+    Damage found: a meta page that is not valid, or a file shorter than its newest meta page
+    says it holds ((last page + 1) x page size; LMDB would map the missing pages and the first
+    access to one kills the process with SIGBUS). ValueError when the file is no LMDB database at
+    all (no meta page with LMDB's magic): it is not ours to move."""
     try:
+        size = data.stat().st_size
         with open(data, "rb") as f:
-            head = f.read(32)
+            head = f.read(_META_READ)
+            m0 = _meta_page(head)
+            psizes = [m0[1]] if m0 and m0[0] else [4096, 8192, 16384, 65536, 512, 1024, 2048, 32768]
+            m1 = None
+            for ps in psizes:
+                f.seek(ps)
+                cand = _meta_page(f.read(_META_READ))
+                if cand and cand[0] and cand[1] == ps:
+                    m1 = cand
+                    break
     except OSError as e:
         raise ValueError(f"cacher_db_path: cannot read {str(data)!r}: {e.strerror}") from None
-    if not head:
-        return
-    # page header: pgno (8), pad (2), flags (2), lower/upper (4); then MDB_meta.mm_magic (4)
-    if len(head) < 20 or struct.unpack_from("<I", head, 16)[0] != _LMDB_MAGIC:
+    if size == 0:
+        return None
+    magic0 = len(head) >= 20 and struct.unpack_from("<I", head, 16)[0] == _LMDB_MAGIC
+    if not magic0 and m1 is None:
         raise ValueError(f"cacher_db_path: {str(path)!r} is not an LMDB database "
                          f"({str(data)!r} has no LMDB header); choose another path")
+    if magic0 and struct.unpack_from("<I", head, 20)[0] != _LMDB_DATA_VERSION:
+        raise ValueError(f"cacher_db_path: {str(path)!r} was written by another LMDB version "
+                         f"(data version {struct.unpack_from('<I', head, 20)[0]})")
+    valid = [m for m in (m0, m1) if m and m[0]]
+    if len(valid) < 2:
+        return "a meta page is damaged" if size >= 2 * (valid[0][1] if valid else 4096) \
+            else f"{size} bytes, shorter than its two meta pages"
+    if valid[0][1] != valid[1][1]:
+        return f"its meta pages disagree on the page size ({valid[0][1]} / {valid[1][1]})"
+    psize, last_pg, _ = max(valid, key=lambda m: m[3])[1:]
+    need = (last_pg + 1) * psize
+    if size < need:
+        return f"{size} bytes, shorter than the {need} bytes its meta page says it holds (truncated)"
+    return None
+
+
+class _Damaged(Exception):
+    """LMDB found the tree damaged while opening."""
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except OSError:
+        return None
 
 
 class LmdbStore:
@@ -146,71 +243,158 @@ class LmdbStore:
         self.map_full_retries = 0
         self.map_grown = 0
         self.resized = 0
+        self.checksum_failures = 0
+        self.set_aside = 0
+        self._discards: set[bytes] = set()
+        self._damaged: str | None = None
         self._env: lmdb.Environment | None = None
         self._pid = -1
         self._open()
 
     # -- opening -----------------------------------------------------------------------------
-    def _open(self) -> None:
+    def _files(self) -> tuple[Path, Path, bool]:
+        """(data file, lock file, subdir) of the environment at `path` (checks the path)."""
         p = self.path
         if p.exists() and not p.is_dir():
             if not p.is_file():
                 raise ValueError(f"cacher_db_path: {str(p)!r} is neither a directory nor a regular file")
-            subdir = False
-            _check_lmdb_file(p, p)
-        else:
-            subdir = True
-            try:
-                p.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise ValueError(f"cacher_db_path: cannot create the directory {str(p)!r}: "
-                                 f"{e.strerror or e}") from None
-            if (p / "data.mdb").exists():
-                _check_lmdb_file(p / "data.mdb", p)
+            return p, Path(f"{p}-lock"), False
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"cacher_db_path: cannot create the directory {str(p)!r}: "
+                             f"{e.strerror or e}") from None
+        return p / "data.mdb", p / "lock.mdb", True
+
+    def _set_aside(self, data: Path, lock: Path, reason: str, inode: int | None = None) -> None:
+        """Rename a damaged data file to ``<name>.damaged-<UTC time>-<pid>`` (kept for inspection)
+        and remove its lock file, so that LMDB starts an empty cache there. One warning.
+        `inode`: only if the file there is still that one (another process may have replaced it)."""
+        try:
+            if inode is not None and data.stat().st_ino != inode:
+                return
+            aside = data.with_name(f"{data.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+                                   f"-{os.getpid()}")
+            os.rename(data, aside)
+        except FileNotFoundError:
+            return  # another process moved it first
+        except OSError as e:
+            raise ValueError(f"cacher_db_path: {str(self.path)!r} is damaged ({reason}) and cannot be moved "
+                             f"aside: {e.strerror or e}") from None
+        try:
+            os.unlink(lock)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.debug("could not remove the lock file %s (%s)", lock, e)
+        self.set_aside += 1
+        log.warning("LMDB output cache at %s is damaged (%s): moved it to %s and started an empty cache",
+                    self.path, reason, aside)
+
+    def _open(self) -> None:
+        data, lock, subdir = self._files()
+        p = self.path
+        if data.exists():
+            reason = inspect_data_file(data, p)
+            if reason is not None:
+                time.sleep(0.05)  # look again: never move a healthy file that a writer was extending
+                reason = inspect_data_file(data, p)
+            if reason is not None:
+                self._set_aside(data, lock, reason)
         if not os.access(p if subdir else p.parent, os.W_OK) or (not subdir and not os.access(p, os.W_OK)):
             raise ValueError(f"cacher_db_path: {str(p)!r} is not writable")
+        for attempt in range(2):
+            env = self._open_env(subdir)
+            try:
+                self._dbs = self._init_dbs(env)
+                break
+            except _Damaged as e:  # the tree itself is damaged: set it aside once and start over
+                ino = _inode(data)
+                env.close()
+                if attempt:
+                    raise ValueError(f"cacher_db_path: cannot open {str(p)!r}: {e}") from None
+                self._set_aside(data, lock, str(e), ino)
+            except BaseException:
+                env.close()
+                raise
+        self._env = env
+        self._inode = _inode(data)
+        self._data_file, self._lock_file = data, lock
+        self._damaged = None
+        self._pid = os.getpid()
+        self._frames, self._access, self._order, self._meta = self._dbs
+
+    def _open_env(self, subdir: bool) -> lmdb.Environment:
+        p = self.path
         try:
-            env = lmdb.open(str(p), subdir=subdir, map_size=self.budget_bytes, max_dbs=len(_DBS) + 1,
-                            max_readers=self.max_readers, sync=True, metasync=False, readahead=False,
-                            meminit=False, lock=True)
+            return lmdb.open(str(p), subdir=subdir, map_size=self.budget_bytes, max_dbs=len(_DBS) + 1,
+                             max_readers=self.max_readers, sync=True, metasync=False, readahead=False,
+                             meminit=False, lock=True)
         except lmdb.InvalidError as e:
             raise ValueError(f"cacher_db_path: {str(p)!r} is not an LMDB database ({e})") from None
         except lmdb.VersionMismatchError as e:
             raise ValueError(f"cacher_db_path: {str(p)!r} was written by another LMDB version ({e})") from None
         except lmdb.Error as e:
             raise ValueError(f"cacher_db_path: cannot open {str(p)!r} as an LMDB database: {e}") from None
-        try:
-            self._dbs = self._init_dbs(env)
-        except BaseException:
-            env.close()
-            raise
-        self._env = env
-        self._pid = os.getpid()
-        self._frames, self._access, self._order, self._meta = self._dbs
+
+    def _begin_first(self, env: lmdb.Environment, write: bool) -> lmdb.Transaction:
+        """The first transactions after opening: another process may have grown the map since
+        `lmdb.open` (MDB_MAP_RESIZED); adopt its size and retry, as the read path does."""
+        for attempt in range(5):
+            try:
+                return env.begin(write=write)
+            except lmdb.MapResizedError:
+                if attempt == 4:
+                    raise
+                env.set_mapsize(0)
+                self.resized += 1
+        raise AssertionError("unreachable")
 
     def _init_dbs(self, env: lmdb.Environment) -> tuple[Any, ...]:
         p = self.path
         try:
-            with env.begin() as txn:
+            with self._begin_first(env, False) as txn:
                 names = [bytes(k) for k, _ in txn.cursor()]
+        except _DAMAGE_ERRORS as e:
+            raise _Damaged(str(e)) from None
         except lmdb.Error as e:
             raise ValueError(f"cacher_db_path: cannot read {str(p)!r}: {e}") from None
         foreign = [n for n in names if n not in _DBS]
+        if foreign and set(names) & set(_DBS):  # ours, with a damaged name: not someone else's database
+            raise _Damaged(f"unexpected database names {[n.decode(errors='replace') for n in foreign[:5]]}")
         if foreign:
             raise ValueError(f"cacher_db_path: {str(p)!r} is an LMDB database but not an ezvtb output cache "
                              f"(it holds {[n.decode(errors='replace') for n in foreign[:5]]}); choose another path")
         try:
-            with env.begin(write=True) as txn:
+            with self._begin_first(env, True) as txn:
                 dbs = tuple(env.open_db(n, txn=txn) for n in _DBS)
                 fmt = txn.get(b"format", db=dbs[3])
+                if fmt is not None and bytes(fmt) in OLDER_FORMATS:
+                    n = txn.stat(dbs[0])["entries"]
+                    for db in dbs:
+                        txn.drop(db, delete=False)
+                    log.warning("LMDB output cache at %s: format %s has no checksums; cleared its %d frame(s)",
+                                p, bytes(fmt).decode(errors="replace"), n)
+                    fmt = None
                 if fmt is None:
                     if txn.stat(dbs[0])["entries"]:
-                        raise ValueError(f"cacher_db_path: {str(p)!r} has frames but no format record")
+                        raise _Damaged("it has frames but no format record")
                     txn.put(b"format", FORMAT, db=dbs[3])
+                elif not bytes(fmt).startswith(FORMAT[:-1]):
+                    raise _Damaged(f"its format record is unreadable ({bytes(fmt)[:40]!r})")
                 elif bytes(fmt) != FORMAT:
                     raise ValueError(f"cacher_db_path: {str(p)!r} is an ezvtb output cache of another format "
                                      f"({bytes(fmt).decode(errors='replace')}, expected {FORMAT.decode()}); "
                                      "delete it or choose another path")
+            with env.begin() as txn:  # every database readable: LMDB flags a damaged tree here
+                for db in dbs:
+                    txn.stat(db)
+                    cur = txn.cursor(db=db)
+                    if cur.first():
+                        cur.key()
+                        cur.last()
+        except _DAMAGE_ERRORS as e:
+            raise _Damaged(str(e)) from None
         except lmdb.ReadonlyError:
             raise ValueError(f"cacher_db_path: {str(p)!r} is not writable") from None
         except lmdb.Error as e:
@@ -227,40 +411,75 @@ class LmdbStore:
             self._write_lock = threading.Lock()
             self._touch_lock = threading.Lock()
             self._touched = {}
+            self._discards = set()
             self._open()
         return self._env
 
     def _retry_resized(self, fn: Callable[[lmdb.Environment], T]) -> T:
         """Run `fn(env)` inside the shared lock; on MapResizedError adopt the new map size and retry."""
         for attempt in range(3):
-            env = self._ensure_env()
-            try:
-                with self._rw.shared():
+            self._ensure_env()  # reopens in a forked child, before touching the (inherited) lock
+            with self._rw.shared():
+                env = self._ensure_env()  # again under the lock: a reset (exclusive) replaces it
+                try:
                     return fn(env)
-            except lmdb.MapResizedError:
-                if attempt == 2:
-                    raise
-                with self._rw.exclusive():
-                    env.set_mapsize(0)  # adopt the size another process set
-                self.resized += 1
-                log.debug("LMDB map resized by another process; adopted %d bytes", env.info()["map_size"])
+                except lmdb.MapResizedError:
+                    if attempt == 2:
+                        raise
+            with self._rw.exclusive():
+                env = self._ensure_env()
+                env.set_mapsize(0)  # adopt the size another process set
+            self.resized += 1
+            log.debug("LMDB map resized by another process; adopted %d bytes", env.info()["map_size"])
         raise AssertionError("unreachable")
 
     # -- reading -------------------------------------------------------------------------------
-    def get(self, key: bytes) -> bytes | None:
-        """The blob stored under `key` (a copy), or None."""
-        def read(env: lmdb.Environment) -> bytes | None:
-            with env.begin(db=self._frames) as txn:
-                return txn.get(key)
+    def _note_damage(self, e: BaseException) -> None:
+        """LMDB found the tree damaged: serve misses until the next write transaction resets the file."""
+        if self._damaged is None:
+            self._damaged = f"{type(e).__name__}: {e}"
+            log.warning("LMDB output cache at %s: %s; serving misses until it is replaced", self.path, self._damaged)
 
-        return self._retry_resized(read)
+    def get(self, key: bytes) -> bytes | None:
+        """The blob stored under `key` (a copy), or None.
+
+        CorruptEntryError (a CodecError) when the entry fails its checksum; it is then deleted by
+        the next write transaction. None while the database is known to be damaged."""
+        def read(env: lmdb.Environment) -> bytes | None:
+            with env.begin(db=self._frames, buffers=True) as txn:
+                entry = txn.get(key)
+                if entry is None:
+                    return None
+                n = len(entry)
+                blob = entry[CHECKSUM_SIZE:]
+                if n > CHECKSUM_SIZE and entry_checksum(key, blob) == entry[:CHECKSUM_SIZE]:
+                    return bytes(blob)  # the only copy, made inside the read transaction
+            self.checksum_failures += 1
+            self.discard(key)
+            raise CorruptEntryError(f"entry {key.hex()[:12]}: {n} bytes that fail their checksum "
+                                    "(a damaged page); dropped")
+
+        if self._damaged is not None:
+            return None
+        try:
+            return self._retry_resized(read)
+        except _DAMAGE_ERRORS as e:
+            self._note_damage(e)
+            return None
 
     def contains(self, key: bytes) -> bool:
+        """Whether an entry is stored under `key` (its checksum is not verified)."""
         def read(env: lmdb.Environment) -> bool:
             with env.begin(db=self._frames, buffers=True) as txn:
                 return txn.get(key) is not None
 
-        return self._retry_resized(read)
+        if self._damaged is not None:
+            return False
+        try:
+            return self._retry_resized(read)
+        except _DAMAGE_ERRORS as e:
+            self._note_damage(e)
+            return False
 
     def note_access(self, key: bytes) -> None:
         """Remember a hit; written to the access index by the next `flush_access` / `put_many`."""
@@ -322,11 +541,13 @@ class LmdbStore:
         total = _u64(txn.get(b"bytes", db=self._meta))
         txn.put(b"bytes", _U64.pack(max(0, total - size)), db=self._meta)
 
-    def _write(self, items: list[tuple[bytes, bytes]], touches: list[bytes]) -> int:
+    def _write(self, items: list[tuple[bytes, bytes]], touches: list[bytes], discards: list[bytes]) -> int:
         env = self._ensure_env()
         limit = min(self.budget_bytes, env.info()["map_size"])
         stored = 0
         with env.begin(write=True) as txn:
+            for key in discards:
+                self._drop(txn, key)
             tick = _u64(txn.get(b"clock", db=self._meta))
             for key in touches:
                 if txn.get(key, db=self._frames) is not None:
@@ -338,17 +559,18 @@ class LmdbStore:
                     tick += 1
                     self._touch(txn, key, tick)
                     continue
-                need = -(-(len(blob) + 16) // 4096) * 4096 + 256
+                entry = entry_checksum(key, blob) + blob
+                need = -(-(len(entry) + 16) // 4096) * 4096 + 256
                 if need > HIGH_WATER * limit:
                     self.rejected += 1
                     continue
                 used = self._used_bytes(txn)
                 if used + need > HIGH_WATER * limit:
                     self._evict_oldest(txn, free_bytes=used + need - int(LOW_WATER * limit))
-                txn.put(key, blob, db=self._frames)
+                txn.put(key, entry, db=self._frames)
                 tick += 1
                 self._touch(txn, key, tick)
-                added += len(blob)
+                added += len(entry)
                 stored += 1
             txn.put(b"clock", _U64.pack(tick), db=self._meta)
             if added:
@@ -356,10 +578,10 @@ class LmdbStore:
                 txn.put(b"bytes", _U64.pack(total + added), db=self._meta)
         return stored
 
-    def _write_retrying(self, items: list[tuple[bytes, bytes]], touches: list[bytes]) -> int:
+    def _write_retrying(self, items: list[tuple[bytes, bytes]], touches: list[bytes], discards: list[bytes]) -> int:
         for attempt in range(8):
             try:
-                return self._retry_resized(lambda env: self._write(items, touches))
+                return self._retry_resized(lambda env: self._write(items, touches, discards))
             except lmdb.MapFullError:
                 self.map_full_retries += 1
                 log.debug("LMDB map full at %s; evicting the oldest tenth", self.path)
@@ -384,37 +606,59 @@ class LmdbStore:
         return 0
 
     def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> int:
-        """Store (key, blob) pairs and pending access ticks in one transaction; returns frames stored.
+        """Store (key, blob) pairs, pending access ticks and pending discards in one transaction;
+        returns frames stored. Each entry is stored with its checksum (`entry_checksum`).
 
-        Evicts the oldest entries as needed; never raises MapFullError."""
+        Evicts the oldest entries as needed; never raises MapFullError. A database found damaged
+        (by a read or by this transaction) is moved aside and replaced by an empty one here."""
         items = list(items)
         with self._write_lock:
+            self._ensure_env()
             with self._touch_lock:
                 touches, self._touched = list(self._touched), {}
-            if not items and not touches:
+                discards, self._discards = list(self._discards), set()
+            if self._damaged is not None:
+                self._reset_damaged()
+                touches = discards = []
+            if not items and not touches and not discards:
                 return 0
-            return self._write_retrying(items, touches)
+            try:
+                return self._write_retrying(items, touches, discards)
+            except _DAMAGE_ERRORS as e:
+                self._note_damage(e)
+                self._reset_damaged()
+                return self._write_retrying(items, [], [])
+
+    def _reset_damaged(self) -> None:
+        """Close the environment, move the damaged file aside (if nobody has yet) and open an empty one."""
+        env, reason = self._ensure_env(), self._damaged or "damaged"
+        with self._rw.exclusive():
+            env.close()
+            self._env = None
+            self._set_aside(self._data_file, self._lock_file, reason, self._inode)
+            self._open()
 
     def flush_access(self) -> None:
-        """Write the remembered hits to the access index (one transaction)."""
+        """Write the remembered hits and pending discards (one transaction)."""
         self.put_many([])
 
     def discard(self, key: bytes) -> None:
-        """Remove one entry (for example a blob that does not decode)."""
-        def drop(env: lmdb.Environment) -> None:
-            with env.begin(write=True) as txn:
-                blob = txn.get(key, db=self._frames)
-                if blob is None:
-                    return
-                txn.delete(key, db=self._frames)
-                old = txn.get(key, db=self._access)
-                if old is not None:
-                    txn.delete(bytes(old), db=self._order)
-                    txn.delete(key, db=self._access)
-                self._sub_bytes(txn, len(blob))
+        """Remove one entry (a blob that does not decode, or fails its checksum) with the next write
+        transaction (`put_many` / `flush_access`): the caller never waits for LMDB's write lock."""
+        with self._touch_lock:
+            self._discards.add(bytes(key))
+            self._touched.pop(key, None)
 
-        with self._write_lock:
-            self._retry_resized(drop)
+    def _drop(self, txn: lmdb.Transaction, key: bytes) -> None:
+        entry = txn.get(key, db=self._frames)
+        if entry is None:
+            return
+        txn.delete(key, db=self._frames)
+        old = txn.get(key, db=self._access)
+        if old is not None:
+            txn.delete(bytes(old), db=self._order)
+            txn.delete(key, db=self._access)
+        self._sub_bytes(txn, len(entry))
 
     # -- the rest ------------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -424,10 +668,16 @@ class LmdbStore:
                         "stored_bytes": _u64(txn.get(b"bytes", db=self._meta)),
                         "used_bytes": self._used_bytes(txn), "map_size": env.info()["map_size"]}
 
-        s = self._retry_resized(read)
+        try:
+            s = self._retry_resized(read) if self._damaged is None else {}
+        except _DAMAGE_ERRORS as e:
+            self._note_damage(e)
+            s = {}
         return {"backend": self.backend, "path": str(self.path), **s, "budget_bytes": self.budget_bytes,
                 "evictions": self.evictions, "rejected": self.rejected, "map_full_retries": self.map_full_retries,
-                "map_resized": self.resized, "map_grown": self.map_grown}
+                "map_resized": self.resized, "map_grown": self.map_grown,
+                "checksum_failures": self.checksum_failures, "set_aside": self.set_aside,
+                "damaged": self._damaged}
 
     def close(self) -> None:
         """Write pending access ticks and close the environment (idempotent)."""

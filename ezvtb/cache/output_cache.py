@@ -12,8 +12,9 @@ on a miss, `put(pose, frame)` with the THA frame (see `ezvtb.core.FrameCache`).
   the queue is already served by `get` (``pending_hits``), exactly as rendered.
 * Keys hash the character image's bytes, so after `set_character` with another image no frame
   of the previous one can come back (`ezvtb.cache.keys`).
-* Errors of the writer thread (disk full, ...) are logged and counted (``write_errors``); a blob
-  that does not decode is dropped from the store and treated as a miss (``corrupt_entries``).
+* Errors of the writer thread (disk full, ...) are logged and counted (``write_errors``); an
+  entry that fails the store's checksum (LMDB) or does not decode is a miss (rendered again),
+  counted (``corrupt_entries``) and dropped from the store.
 
 `flush()` waits until every queued frame is stored; `close()` flushes and stops the thread.
 """
@@ -184,6 +185,9 @@ class OutputCache:
         t0 = time.perf_counter()
         try:
             blob = self.store.get(key)
+        except CodecError as e:  # the store's own integrity check (LMDB entry checksum) failed
+            self._corrupt(key, e)
+            return None
         except Exception as e:  # noqa: BLE001 - a failing store is a miss, never a failed frame
             self.read_errors += 1
             self.misses += 1
@@ -201,13 +205,7 @@ class OutputCache:
             _, _, h, w, _, _ = parse_header(blob)
             out = self.codec.decode(blob, self._out_for(h, w))
         except (CodecError, CodecUnavailableError) as e:
-            self.corrupt_entries += 1
-            self.misses += 1
-            log.warning("output cache: dropping an entry that does not decode (%s)", e)
-            try:
-                self.store.discard(key)
-            except Exception as e2:  # noqa: BLE001
-                log.warning("output cache: could not drop the entry (%s)", e2)
+            self._corrupt(key, e)
             return None
         with self._lock:
             self._decode_ms += (time.perf_counter() - t1) * 1e3
@@ -215,6 +213,18 @@ class OutputCache:
         self.hits += 1
         self.store.note_access(key)
         return out
+
+    def _corrupt(self, key: bytes, e: Exception) -> None:
+        """An entry that fails its checksum or does not decode: a miss, counted, and dropped."""
+        self.corrupt_entries += 1
+        self.misses += 1
+        n = self.corrupt_entries
+        if n <= 10 or n % 1000 == 0:
+            log.warning("output cache: dropping an entry that is corrupt or does not decode (%d so far; %s)", n, e)
+        try:
+            self.store.discard(key)
+        except Exception as e2:  # noqa: BLE001
+            log.warning("output cache: could not drop the entry (%s)", e2)
 
     def put(self, pose: np.ndarray, frame: np.ndarray) -> None:
         """Queue a copy of `frame` (uint8 (H, W, 4)) for `pose`; returns at once (drops if the queue is full)."""

@@ -44,6 +44,15 @@ def run(args: argparse.Namespace) -> int:
 
     n, why = device_count()
     print(f"  CUDA devices (cuda-python): {n}" + (f" ({why})" if why else ""))
+    from ezvtb.engines.cuda import cuda_major_mismatch, cuda_majors, driver_cuda_version
+
+    majors, driver = cuda_majors(), driver_cuda_version()
+    if majors:
+        print("  CUDA builds: " + ", ".join(f"{c} CUDA {m} ({what})" for c, (m, what) in majors.items())
+              + (f"; driver supports CUDA {driver[0]}.{driver[1]}" if driver and driver[0] else ""))
+    mismatch = cuda_major_mismatch(majors, driver)
+    if mismatch:
+        print(f"  WARNING: {mismatch}")
     ok, why = available()
     print(f"  native TensorRT: {'yes' if ok else 'no: ' + why}")
     print(f"  TensorRT engine caches: {paths.home() / 'trt'} (native), {paths.home() / 'trt_ep'} (ORT EP)")
