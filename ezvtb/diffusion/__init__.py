@@ -1,0 +1,7 @@
+"""What the generative pipelines share: the seed-002 utilities (`util`), classifier-free guidance
+(`guidance`), configured diffusers schedulers (`schedulers`) and the denoising loop (`sampling`).
+
+Networks run through `ezvtb.export.generic.GraphRunner` (an exported graph on an `ezvtb.engines`
+session, or the torch module itself). Importing this package imports nothing heavy; each
+submodule imports torch (and diffusers where it needs it).
+"""
