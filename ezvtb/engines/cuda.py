@@ -12,6 +12,7 @@ are complete whenever a session or stage sees them), page-locked host arrays for
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from typing import Any
 
@@ -93,6 +94,86 @@ def device_info(device_id: int = 0) -> dict[str, Any]:
         "driver_api": f"{drv // 1000}.{drv % 1000 // 10}",
         "runtime": f"{rtv // 1000}.{rtv % 1000 // 10}",
     }
+
+
+# Distributions whose name says the CUDA major they were built for (pip wheels).
+_CUDA_NAMED = re.compile(r"^(tensorrt|nvidia-cuda-runtime)(?:-cu(\d+))?(?:-libs)?$")
+
+
+def cuda_majors() -> dict[str, tuple[int, str]]:
+    """The CUDA major each installed GPU component was built for: {component: (major, what says so)}.
+
+    Read from package metadata, without loading any CUDA library: onnxruntime-gpu
+    (``onnxruntime.cuda_version``), the tensorrt wheels (``tensorrt-cu12``/``-cu13``), cuda-python
+    (its major is the CUDA major it binds) and the nvidia CUDA runtime wheel. Components that are
+    not installed (or say nothing) are left out.
+    """
+    import importlib.metadata as md
+
+    found: dict[str, tuple[int, str]] = {}
+    try:
+        import onnxruntime as ort
+
+        cv = str(getattr(ort, "cuda_version", "") or "")
+        if cv[:1].isdigit():
+            found["onnxruntime-gpu"] = (int(cv.split(".")[0]), f"onnxruntime {ort.__version__} built with CUDA {cv}")
+    except Exception:  # noqa: BLE001 - not installed or broken: nothing to compare
+        pass
+    for dist in md.distributions():
+        name = re.sub(r"[-_.]+", "-", (dist.metadata["Name"] or "").lower())
+        m = _CUDA_NAMED.match(name)
+        if m is None:
+            continue
+        what = "tensorrt" if m.group(1) == "tensorrt" else "nvidia-cuda-runtime wheel"
+        major = int(m.group(2)) if m.group(2) else int(dist.version.split(".")[0])  # nvidia-cuda-runtime 13.x
+        if m.group(1) == "tensorrt" and not m.group(2):
+            continue  # the `tensorrt` meta package names no CUDA major; its -cuNN parts do
+        found.setdefault(what, (major, f"{name} {dist.version}"))
+    for dist_name in ("cuda-bindings", "cuda-python"):
+        try:
+            v = md.version(dist_name)
+        except md.PackageNotFoundError:
+            continue
+        found["cuda-python"] = (int(v.split(".")[0]), f"{dist_name} {v}")
+        break
+    return found
+
+
+def cuda_major_mismatch(majors: dict[str, tuple[int, str]], driver: tuple[int, int] | None = None) -> str:
+    """"" when the components of `cuda_majors` agree (and the driver supports them), else what is wrong.
+
+    driver: the newest CUDA version the installed driver supports (`driver_cuda_version`), if known.
+    """
+    problems = []
+    by_major: dict[int, list[str]] = {}
+    for comp, (major, _) in majors.items():
+        by_major.setdefault(major, []).append(comp)
+    if len(by_major) > 1:
+        parts = "; ".join(f"CUDA {m}: " + ", ".join(f"{c} ({majors[c][1]})" for c in comps)
+                          for m, comps in sorted(by_major.items()))
+        problems.append(f"CUDA majors disagree ({parts}). Install one set: ezvtb[cuda] / ezvtb[tensorrt] pin "
+                        "CUDA 12 (onnxruntime-gpu < 1.27, tensorrt-cu12, cuda-python 12); a CUDA-13 "
+                        "cuda-python reports no device on a driver older than R580")
+    if driver is not None and driver[0] > 0:
+        too_new = sorted(c for c, (m, _) in majors.items() if m > driver[0])
+        if too_new:
+            problems.append(f"the driver supports CUDA up to {driver[0]}.{driver[1]}, older than what "
+                            f"{', '.join(too_new)} need: update the driver or install the CUDA-{driver[0]} builds")
+    return "; ".join(problems)
+
+
+def driver_cuda_version() -> tuple[int, int] | None:
+    """(major, minor) of the newest CUDA the installed driver supports; (0, 0) without a driver;
+    None without cuda-python."""
+    try:
+        rt = runtime()
+    except BackendUnavailableError:
+        return None
+    try:
+        v = int(call("cudaDriverGetVersion", rt.cudaDriverGetVersion()))
+    except CudaError:
+        return (0, 0)
+    return (v // 1000, v % 1000 // 10)
 
 
 _KINDS = {H2D: "cudaMemcpyHostToDevice", D2H: "cudaMemcpyDeviceToHost", D2D: "cudaMemcpyDeviceToDevice"}

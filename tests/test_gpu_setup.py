@@ -1,0 +1,125 @@
+"""GPU set-up checks that run without a GPU: the CUDA major of each installed GPU component (package
+metadata), `ezvtb doctor` reporting a disagreement, and the cuda/tensorrt extras pinning one CUDA major.
+
+The installed distributions are real dist-info folders written to a temporary sys.path entry (what pip
+leaves behind); onnxruntime's own `cuda_version` attribute is set only where this CPU build has none.
+"""
+from __future__ import annotations
+
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from ezvtb.engines.cuda import cuda_major_mismatch, cuda_majors
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def installed(tmp_path, monkeypatch):
+    """``installed(name, version)`` writes a dist-info folder that importlib.metadata finds."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def add(name: str, version: str) -> None:
+        d = tmp_path / f"{name.replace('-', '_')}-{version}.dist-info"
+        d.mkdir()
+        (d / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+
+    return add
+
+
+def _no_real_gpu_packages():
+    import importlib.metadata as md
+
+    for n in ("cuda-python", "cuda-bindings", "tensorrt-cu12", "tensorrt-cu13", "onnxruntime-gpu"):
+        try:
+            md.version(n)
+        except md.PackageNotFoundError:
+            continue
+        pytest.skip(f"{n} is really installed here; the test writes its own set")
+
+
+def test_cuda_majors_read_from_the_installed_packages(installed, monkeypatch):
+    import onnxruntime as ort
+
+    _no_real_gpu_packages()
+    assert "cuda-python" not in cuda_majors()
+    monkeypatch.setattr(ort, "cuda_version", "12.8", raising=False)  # what onnxruntime-gpu 1.2x says
+    installed("tensorrt_cu12_libs", "10.16.1.11")
+    installed("tensorrt", "10.16.1.11")  # the meta package names no CUDA major
+    installed("cuda-bindings", "13.4.4")
+    installed("cuda-python", "13.4.4")
+    installed("nvidia-cuda-runtime", "13.0.96")
+    m = cuda_majors()
+    assert {k: v[0] for k, v in m.items()} == {"onnxruntime-gpu": 12, "tensorrt": 12, "cuda-python": 13,
+                                               "nvidia-cuda-runtime wheel": 13}, m
+    assert m["cuda-python"][1] == "cuda-bindings 13.4.4" and m["tensorrt"][1] == "tensorrt-cu12-libs 10.16.1.11"
+    msg = cuda_major_mismatch(m, (12, 8))
+    assert "CUDA majors disagree" in msg and "cuda-python (cuda-bindings 13.4.4)" in msg.split("CUDA 13:")[1], msg
+    assert "driver supports CUDA up to 12.8" in msg and "cuda-python" in msg.split("driver supports")[1], msg
+
+
+def test_agreeing_majors_are_no_problem():
+    m = {"onnxruntime-gpu": (12, "x"), "tensorrt": (12, "y"), "cuda-python": (12, "z")}
+    assert cuda_major_mismatch(m) == "" and cuda_major_mismatch(m, (12, 8)) == ""
+    assert cuda_major_mismatch({}, (0, 0)) == ""
+    assert "driver supports CUDA up to 12.4" in cuda_major_mismatch({"cuda-python": (13, "z")}, (12, 4))
+
+
+def test_doctor_reports_a_cuda_major_mismatch(installed, monkeypatch, capsys):
+    import onnxruntime as ort
+
+    from ezvtb.cli import main
+
+    _no_real_gpu_packages()
+    monkeypatch.setattr(ort, "cuda_version", "12.2", raising=False)
+    installed("cuda-python", "13.4.4")
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "CUDA builds: onnxruntime-gpu CUDA 12 (onnxruntime" in out and "cuda-python CUDA 13" in out, out
+    warning = next(line for line in out.splitlines() if "WARNING" in line)
+    assert "CUDA majors disagree" in warning and "cuda-python 13.4.4" in warning
+
+
+def _extra(name):
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][name]
+
+
+# CUDA major of each requirement: onnxruntime-gpu on PyPI is built with CUDA 12 up to 1.26 and with
+# CUDA 13 from 1.27 (its [cuda] extra requires nvidia-cuda-runtime-cu12 ~=12.0, then nvidia-cuda-runtime ~=13.0);
+# tensorrt-cuNN and nvidia-*-cuNN name theirs; cuda-python's major is the CUDA major it binds.
+def _majors_of(requirement: str) -> set[int]:
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    r = Requirement(requirement)
+    if r.name == "onnxruntime-gpu":
+        allowed = [v for v in ("1.21.0", "1.26.0", "1.27.0", "1.31.1") if r.specifier.contains(Version(v))]
+        return {12 if Version(v) < Version("1.27") else 13 for v in allowed}
+    m = re.search(r"-cu(\d+)$", r.name)
+    if m:
+        return {int(m.group(1))}
+    if r.name == "cuda-python":
+        return {m for m in (11, 12, 13, 14) if r.specifier.contains(Version(f"{m}.9.0"))}
+    return set()
+
+
+@pytest.mark.parametrize("extra", ["cuda", "tensorrt"])
+def test_each_gpu_extra_pins_one_cuda_major(extra):
+    reqs = _extra(extra)
+    majors = {r.split(";")[0].strip(): _majors_of(r) for r in reqs}
+    pinned = {k: v for k, v in majors.items() if v}
+    assert any(k.startswith("cuda-python") for k in pinned) and any(k.startswith("onnxruntime-gpu") for k in pinned)
+    assert all(v == {12} for v in pinned.values()), pinned
+    names = " ".join(reqs)
+    if extra == "tensorrt":
+        assert "tensorrt-cu12" in names and "[cuda,cudnn]" in names, "the TensorRT EP needs the CUDA/cuDNN wheels too"
+    # preload_dlls (loads the pip-installed CUDA/cuDNN libraries) exists from onnxruntime 1.21
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    ort = next(Requirement(r) for r in reqs if r.startswith("onnxruntime-gpu"))
+    assert not ort.specifier.contains(Version("1.20.2")), ort
