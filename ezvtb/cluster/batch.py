@@ -86,7 +86,7 @@ def run_jobs(jobs: list[Job], *, workers: int = 1, cpus_per_worker: float = 1.0,
     cpus_per_worker / gpus_per_worker: Ray resources of each worker (fractions allowed: 0.25 GPU
     = four workers share a GPU). retries: further attempts for a job whose worker died.
     on_event(kind, info): progress callback in the driver, kinds ``started`` (job index, worker
-    index, attempt), ``done``, ``failed``, ``retry`` (after a worker died).
+    index and pid, attempt), ``done``, ``failed``, ``retry`` (after a worker died).
     Connects to Ray (`ensure_ray(address)`) if this process is not connected yet.
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -103,6 +103,7 @@ def run_jobs(jobs: list[Job], *, workers: int = 1, cpus_per_worker: float = 1.0,
         return results
     n = min(workers, len(jobs))
     pool = [JobWorker.options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker).remote() for _ in range(n)]
+    pids: list[int | None] = [i["pid"] for i in ray.get([w.info.remote() for w in pool])]
     holds: list[str | None] = [None] * n  # state key each worker holds
     pending = collections.deque(range(len(jobs)))
     running: dict[Any, tuple[int, int]] = {}  # ObjectRef -> (job index, worker index)
@@ -116,8 +117,10 @@ def run_jobs(jobs: list[Job], *, workers: int = 1, cpus_per_worker: float = 1.0,
                 r = results[i]
                 r.attempts += 1
                 r.workers.append(w)
+                if pids[w] is None:  # restarted after a death: wait for the new process
+                    pids[w] = _wait_alive(pool[w])["pid"]
                 running[pool[w].run.remote(jobs[i])] = (i, w)
-                emit("started", {"job": i, "worker": w, "attempt": r.attempts})
+                emit("started", {"job": i, "worker": w, "pid": pids[w], "attempt": r.attempts})
             done, _ = ray.wait(list(running), num_returns=1)
             for ref in done:
                 i, w = running.pop(ref)
@@ -128,7 +131,7 @@ def run_jobs(jobs: list[Job], *, workers: int = 1, cpus_per_worker: float = 1.0,
                     holds[w] = jobs[i].state_key
                     emit("done", {"job": i, "worker": w, "result": r.result})
                 except ray.exceptions.RayActorError as e:
-                    holds[w] = None  # restarted by Ray with nothing loaded
+                    holds[w] = pids[w] = None  # restarted by Ray with nothing loaded
                     resolve_kind(jobs[i].kind_path).cleanup(jobs[i])
                     if r.attempts <= retries:
                         log.warning("%s: worker %d died (%s); retrying", jobs[i].label, w, _first_line(e))
@@ -147,6 +150,20 @@ def run_jobs(jobs: list[Job], *, workers: int = 1, cpus_per_worker: float = 1.0,
         for a in pool:
             ray.kill(a, no_restart=True)
     return results
+
+
+def _wait_alive(worker: Any, timeout: float = 600.0) -> dict[str, Any]:
+    """`info` of a worker Ray is restarting (calls fail with ActorUnavailableError until it is back)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        try:
+            return ray.get(worker.info.remote())
+        except ray.exceptions.ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(2 * delay, 1.0)
 
 
 def _first_line(e: BaseException) -> str:

@@ -216,6 +216,8 @@ class CoreService:
         """The replica at `index`, replaced by a new one if Ray reports it dead for good."""
         try:
             ray.get(self._replicas[index].info.remote())
+        except ray.exceptions.ActorUnavailableError:
+            pass  # restarting: Ray brings it back
         except ray.exceptions.ActorDiedError:
             log.warning("replica %d is dead for good; starting a new one", index)
             self._replicas[index] = self._new_replica()
@@ -311,6 +313,7 @@ class Client:
         self.frames_per_inference: int | None = None
         self.frame_shape = (512, 512, 4)
         self._lost = False
+        self._recovering = False
         self._pose = np.zeros(POSE_SIZE, np.float32)
         self.timings = Timings()
         self._counts = {"requests": 0, "frames": 0, "replica_lost": 0, "images_resent": 0, "errors": 0}
@@ -442,7 +445,8 @@ class Client:
             return ray.get(ref, timeout=timeout)
         except ray.exceptions.RayActorError as e:
             self._lost = True
-            self._counts["replica_lost"] += 1
+            if not self._recovering:
+                self._counts["replica_lost"] += 1
             raise ReplicaLost(f"the replica holding this character (index {self.replica_index}) died during this "
                               f"call; Ray is restarting it and the next call re-sends the image ({_short(e)})") from None
         except ray.exceptions.GetTimeoutError:
@@ -468,14 +472,30 @@ class Client:
         self._lost = False
 
     def _recover(self) -> None:
-        """Re-send the image to the (restarted) replica; replace it if Ray gave up on it."""
+        """Re-send the image to the replica once Ray has restarted it (replaced if Ray gave up on it)."""
         self._counts["images_resent"] += 1
+        self._recovering = True
         try:
-            self._send_image(self.recovery_timeout)
-        except ReplicaLost:
-            self.replica_index, self._replica = ray.get(self._service.place.remote(self._digest, True))
-            self._send_image(self.recovery_timeout)
+            self._resend_until_back()
+        finally:
+            self._recovering = False
         log.info("character %s re-sent to replica %s (pid %s)", self._digest, self.replica_index, self.replica_pid)
+
+    def _resend_until_back(self) -> None:
+        deadline = None if self.recovery_timeout is None else time.monotonic() + self.recovery_timeout
+        delay = 0.05
+        while True:
+            try:
+                self._send_image(self.recovery_timeout)
+                break
+            except ReplicaLost as e:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise ReplicaLost(f"the replica holding this character did not come back within "
+                                      f"{self.recovery_timeout} s ({e})") from None
+                # restarting (calls fail until its cores are built again) or dead for good (replaced)
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                self.replica_index, self._replica = ray.get(self._service.place.remote(self._digest, True))
 
 
 def _short(e: BaseException) -> str:

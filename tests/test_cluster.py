@@ -1,0 +1,239 @@
+"""`ezvtb.cluster` on a local Ray instance: live cores (placement, faults) and batch renders.
+
+One Ray instance (2 CPUs, no dashboard, no usage stats) serves the whole module; the cores are
+the smallest real ones (THA3 separable fp32 on ONNX Runtime CPU, one thread, no RIFE/cache) and
+every test renders only a few frames.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+ray = pytest.importorskip("ray", reason="ezvtb.cluster needs Ray (pip install 'ezvtb[cluster]')")
+
+from ezvtb.pose import index  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+OPTS = dict(use_tensorrt=False, model_half=False, use_interpolation=False, use_cacher=False, backend="cpu",
+            threads=1)
+
+
+def make_poses() -> list[np.ndarray]:
+    a = np.zeros(45, np.float32)
+    b = a.copy()
+    b[index("head_y")] = 0.7
+    b[index("mouth_aaa")] = 1.0
+    b[index("eye_wink_left")] = 1.0
+    return [a, b]
+
+
+@pytest.fixture(scope="module")
+def characters(sample_image_paths):
+    from ezvtb import prepare_image
+
+    by_name = {p.stem: p for p in sample_image_paths}
+    return {n: (by_name[n], prepare_image(by_name[n])) for n in ("crypko_00", "crypko_01")}
+
+
+@pytest.fixture(scope="module")
+def local_frames(characters):
+    """Frames of a local core for both characters and both poses (also exports the graphs before Ray starts)."""
+    from ezvtb import get_core
+
+    core = get_core(**OPTS)
+    out = {}
+    try:
+        for name, (_, img) in characters.items():
+            core.setImage(img)
+            out[name] = [core.inference(p)[0].copy() for p in make_poses()]
+    finally:
+        core.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def ray_instance(local_frames):
+    ray.init(num_cpus=2, include_dashboard=False, namespace="ezvtb", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def service(ray_instance):
+    from ezvtb.cluster.live import _kill_service, start_service
+
+    svc = start_service(OPTS, replicas=2, cores_per_replica=1, cpus_per_replica=0.5, startup_timeout=600)
+    yield svc
+    _kill_service(svc)
+
+
+def test_echo_service_validates_like_the_core_and_stays_usable(ray_instance):
+    from ezvtb.cluster import Client
+    from ezvtb.cluster.live import start_service
+    from ezvtb.ipc.echo import EchoCore
+
+    with pytest.raises(ValueError, match="replicas: expected an int >= 1"):
+        start_service({}, engine="echo", replicas=0)
+    with pytest.raises(ValueError, match=r"options: unknown get_core keyword\(s\) \['no_such_option'\]"):
+        start_service({"no_such_option": 1})
+    img = np.zeros((512, 512, 4), np.uint8)
+    img[200:300, 200:300] = 255
+    ref = EchoCore(frames=2)
+    with Client.spawn(engine="echo", use_interpolation=True, interpolation_scale=2, cpus_per_replica=0,
+                      timeout=60) as c:
+        with pytest.raises(RuntimeError, match="setImage must be called before inference"):
+            c.inference(np.zeros(45, np.float32))
+        with pytest.raises(ValueError) as got:
+            c.setImage(img[:, :, :3])
+        with pytest.raises(ValueError) as want:
+            ref.setImage(img[:, :, :3])
+        assert str(got.value) == str(want.value)
+        c.setImage(img)
+        ref.setImage(img)
+        with pytest.raises(ValueError) as got:
+            c.inference(np.zeros((2, 45), np.float32))
+        with pytest.raises(ValueError) as want:
+            ref.inference(np.zeros((2, 45), np.float32))
+        assert str(got.value) == str(want.value)
+        pose = np.zeros(45, np.float32)
+        pose[index("head_y")] = 0.5
+        frames = c.inference(pose)
+        assert c.frames_per_inference == 2 and len(frames) == 2
+        for f, w in zip(frames, ref.inference(pose)):
+            assert isinstance(f, np.ndarray) and f.dtype == np.uint8 and f.shape == (512, 512, 4)
+            assert not f.flags.writeable  # read from the object store, not a JSON round trip
+            assert np.array_equal(f, w)
+        s = c.stats()
+        assert s["frames"] == 1 and s["cluster"]["client"]["frames"] == 2  # core counts calls
+    assert c.closed
+    with pytest.raises(RuntimeError, match="closed"):
+        c.inference(pose)
+
+
+def test_cluster_frames_equal_local_frames_and_characters_never_mix(service, characters, local_frames):
+    from ezvtb.cluster import Client
+
+    a, b = Client(service, timeout=600), Client(service, timeout=600)
+    try:
+        a.setImage(characters["crypko_00"][1])
+        b.setImage(characters["crypko_01"][1])
+        assert {a.replica_index, b.replica_index} == {0, 1}  # one character per replica
+        assert a.replica_pid != b.replica_pid
+        got: dict[str, list[np.ndarray]] = {"crypko_00": [], "crypko_01": []}
+        for p in make_poses():  # interleaved: the two streams alternate
+            got["crypko_00"].append(a.inference(p)[0])
+            got["crypko_01"].append(b.inference(p)[0])
+        for name, frames in got.items():
+            other = "crypko_01" if name == "crypko_00" else "crypko_00"
+            for k, f in enumerate(frames):
+                diff = int(np.abs(f.astype(np.int16) - local_frames[name][k].astype(np.int16)).max())
+                print(f"{name} pose {k}: max abs difference cluster vs local core = {diff}")
+                assert diff == 0
+                assert np.abs(f.astype(np.int16) - local_frames[other][k].astype(np.int16)).max() > 50
+        assert a.stats()["cluster"]["replica"]["characters"] == [a._digest]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_killing_a_replica_mid_stream_is_survived(service, characters, local_frames):
+    from ezvtb.cluster import Client, ReplicaLost
+
+    c = Client(service, timeout=600)
+    try:
+        c.setImage(characters["crypko_00"][1])
+        p0, p1 = make_poses()
+        old_pid = c.replica_pid
+        outcome: dict[str, object] = {}
+
+        def render() -> None:
+            try:
+                outcome["frames"] = c.inference(p0)
+            except BaseException as e:  # noqa: BLE001 - handed to the test thread
+                outcome["error"] = e
+
+        t = threading.Thread(target=render)
+        t.start()
+        deadline = time.monotonic() + 120
+        while ray.get(c.replica.info.remote())["in_flight"] == 0:  # wait until the frame is being rendered
+            assert t.is_alive() and time.monotonic() < deadline, "the frame never started rendering"
+            time.sleep(0.005)
+        os.kill(old_pid, signal.SIGKILL)
+        t.join(120)
+        assert not t.is_alive()
+        err = outcome.get("error")
+        assert isinstance(err, ReplicaLost), outcome
+        assert "died during this call" in str(err) and "re-sends the image" in str(err)
+        # the next call waits for Ray's restart, re-sends the image and renders normally
+        f = c.inference(p1)[0]
+        assert np.array_equal(f, local_frames["crypko_00"][1])
+        s = c.stats()
+        assert s["cluster"]["replica"]["pid"] != old_pid
+        assert s["cluster"]["client"]["replica_lost"] == 1 and s["cluster"]["client"]["images_resent"] == 1
+        assert np.array_equal(c.inference(p0)[0], local_frames["crypko_00"][0])
+    finally:
+        c.close()
+
+
+def test_batch_render_matches_local_ezvtb_run_byte_for_byte_and_retries_a_dead_worker(ray_instance, characters,
+                                                                                       tmp_path):
+    import json
+
+    from ezvtb.cli import main
+    from ezvtb.cluster.batch import run_jobs
+    from ezvtb.cluster.jobs import load_jobs
+
+    poses = make_poses()
+    np.save(tmp_path / "two.npy", np.stack(poses))
+    np.save(tmp_path / "one.npy", np.stack(poses[1:]))
+    img0, img1 = (str(characters[n][0]) for n in ("crypko_00", "crypko_01"))
+    combos = [(img0, "two.npy"), (img1, "one.npy"), (img0, "one.npy"), (img1, "two.npy")]
+    jobs_doc = {"defaults": {"fps": 20, "options": {"backend": "cpu", "threads": 1}},
+                "jobs": [{"image": im, "poses": tr, "output": f"out/job{i}.mp4"} for i, (im, tr) in enumerate(combos)]}
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs_doc))
+    jobs = load_jobs(tmp_path / "jobs.json")
+    assert [j.spec["output"] for j in jobs] == [str(tmp_path / f"out/job{i}.mp4") for i in range(4)]
+    assert len({j.state_key for j in jobs}) == 1  # same options: one core per worker serves every job
+
+    killed: dict[str, int] = {}
+
+    def kill_when_rendering(pid: int, out: Path) -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and "done" not in killed:
+            if list(out.parent.glob(f".{out.stem}.*.tmp.mp4")):  # first frame written, second rendering
+                os.kill(pid, signal.SIGKILL)
+                killed["pid"] = pid
+                return
+            time.sleep(0.002)
+
+    def on_event(kind: str, info: dict) -> None:
+        if kind == "started" and info["job"] == 0 and info["attempt"] == 1:
+            threading.Thread(target=kill_when_rendering, args=(info["pid"], Path(jobs[0].spec["output"])),
+                             daemon=True).start()
+        if kind == "done" and info["job"] == 0:
+            killed.setdefault("done", 1)
+
+    results = run_jobs(jobs, workers=2, cpus_per_worker=0.5, retries=2, on_event=on_event)
+    assert [r.status for r in results] == ["ok"] * 4, [r.error for r in results]
+    assert "pid" in killed, "the worker was not killed mid-job (job 0 finished first)"
+    assert results[0].attempts == 2  # the killed attempt was retried
+    assert sum(r.result["reused_state"] for r in results) >= 1  # a worker reused its core
+
+    for i, (im, tr) in enumerate(combos):
+        ref = tmp_path / f"ref/job{i}.mp4"
+        rc = main(["-q", "run", "--input", f"file://{tmp_path / tr}?step=1&loop=0", "--output", f"mp4:{ref}",
+                   "--fps", "20", "--image", im, "--backend", "cpu", "--threads", "1", "--stats-interval", "0"])
+        assert rc == 0
+        got = Path(jobs[i].spec["output"]).read_bytes()
+        assert results[i].result["frames"] == len(np.load(tmp_path / tr))
+        assert got == ref.read_bytes(), f"job {i}: the batch output differs from `ezvtb run`"
+    leftovers = [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+    assert leftovers == []
