@@ -55,16 +55,36 @@ def gpu_available(device_id: int) -> tuple[bool, str]:
     return True, ""
 
 
-def resolve_backend(requested: str) -> tuple[str | None, str]:
-    """The GPU backend to use, or (None, reason)."""
-    from ezvtb.factory import backend_chain
+def resolve_backend(requested: str, device_id: int = 0, probe: tuple | None = None) -> tuple[str | None, str]:
+    """The GPU backend to use, or (None, reason).
 
-    if requested != "auto":
-        return requested, "requested"
-    for name, why in backend_chain("auto", True):
-        if name != "auto":
-            return name, why
-    return None, backend_chain("auto", True)[-1][1]
+    Opened the way get_core opens THA (`ezvtb.factory.open_first` over `backend_chain`): each
+    candidate in turn until a session really loads on it (onnxruntime-gpu lists the TensorRT EP
+    even without libnvinfer, so a listed provider proves nothing). The probe is THA's separable
+    fp16 editor graph (or `probe` = (onnx path, GraphSpec)). A backend that ends on the CPU is None.
+    """
+    from ezvtb.engines import create_session
+    from ezvtb.factory import FALLBACK_ERRORS, backend_chain, open_first
+
+    if probe is None:
+        from ezvtb.export import tha3_graphs
+        from ezvtb.models.tha3.spec import graph_spec
+
+        probe = (tha3_graphs("separable", "fp16")["editor"], graph_spec("editor", "fp16"))
+    path, spec = probe
+
+    def open_on(backend: str) -> str:
+        session = create_session(path, spec, backend, device_id=device_id)
+        session.close()
+        return getattr(session, "backend", backend)
+
+    try:
+        actual, _, reason = open_first(backend_chain(requested, True), open_on)
+    except FALLBACK_ERRORS as e:
+        return None, f"{requested}: {type(e).__name__}: {e}"
+    if actual == "cpu":
+        return None, f"only the CPU loaded ({reason})"
+    return actual, reason
 
 
 def versions(device_id: int, backend: str) -> str:
@@ -266,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         if not ok:
             print(f"bench_gpu: skipped: {why}")
             return 0
-        backend, reason = resolve_backend(a.backend)
+        backend, reason = resolve_backend(a.backend, a.device_id)
         if backend is None:
             print(f"bench_gpu: skipped: no GPU backend ({reason})")
             return 0

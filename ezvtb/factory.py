@@ -77,6 +77,33 @@ def select_backend(backend: str, use_tensorrt: bool) -> str:
     return backend_chain(backend, use_tensorrt)[0][0]
 
 
+# What makes `get_core` (and `open_first`) try the next backend of the chain: a provider or library
+# that does not load (BackendUnavailableError), TensorRT's parser or builder failing (RuntimeError),
+# a CUDA call failing while setting up device memory or a stream (CudaError, a RuntimeError).
+FALLBACK_ERRORS = (BackendUnavailableError, RuntimeError)
+
+
+def _log_fallback(backend: str, reason: str, error: BaseException, next_backend: str) -> None:
+    log.warning("backend %r (%s) did not load: %s: %s; trying %r", backend, reason, type(error).__name__, error,
+                next_backend)
+
+
+def open_first(chain: list[tuple[str, str]], open_backend: Any) -> tuple[Any, str, str]:
+    """``(open_backend(name), name, reason)`` for the first (name, reason) of `chain` that opens.
+
+    The rule `get_core` applies to THA's graphs: a `FALLBACK_ERRORS` error moves on to the next
+    candidate with a warning; the last candidate's error is raised; other errors are raised at once.
+    """
+    for i, (backend, reason) in enumerate(chain):
+        try:
+            return open_backend(backend), backend, reason
+        except FALLBACK_ERRORS as e:
+            if i == len(chain) - 1:
+                raise
+            _log_fallback(backend, reason, e, chain[i + 1][0])
+    raise ValueError("chain: expected at least one backend")
+
+
 def link_device_stages(tha: ThaStage, cache: Any, after: list[Any]) -> list[str]:
     """Let frames stay in device memory between stages that share it; returns the links made.
 
@@ -214,10 +241,10 @@ def get_core(
             sessions = {s: create_session(paths[s], graph_spec(s, precision), backend, **session_options)
                         for s in STAGES}
             break
-        except BackendUnavailableError as e:
+        except FALLBACK_ERRORS as e:  # not only BackendUnavailableError: a TensorRT build, a CUDA call
             if i == len(chain) - 1:
                 raise
-            log.warning("backend %r (%s) did not load: %s; trying %r", backend, reason, e, chain[i + 1][0])
+            _log_fallback(backend, reason, e, chain[i + 1][0])
     actual = getattr(sessions["editor"], "backend", backend)
     resolved = "" if actual == backend else f", resolved from {backend!r}"
     if wants_tensorrt and actual not in ("trt", "tensorrt"):

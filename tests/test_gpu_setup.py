@@ -123,3 +123,70 @@ def test_each_gpu_extra_pins_one_cuda_major(extra):
 
     ort = next(Requirement(r) for r in reqs if r.startswith("onnxruntime-gpu"))
     assert not ort.specifier.contains(Version("1.20.2")), ort
+
+
+# --- backend fallback under auto (issue 17, "Also") ---------------------------------------------------------
+
+def test_open_first_falls_back_on_runtime_and_cuda_errors(caplog):
+    import logging
+
+    from ezvtb.engines.cuda import CudaError
+    from ezvtb.engines.errors import BackendUnavailableError
+    from ezvtb.factory import open_first
+
+    chain = [("trt", "native TensorRT"), ("tensorrt", "TRT EP"), ("cuda", "CUDA EP"), ("auto", "last")]
+    failures = {"trt": RuntimeError("tha3/editor: TensorRT's ONNX parser rejected editor.onnx"),
+                "tensorrt": CudaError("cudaStreamCreateWithFlags failed: cudaErrorInsufficientDriver"),
+                "cuda": BackendUnavailableError("CUDAExecutionProvider did not load")}
+    tried = []
+
+    def open_on(backend):
+        tried.append(backend)
+        if backend in failures:
+            raise failures[backend]
+        return f"session on {backend}"
+
+    with caplog.at_level(logging.WARNING, logger="ezvtb"):
+        assert open_first(chain, open_on) == ("session on auto", "auto", "last")
+    assert tried == ["trt", "tensorrt", "cuda", "auto"]
+    text = caplog.text
+    assert "backend 'trt' (native TensorRT) did not load: RuntimeError: tha3/editor" in text
+    assert "CudaError: cudaStreamCreateWithFlags" in text and "trying 'auto'" in text
+    with pytest.raises(CudaError):  # the last candidate's error is raised
+        open_first([("tensorrt", "requested")], open_on)
+    with pytest.raises(ValueError):  # not a backend problem: no fallback
+        open_first([("trt", "x"), ("auto", "y")], lambda b: (_ for _ in ()).throw(ValueError("bad spec")))
+
+
+def test_get_core_falls_back_when_native_tensorrt_fails_to_build(monkeypatch, caplog):
+    """get_core under auto: a TensorRT build RuntimeError / CudaError on the first candidate moves on to
+    the next (here the CPU, real sessions); the failing GPU part is simulated (no GPU here)."""
+    import logging
+
+    from ezvtb import factory
+    from ezvtb.engines.cuda import CudaError
+
+    real = factory.create_session
+    tried = []
+
+    def trt_fails(path, spec, backend, **kw):
+        tried.append(backend)
+        if backend == "trt":
+            raise CudaError("cudaStreamCreateWithFlags failed: cudaErrorNoDevice: no CUDA-capable device")
+        return real(path, spec, backend, **kw)
+
+    monkeypatch.setattr(factory, "create_session", trt_fails)
+    monkeypatch.setattr(factory, "backend_chain", lambda backend, use_tensorrt: [
+        ("trt", "use_tensorrt=True: native TensorRT"), ("auto", "fallback")] if backend == "auto"
+        else [(backend, "requested")])
+    opts = dict(use_tensorrt=True, model_half=False, use_interpolation=False, use_cacher=False, threads=1)
+    with caplog.at_level(logging.WARNING, logger="ezvtb"):
+        core = factory.get_core(**opts)
+    try:
+        assert tried[0] == "trt" and "auto" in tried
+        assert core.tha.sessions["editor"].backend == "cpu"
+        assert "backend 'trt' (use_tensorrt=True: native TensorRT) did not load: CudaError" in caplog.text
+    finally:
+        core.close()
+    with pytest.raises(CudaError):  # an explicit backend does not fall back
+        factory.get_core(**opts, backend="trt")
