@@ -118,6 +118,35 @@ def test_echo_service_validates_like_the_core_and_stays_usable(ray_instance):
         c.inference(pose)
 
 
+def test_ezvtb_serve_ray_starts_a_named_service_that_clients_connect_to(ray_instance):
+    import subprocess
+    import sys
+
+    from ezvtb.cluster import Client
+
+    address = ray.get_runtime_context().gcs_address
+    proc = subprocess.Popen([sys.executable, "-m", "ezvtb", "-q", "serve", "--ray", address, "--engine", "echo",
+                             "--name", "cli-test", "--cpus-per-replica", "0", "-o", "use_interpolation=false"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # printed once the replicas are up
+        assert "service 'cli-test'" in line, line
+        img = np.zeros((512, 512, 4), np.uint8)
+        img[100:200, 100:200] = 200
+        with Client.connect(address, name="cli-test", timeout=60) as c:
+            c.setImage(img)
+            (f,) = c.inference(np.zeros(45, np.float32))
+            assert np.array_equal(f, img)  # echo engine, neutral pose: the image itself
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        with pytest.raises(ConnectionError, match="no ezvtb service 'cli-test'"):
+            Client.connect(address, name="cli-test")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_cluster_frames_equal_local_frames_and_characters_never_mix(service, characters, local_frames):
     from ezvtb.cluster import Client
 

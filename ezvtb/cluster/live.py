@@ -22,10 +22,11 @@ the next call, unlike a local core's buffers).
 
 Faults. Replicas are restarted by Ray when their process dies (``max_restarts``, default
 unlimited; the restart rebuilds the cores). The call in flight when a replica dies raises
-`ReplicaLost` (a ConnectionError saying so); the client then re-sends its image with the next
-call, which waits for the restarted replica and renders normally. A replica that restarted
-between two calls answers `CharacterNotLoaded`, and the client re-sends the image and repeats
-the pose itself: no error reaches the caller.
+`ReplicaLost` (a ConnectionError saying so), as does a call sent while Ray is still restarting
+it; the client then re-sends its image with the next call, which waits for the restarted
+replica and renders normally. A replica that finished restarting between two calls answers
+`CharacterNotLoaded`, and the client re-sends the image and repeats the pose itself: no error
+reaches the caller. A replica Ray gave up on (``max_restarts`` spent) is replaced by the service.
 """
 from __future__ import annotations
 
@@ -507,6 +508,7 @@ def serve_forever(address: str | None, options: dict[str, Any], *, engine: str =
                   replicas: int = 1, cores_per_replica: int = 1, cpus_per_replica: float = 1.0,
                   gpus_per_replica: float = 0.0, announce: Any = print) -> int:
     """``ezvtb serve --ray``: start the named service, announce it, hold it until SIGINT/SIGTERM."""
+    ensure_ray(address)  # first: ray.init installs its own SIGTERM handler, ours must come after it
     stop = threading.Event()
     old = {s: signal.signal(s, lambda signum, frame: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     svc = None
