@@ -17,24 +17,7 @@ from ezvtb.diffusion import schedulers  # noqa: E402
 from ezvtb.diffusion.guidance import apply_guidance, guidance_scales, guided_model  # noqa: E402
 from ezvtb.diffusion.sampling import denoise, initial_noise, make_generator  # noqa: E402
 
-
-def ldm_util():
-    """CompVis latent-diffusion's util (stable-diffusion-sdkit), loaded by file path: its package
-    __init__ may pull optional dependencies."""
-    import importlib.util
-    import pathlib
-
-    spec = importlib.util.find_spec("ldm")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("stable-diffusion-sdkit (CompVis ldm) is not installed")
-    path = pathlib.Path(list(spec.submodule_search_locations)[0]) / "modules" / "diffusionmodules" / "util.py"
-    mod_spec = importlib.util.spec_from_file_location("_compvis_ldm_util", path)
-    mod = importlib.util.module_from_spec(mod_spec)
-    try:
-        mod_spec.loader.exec_module(mod)
-    except ImportError as e:  # pragma: no cover - depends on the install
-        pytest.skip(f"CompVis ldm util does not import here: {e}")
-    return mod
+from compvis_ldm import ldm_util  # noqa: E402
 
 
 # -- DDIM (ModelScope) ----------------------------------------------------------------------------
