@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--gpus-per-replica", type=float, default=0.0,
                    help="--ray: Ray GPUs per replica; a fraction shares a GPU, e.g. 0.25 (default: %(default)s)")
     g.add_argument("--name", default="ezvtb", help="--ray: service name in namespace ezvtb (default: %(default)s)")
+    p.add_argument("--remove-socket-dir", action="store_true",
+                   help="shm: on exit also remove the directory of --socket if it is empty (for a private "
+                        "directory made for this server; ezvtb.ipc.Client.spawn passes it)")
     p.set_defaults(func=run)
 
 
@@ -79,4 +82,4 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--socket: only used with --transport shm")
     return serve(args.transport, options, engine=args.engine, socket_path=args.socket, slots=args.slots,
                  message_timeout=args.message_timeout, accept_timeout=args.accept_timeout,
-                 announce=lambda line: print(line, flush=True))
+                 announce=lambda line: print(line, flush=True), remove_socket_dir=args.remove_socket_dir)

@@ -182,8 +182,10 @@ class Client:
         self._counts = {"requests": 0, "frames": 0, "dropped": 0, "errors": 0, "stale_replies": 0}
         self.server_info: dict[str, Any] = {}
         self.ring: RingView | None = None
+        self._handshaking = True  # an ERROR with seq 0 (a busy server refusing us) answers the HELLO
         try:
             self._handshake(startup_timeout)
+            self._handshaking = False
         except BaseException as e:
             self._describe_exit(e)
             self._abort()
@@ -230,7 +232,8 @@ class Client:
                 return cls(stream, "stdio", resources=res, timeout=timeout, startup_timeout=startup_timeout)
             res.tmpdir = tempfile.mkdtemp(prefix="ezvtb-client-")  # 0700: only this user can reach the socket
             path = os.path.join(res.tmpdir, "ezvtb.sock")
-            res.proc = subprocess.Popen(argv + ["--socket", path, "--accept-timeout", "60"], stdin=subprocess.DEVNULL,
+            res.proc = subprocess.Popen(argv + ["--socket", path, "--accept-timeout", "60", "--remove-socket-dir"],
+                                        stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=stderr, env=env, close_fds=True)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             res.files = [sock]
@@ -274,7 +277,14 @@ class Client:
     def _handshake(self, startup_timeout: float | None) -> None:
         transport = P.Transport[self.transport.upper()]
         seq = self._next_seq()
-        self._stream.send(P.encode(P.Msg.HELLO, seq, P.HELLO.pack(transport, 0, 0)))
+        try:
+            self._stream.send(P.encode(P.Msg.HELLO, seq, P.HELLO.pack(transport, 0, 0)))
+        except ServerGone as gone:  # a server may refuse us (busy) before our HELLO arrives: read why
+            try:
+                self._reply(seq, timeout=1.0, frames_ok=False)
+            except (ServerGone, TimeoutError, P.ProtocolError):
+                raise gone from None
+            raise
         t, payload = self._reply(seq, timeout=startup_timeout, frames_ok=False)
         if t != P.Msg.WELCOME or len(payload) < P.WELCOME.size:
             raise P.ProtocolError(f"handshake: expected WELCOME, got {P.type_name(t)} ({len(payload)} bytes)")
@@ -445,7 +455,7 @@ class Client:
                 self._counts["stale_replies"] += 1
                 continue
             payload = self._read_payload(length, P.MAX_JSON + P.WELCOME.size + 256)
-            if rseq != seq:
+            if rseq != seq and not (rseq == 0 and t == P.Msg.ERROR and self._handshaking):
                 self._counts["stale_replies"] += 1
                 log.debug("skipping a late %s reply to request %d", P.type_name(t), rseq)
                 continue

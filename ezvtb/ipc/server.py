@@ -256,8 +256,67 @@ def bind_socket(path: str) -> socket.socket:
     finally:
         os.umask(old)
     os.chmod(path, 0o600)
-    sock.listen(1)
+    sock.listen(8)  # probes and refused second clients queue here while the core is being built
     return sock
+
+
+BUSY = "busy: this ezvtb server already serves a client (one client per server); start another server"
+
+
+def refuse(conn: socket.socket) -> None:
+    """Answer a connection that is not the server's client with ERROR(RUNTIME, busy) and close it."""
+    try:
+        conn.send(P.encode_error(0, P.ErrorCode.RUNTIME, BUSY), socket.MSG_DONTWAIT)
+    except OSError:
+        pass  # a probe that has gone already, or a full buffer: closing says enough
+    conn.close()
+
+
+def accept_client(listener: socket.socket, timeout: float) -> socket.socket | None:
+    """The first connection on `listener` that sends something (a client starts with HELLO); None
+    after `timeout` seconds. A connection that closes without sending a byte (a liveness probe, such
+    as a second server's `bind_socket` check) is dropped and the wait goes on: a probe never becomes
+    the client. Connections still silent when the client is found are refused (`refuse`)."""
+    end = time.monotonic() + timeout
+    listener.setblocking(False)
+    pending: list[socket.socket] = []
+    try:
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                return None
+            p = select.poll()
+            p.register(listener.fileno(), select.POLLIN)
+            for c in pending:
+                p.register(c.fileno(), select.POLLIN)
+            for fd, _ in p.poll(max(1, int(left * 1000))):
+                if fd == listener.fileno():
+                    try:
+                        c, _ = listener.accept()
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    c.setblocking(False)
+                    pending.append(c)
+                    if len(pending) > 16:  # bounded: the oldest silent one goes
+                        refuse(pending.pop(0))
+                    continue
+                c = next((c for c in pending if c.fileno() == fd), None)
+                if c is None:
+                    continue
+                try:
+                    first = c.recv(1, socket.MSG_PEEK)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    first = b""
+                pending.remove(c)
+                if first:
+                    return c
+                c.close()
+                log.debug("a connection closed without sending anything (a liveness probe); still waiting")
+    finally:
+        for c in pending:
+            refuse(c)
 
 
 # --- the server -----------------------------------------------------------------------------
@@ -278,8 +337,10 @@ class Server:
 
     def __init__(self, channel: Channel, transport: int, core: Any, frame_shape: tuple[int, int, int],
                  frames: int, *, ring: FrameRing | None = None, startup_error: BaseException | None = None,
-                 message_timeout: float = 5.0, info: dict[str, Any] | None = None) -> None:
+                 message_timeout: float = 5.0, info: dict[str, Any] | None = None,
+                 listener: socket.socket | None = None) -> None:
         self.ch = channel
+        self.listener = listener  # shm: kept listening, so that a probe sees "in use"; others are refused
         self.transport = P.Transport(transport)
         self.core = core
         self.frame_shape = tuple(int(x) for x in frame_shape)
@@ -302,7 +363,7 @@ class Server:
         self.held: set[int] = set()
         self.c = dict(requests=0, poses=0, frames_rendered=0, frames_delivered=0, frames_dropped_stale=0,
                       poses_superseded=0, poses_no_slot=0, errors=0, malformed=0, bytes_out=0,
-                      max_unsent_bytes=0, max_unsent_messages=0, reads_paused=0)
+                      max_unsent_bytes=0, max_unsent_messages=0, reads_paused=0, connections_refused=0)
         self.t0 = time.monotonic()
 
     # -- main loop ------------------------------------------------------------------------------
@@ -318,11 +379,15 @@ class Server:
                     self.reader.touch()  # a message cut short by our own pause is not the client's fault
                 paused = pause
                 rl = [] if pause else [self.ch.in_fd]
+                if self.listener is not None and not pause:
+                    rl.append(self.listener.fileno())
                 wl = [self.ch.out_fd] if self.q else []
                 timeout = None if pause else self.reader.seconds_to_stall(self.message_timeout)
                 r, w = wait_fds(rl, wl, timeout)
                 if w:
                     self._flush()
+                if r and self.listener is not None:
+                    self._refuse_others()
                 if r:
                     try:
                         data = self.ch.read(READ_CHUNK)
@@ -343,6 +408,20 @@ class Server:
             return f"client gone ({e})"
         except _Shutdown:
             return "shutdown requested"
+
+    def _refuse_others(self) -> None:
+        """Accept and refuse every connection waiting on the listener (never blocks)."""
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.debug("accept on the listener failed: %s", e)
+                return
+            self.c["connections_refused"] += 1
+            log.info("refused another connection: this server serves one client")
+            refuse(conn)
 
     def _drain(self) -> None:
         items: list[P.Message | P.Issue] = []
@@ -442,7 +521,14 @@ class Server:
         except TypeError:
             return self._error(m.seq, P.ErrorCode.PROTOCOL, f"SET_IMAGE: unsupported dtype {kind!r}{itemsize}")
         shape = tuple(dims[:ndim])
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        nbytes = dtype.itemsize
+        for d in shape:  # Python ints: 4 x 0xFFFFFFFF must not wrap around (np.prod in int64 does)
+            nbytes *= d
+        limit = self.ring.image_size if source == P.IMAGE_SHM and self.ring is not None else P.MAX_IMAGE_BYTES
+        if nbytes > limit:
+            return self._error(m.seq, P.ErrorCode.PROTOCOL, f"SET_IMAGE: dimensions {'x'.join(map(str, shape))} of "
+                                                            f"{dtype} are {nbytes} bytes, more than the {limit}-byte "
+                                                            "limit (an image is 512x512x4 uint8)")
         if source == P.IMAGE_INLINE:
             if len(m.payload) != P.IMAGE.size + nbytes:
                 return self._error(m.seq, P.ErrorCode.PROTOCOL, f"SET_IMAGE: {shape} {dtype} needs {nbytes} pixel "
@@ -628,14 +714,21 @@ def rss_kib() -> int:
 # --- entry point ----------------------------------------------------------------------------
 def serve(transport: str = "stdio", options: dict[str, Any] | None = None, *, engine: str = "core",
           socket_path: str | None = None, slots: int = 3, message_timeout: float = 5.0,
-          accept_timeout: float = 120.0, announce: Callable[[str], None] | None = None) -> int:
+          accept_timeout: float = 120.0, announce: Callable[[str], None] | None = None,
+          remove_socket_dir: bool = False) -> int:
     """Run one server to completion (see the module docstring); returns an exit status:
     0 after a normal stop (client left, SHUTDOWN, SIGTERM), 1 if no client connected within
     `accept_timeout` (shm), 2 if the engine could not be built (the error went to the client).
 
     Builds the engine first (an error is kept and reported to the client at HELLO), then serves
     one client. SIGTERM and SIGINT stop it; the socket, its private directory and the segment
-    are removed on every exit path.
+    are removed on every exit path (`remove_socket_dir`: also the directory of a given
+    `socket_path`, if empty; `Client.spawn` passes it for the directory it made).
+
+    shm: the client is the first connection that sends something; a connection that closes
+    without a byte (a liveness probe: another ``serve`` checking whether the socket is in use)
+    is dropped, and the listener stays open while serving, so later probes see the socket in use
+    and later clients get ERROR(RUNTIME, busy) instead of taking the server down.
     """
     options = dict(options or {})
     if transport not in ("stdio", "shm"):
@@ -683,20 +776,16 @@ def serve(transport: str = "stdio", options: dict[str, Any] | None = None, *, en
             assert listener is not None
             if error is None:
                 ring = FrameRing(shape, n, int(slots))
-            listener.settimeout(accept_timeout)
-            try:
-                conn, _ = listener.accept()
-            except socket.timeout:
+            conn = accept_client(listener, accept_timeout)
+            if conn is None:
                 log.error("no client connected within %g s", accept_timeout)
                 return 1
-            listener.close()
-            listener = None
             channel = SocketChannel(conn)
         import ezvtb
 
         info = {"ezvtb": ezvtb.__version__, "engine": engine, "options": options, "pid": os.getpid()}
         server = Server(channel, P.Transport[transport.upper()], core, shape, n, ring=ring, startup_error=error,
-                        message_timeout=message_timeout, info=info)
+                        message_timeout=message_timeout, info=info, listener=listener)
         why = server.run()
         log.info("stopping: %s", why)
         return 2 if error is not None else 0
@@ -715,6 +804,11 @@ def serve(transport: str = "stdio", options: dict[str, Any] | None = None, *, en
                     os.unlink(socket_path)
                 except FileNotFoundError:
                     pass
+                if remove_socket_dir:  # Client.spawn's private directory: gone even if the client was killed
+                    try:
+                        os.rmdir(os.path.dirname(os.path.abspath(socket_path)))
+                    except OSError:
+                        pass  # not empty, or already removed by the client
             if own_dir is not None:
                 shutil.rmtree(own_dir, ignore_errors=True)
             if channel is not None:
@@ -729,4 +823,4 @@ def serve(transport: str = "stdio", options: dict[str, Any] | None = None, *, en
 
 
 __all__ = ["serve", "Server", "ENGINES", "build_engine", "expected_output", "resolve_options", "bind_socket",
-           "Terminated", "ClientGone"]
+           "accept_client", "refuse", "Terminated", "ClientGone"]
