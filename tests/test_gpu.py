@@ -1,9 +1,11 @@
 """GPU tests: CUDA EP device chaining, VRAM model cache, native TensorRT engines and their cache,
-the TensorRT EP cache folder, pipelining on the GPU.
+the TensorRT EP engine cache folder, native TensorRT THA / RIFE / SR against the CPU, SR's crop from
+a host frame (the output-cache path), pipelining on the CUDA EP and on native TensorRT.
 
-Every test skips with a reason unless its backend really runs here: the CUDA EP must keep
-CUDAExecutionProvider in a tiny real session's get_providers() (onnxruntime-gpu falls back to
-the CPU silently) and cuda-python must see a device; native TensorRT must import and see a GPU.
+Every test skips with a reason unless its backend really runs here: a tiny real session must open
+on the CUDA EP / TensorRT EP through `create_session` (which loads the pip-installed CUDA/cuDNN and
+TensorRT libraries first and detects ORT's silent CPU fallback) and cuda-python must see a device;
+native TensorRT must import and see a GPU.
 """
 from __future__ import annotations
 
@@ -40,25 +42,30 @@ def toy_model(tmp_path_factory):
     return p
 
 
-def _cuda_ep_reason(toy_model) -> str:
+def _ep_reason(toy_model, backend: str, **options) -> str:
+    """"" when a real session opens on `backend` (cuda / tensorrt) and cuda-python sees a device."""
     import onnxruntime as ort
 
+    from ezvtb.engines import BackendUnavailableError
     from ezvtb.engines.cuda import device_count
 
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return "this onnxruntime build has no CUDAExecutionProvider (install ezvtb[cuda])"
+    ep = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}[backend]
+    if ep not in ort.get_available_providers():
+        return f"this onnxruntime build has no {ep} (install ezvtb[cuda] or ezvtb[tensorrt])"
     n, why = device_count()
     if not n:
         return f"cuda-python sees no CUDA device: {why}"
-    s = ort.InferenceSession(str(toy_model), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
-    if "CUDAExecutionProvider" not in s.get_providers():
-        return f"CUDAExecutionProvider did not load (session fell back to {s.get_providers()})"
+    try:
+        s = create_session(toy_model, TOY, backend, **options)
+    except BackendUnavailableError as e:
+        return f"{ep} did not load: {e}"
+    s.close()
     return ""
 
 
 @pytest.fixture(scope="module")
 def cuda_ep(toy_model):
-    why = _cuda_ep_reason(toy_model)
+    why = _ep_reason(toy_model, "cuda")
     if why:
         pytest.skip(why)
 
@@ -73,14 +80,10 @@ def native_trt():
 
 
 @pytest.fixture(scope="module")
-def trt_ep(toy_model, cuda_ep):
-    import onnxruntime as ort
-
-    if "TensorrtExecutionProvider" not in ort.get_available_providers():
-        pytest.skip("this onnxruntime build has no TensorrtExecutionProvider")
-    s = ort.InferenceSession(str(toy_model), providers=["TensorrtExecutionProvider", "CUDAExecutionProvider"])
-    if "TensorrtExecutionProvider" not in s.get_providers():
-        pytest.skip(f"TensorrtExecutionProvider did not load (TensorRT 10 libraries?): {s.get_providers()}")
+def trt_ep(toy_model, cuda_ep, tmp_path_factory):
+    why = _ep_reason(toy_model, "tensorrt", trt_cache_dir=str(tmp_path_factory.mktemp("trt_ep_probe")))
+    if why:
+        pytest.skip(why)
 
 
 def _x(seed=0):
@@ -204,10 +207,12 @@ def test_get_core_chain_on_cuda_matches_cpu(cuda_ep, sample_bgra):
         c.close()
 
 
-def test_pipelined_on_cuda_returns_the_previous_frame(cuda_ep, sample_bgra):
+@pytest.mark.parametrize("backend, needs, half", [("cuda", "cuda_ep", False), ("trt", "native_trt", True)])
+def test_pipelined_returns_the_previous_frame(backend, needs, half, request, sample_bgra):
     from ezvtb import get_core
 
-    opts = dict(use_tensorrt=False, model_half=False, use_cacher=False, use_interpolation=False, backend="cuda")
+    request.getfixturevalue(needs)
+    opts = dict(use_tensorrt=False, model_half=half, use_cacher=False, use_interpolation=False, backend=backend)
     plain, piped = get_core(**opts), get_core(**opts, pipelined=True)
     try:
         img = sample_bgra("crypko_00")
@@ -231,7 +236,12 @@ def test_tensorrt_ep_writes_its_engine_cache_under_the_folder(trt_ep, toy_model,
     assert s.providers[0] == "TensorrtExecutionProvider"
     x = _x()
     np.testing.assert_allclose(s.to_host(s.run({"x": x})["y"]), _want(x), rtol=1e-5)
-    assert any((tmp_path / "trt_ep").iterdir()), "engine / timing cache files"
+    folder = tmp_path / "trt_ep"
+    engines = sorted(p.name for p in folder.iterdir() if p.suffix == ".engine")
+    assert engines, f"no engine file in {sorted(p.name for p in folder.iterdir())} (a timing cache alone is not it)"
+    again = create_session(toy_model, TOY, "tensorrt", trt_cache_dir=str(folder))
+    np.testing.assert_allclose(again.to_host(again.run({"x": x})["y"]), _want(x), rtol=1e-5)
+    assert sorted(p.name for p in folder.iterdir() if p.suffix == ".engine") == engines, "loaded, not rebuilt"
 
 
 # --- native TensorRT ---------------------------------------------------------------------------------------
@@ -282,3 +292,106 @@ def test_trt_tha_fp16_matches_cpu_fp32(native_trt, sample_bgra):
         psnr = _psnr(a, b)
         print(f"TRT fp16 vs CPU fp32, pose {i}: PSNR {psnr:.1f} dB, max {np.abs(a.astype(int) - b.astype(int)).max()}")
         assert psnr > 40
+
+
+def _shifted(image, dx=6, dy=-3):
+    import cv2
+
+    return cv2.warpAffine(image, np.float32([[1, 0, dx], [0, 1, dy]]), (512, 512), borderValue=(0, 0, 0, 0))
+
+
+def _rife(half, backend):
+    import inspect
+
+    from ezvtb.stages.rife import create_rife_stage
+
+    # Same flow resolution on both backends (the auto default differs between the CPU and GPUs).
+    kw = {"flow_scale": 1.0} if "flow_scale" in inspect.signature(create_rife_stage).parameters else {}
+    return create_rife_stage(2, half, None, backend, **kw)
+
+
+def test_trt_rife_fp16_is_strongly_typed_and_matches_cpu_fp32(native_trt, sample_bgra):
+    """The fp16 RIFE graph has uint8 I/O: its float16 weights make it strongly typed (issue 17, item 4)."""
+    trt, cpu = _rife(True, "trt"), _rife(False, "cpu")
+    try:
+        assert trt.session.backend == "trt" and trt.precision == "fp16"
+        assert trt.session.flags.strongly_typed and not trt.session.flags.fp16, trt.session.flags
+        a, b = sample_bgra("crypko_00"), sample_bgra("crypko_00")
+        for i, frame in enumerate((a, _shifted(b), _shifted(b, -4, 5))):
+            got = [f.copy() for f in trt.run([frame])]
+            want = cpu.run([frame])
+            for k, (g, w) in enumerate(zip(got, want)):
+                _close_frames(g, w, f"RIFE trt fp16 vs cpu fp32, call {i} frame {k}", 35.0, 0.9)
+    finally:
+        trt.close()
+        cpu.close()
+
+
+@pytest.fixture(scope="module")
+def trt_sr_x4(native_trt):
+    from ezvtb.stages.sr import create_sr_stage
+
+    sr = create_sr_stage(True, True, 1, None, "trt")
+    yield sr
+    sr.close()
+
+
+def test_trt_sr_fp16_is_strongly_typed_and_matches_cpu_fp32(trt_sr_x4, sample_bgra):
+    from ezvtb.stages.sr import create_sr_stage
+
+    assert trt_sr_x4.session.flags.strongly_typed and not trt_sr_x4.session.flags.fp16
+    cpu = create_sr_stage(True, False, 1, None, "cpu")
+    try:
+        for name in ("crypko_00", "crypko_03"):
+            img = sample_bgra(name)
+            _close_frames(trt_sr_x4.run([img])[0].copy(), cpu.run([img])[0], f"SR x4 trt fp16 vs cpu fp32, {name}",
+                          35.0, 0.9)
+    finally:
+        cpu.close()
+    x2 = create_sr_stage(False, True, 1, None, "trt")
+    try:
+        assert x2.session.flags.strongly_typed
+        ref = create_sr_stage(False, False, 1, None, "cpu")
+        img = sample_bgra("crypko_05")
+        _close_frames(x2.run([img])[0].copy(), ref.run([img])[0], "SR x2 trt fp16 vs cpu fp32", 35.0, 0.9)
+        ref.close()
+    finally:
+        x2.close()
+
+
+def test_trt_crop_into_from_a_host_frame(trt_sr_x4, sample_bgra):
+    """SR's region crop when its input is a host frame (what the output cache hands over): a pitched
+    host-to-device copy; from a device frame: device-to-device. Both exact."""
+    s = trt_sr_x4.session
+    img = sample_bgra("crypko_07")
+    dst = s.alloc((256, 256, 4), np.uint8)
+    s.crop_into(dst, img, 7, 130)
+    np.testing.assert_array_equal(s.to_host(dst), img[7:263, 130:386])
+    frame = s.alloc((512, 512, 4), np.uint8)
+    s.copy_into(frame, img)
+    s.crop_into(dst, frame, 250, 3)
+    np.testing.assert_array_equal(s.to_host(dst), img[250:506, 3:259])
+    with pytest.raises(ValueError, match="outside"):
+        s.crop_into(dst, img, 300, 0)
+    np.testing.assert_array_equal(s.to_host(dst), img[250:506, 3:259])  # unchanged after the refusal
+
+
+def test_trt_output_cache_feeds_sr_host_frames(native_trt, sample_bgra):
+    """get_core on trt with the output cache: THA's frames go through the (host) cache, so SR crops
+    from host frames; a cache hit must give the same output as the first render."""
+    from ezvtb import get_core
+
+    core = get_core(use_tensorrt=True, backend="trt", model_half=True, use_cacher=True, use_interpolation=False,
+                    use_sr=True, sr_x4=True, sr_half=True, cacher_quality=100)
+    try:
+        assert not core.tha.device_output, "the cache sits between THA and SR: host frames"
+        core.setImage(sample_bgra("crypko_02"))
+        poses = _poses(2, 4)
+        first = [core.inference(p)[0].copy() for p in poses]
+        core.cache.flush()
+        hits = core.cache.hits
+        again = core.inference(poses[0])[0]
+        assert core.cache.hits == hits + 1, "served from the output cache"
+        _close_frames(again, first[0], "SR of a cached (host) THA frame vs the first render", 50.0, 0.999)
+    finally:
+        core.close()
