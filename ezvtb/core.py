@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ezvtb.image import validate_image
-from ezvtb.pose import POSE_SIZE, quantize_pose, validate_pose
+from ezvtb.pose import POSE_SIZE, validate_pose
 from ezvtb.stages.tha import ThaStage
 from ezvtb.stages.timing import Timings
 
@@ -82,8 +82,7 @@ class Core:
         with self._lock:
             if not self.tha.has_image:
                 raise RuntimeError("setImage must be called before inference")
-            p = validate_pose(pose, "pose", out=self._pose)
-            quantize_pose(p, self.pose_quantization)
+            p = validate_pose(pose, "pose", out=self._pose, step=self.pose_quantization)  # zeros: +0.0
             with self.timings.time("total"):
                 frame = None
                 if self.cache is not None:

@@ -63,11 +63,21 @@ def index(name: str) -> int:
         raise KeyError(f"unknown pose parameter {name!r}") from None
 
 
-def validate_pose(pose: object, argument: str = "pose", out: np.ndarray | None = None) -> np.ndarray:
+def canonical_zeros(pose: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """`pose` with every -0.0 turned into +0.0 (into `out`, any float array of its shape; in place
+    by default). The one place of this rule: every consumer that compares or hashes pose bytes
+    (THA's change detection and intermediate cache, the output-cache key) sees one zero."""
+    return np.add(pose, 0.0, out=pose if out is None else out, casting="unsafe")  # -0.0 + 0.0 = +0.0
+
+
+def validate_pose(pose: object, argument: str = "pose", out: np.ndarray | None = None,
+                  step: float | None = None) -> np.ndarray:
     """Check and normalise a pose to a float32 (45,) array clipped to the parameter ranges.
 
     Accepts shape (45,) or (1, 45), any real dtype. Raises ValueError naming `argument`
     for other shapes, non-numeric data, NaN or inf. Writes into `out` when given.
+    `step`: snap to that grid (`quantize_pose`). Zeros come out as +0.0 (`canonical_zeros`),
+    so a pose compares byte-equal to the same pose with -0.0 anywhere.
     """
     try:
         a = np.asarray(pose)
@@ -89,13 +99,14 @@ def validate_pose(pose: object, argument: str = "pose", out: np.ndarray | None =
     if out is None:
         out = np.empty(POSE_SIZE, dtype=np.float32)
     np.clip(a, POSE_MIN, POSE_MAX, out=out, casting="unsafe")
-    return out
+    return quantize_pose(out, step)
 
 
 def quantize_pose(pose: np.ndarray, step: float | None) -> np.ndarray:
-    """Snap every parameter to a grid of `step` (in place); None leaves the pose unchanged."""
+    """Snap every parameter to a grid of `step` (in place; None leaves the values unchanged);
+    zeros come out as +0.0 either way (rounding -0.01 gives -0.0)."""
     if step:
         np.round(pose / step, out=pose)
         pose *= step
         np.clip(pose, POSE_MIN, POSE_MAX, out=pose)
-    return pose
+    return canonical_zeros(pose)

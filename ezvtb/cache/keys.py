@@ -18,7 +18,7 @@ import hashlib
 
 import numpy as np
 
-from ezvtb.pose import POSE_SIZE
+from ezvtb.pose import POSE_SIZE, canonical_zeros
 
 KEY_FORMAT = b"ezvtb.output-cache.key/1"
 KEY_SIZE = 20
@@ -57,7 +57,7 @@ class FrameKeys:
         p = np.asarray(pose)
         if p.shape != (POSE_SIZE,):
             raise ValueError(f"pose: expected shape (45,), got {p.shape}")
-        np.add(p, 0.0, out=self._buf, casting="unsafe")  # -0.0 + 0.0 = +0.0
+        canonical_zeros(p, out=self._buf)  # float32, -0.0 -> 0.0: the pose module's one rule
         h = self._base.copy()
         h.update(self._buf.data)
         return h.digest()
