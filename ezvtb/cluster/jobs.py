@@ -16,7 +16,9 @@ Each job names its ``kind`` (default ``tha-render``); the kind validates the job
 The output is what ``ezvtb run --input "file://POSES?step=1&loop=0" --output mp4:OUTPUT --fps FPS
 --background BG --image IMAGE [flags for the same options]`` writes, byte for byte: the same
 loaders, the same sink (`ezvtb.live.sinks.open_sink`), every pose rendered once in order. Sinks
-write to a temporary sibling and rename on success, so no output is ever half-written.
+write to a temporary sibling and rename on success, so no output is ever half-written. (With
+``use_cacher`` a reused core may answer from frames an earlier job cached, decoded from its JPEG
+codec, so byte identity then needs the cache off, its default, or ``cacher_quality=100``.)
 
 New kinds (text-to-video, orbit, speech) subclass `JobKind` and call `register_job_kind`; the
 kind travels to workers as an import path (``module:ClassName``), so its module must be
