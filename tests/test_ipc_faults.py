@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -104,3 +105,28 @@ def test_set_image_dimensions_that_overflow_are_a_protocol_error_naming_them(tra
         assert s["errors"] == 2 * len(cases)
     finally:
         peer.close()
+
+
+def test_stale_client_directories_are_swept_and_live_or_young_ones_kept(tmp_path):
+    """Both a client and its server killed (SIGKILL): nobody removed the directory; the next spawn sweeps it."""
+    from ezvtb.ipc.client import sweep_stale_client_dirs
+
+    old = time.time() - 600
+    empty, dead, live, young, other = (tmp_path / f"ezvtb-client-{n}" for n in ("empty", "dead", "live", "young", "x"))
+    for d in (empty, dead, live, young, other):
+        d.mkdir()
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(dead / "ezvtb.sock"))
+    s.close()  # a socket file nobody listens on
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(str(live / "ezvtb.sock"))
+    listening.listen(1)
+    (other / "notes.txt").write_text("not ours to delete")
+    for d in (empty, dead, live, other):
+        os.utime(d, (old, old))
+    try:
+        assert sweep_stale_client_dirs(str(tmp_path)) == 2
+        assert not empty.exists() and not dead.exists()
+        assert live.exists() and young.exists() and (other / "notes.txt").exists()
+    finally:
+        listening.close()

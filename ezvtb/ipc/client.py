@@ -25,6 +25,7 @@ import os
 import select
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -153,6 +154,50 @@ class _Resources:
         return rc
 
 
+CLIENT_DIR_PREFIX = "ezvtb-client-"
+
+
+def sweep_stale_client_dirs(base: str | None = None, min_age_s: float = 60.0) -> int:
+    """Remove this user's ``ezvtb-client-*`` socket directories (in `base`, default the temp dir)
+    that nobody serves any more: empty, or holding only a socket that refuses connections, and
+    untouched for `min_age_s` seconds (a starting server binds well within that). The server
+    removes its client's directory itself; this catches the case where both were killed.
+    Returns how many were removed. Never raises."""
+    removed = 0
+    try:
+        entries = list(os.scandir(base or tempfile.gettempdir()))
+    except OSError:
+        return 0
+    for entry in entries:
+        if not entry.name.startswith(CLIENT_DIR_PREFIX):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or time.time() - st.st_mtime < min_age_s:
+                continue
+            names = os.listdir(entry.path)
+            if names not in ([], ["ezvtb.sock"]):
+                continue
+            if names:
+                path = os.path.join(entry.path, names[0])
+                probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                probe.settimeout(1.0)
+                try:
+                    probe.connect(path)
+                    continue  # a live server: leave it alone
+                except (ConnectionRefusedError, FileNotFoundError):
+                    pass
+                finally:
+                    probe.close()
+                os.unlink(path)
+            os.rmdir(entry.path)
+            removed += 1
+            log.debug("removed the stale client directory %s", entry.path)
+        except OSError:
+            continue
+    return removed
+
+
 class Client:
     """A connection to one ``ezvtb serve`` process; mirrors `ezvtb.Core` (see the module docstring).
 
@@ -230,7 +275,8 @@ class Client:
                 res.files = [res.proc.stdin, res.proc.stdout]
                 stream = _Stream(res.proc.stdout.fileno(), res.proc.stdin.fileno())
                 return cls(stream, "stdio", resources=res, timeout=timeout, startup_timeout=startup_timeout)
-            res.tmpdir = tempfile.mkdtemp(prefix="ezvtb-client-")  # 0700: only this user can reach the socket
+            sweep_stale_client_dirs()  # left behind when a client and its server were both killed
+            res.tmpdir = tempfile.mkdtemp(prefix=CLIENT_DIR_PREFIX)  # 0700: only this user can reach the socket
             path = os.path.join(res.tmpdir, "ezvtb.sock")
             res.proc = subprocess.Popen(argv + ["--socket", path, "--accept-timeout", "60", "--remove-socket-dir"],
                                         stdin=subprocess.DEVNULL,
