@@ -6,7 +6,7 @@ Layout (named databases in one environment):
   the checksum is blake2b keyed with ``CHECKSUM_KEY`` over key + blob, verified on every `get`;
 * ``access``: key -> last-access tick (8 B big-endian);
 * ``order``:  tick (8 B big-endian, so LMDB sorts it) -> key: the oldest entries come first;
-* ``meta``:   ``format`` (``FORMAT``), ``clock`` (the last tick), ``bytes`` (sum of blob sizes).
+* ``meta``:   ``format`` (``FORMAT``), ``clock`` (the last tick), ``bytes`` (sum of entry sizes).
 
 Access order is persisted in batches: `get` only reads (a fresh read transaction, no lock
 taken); hits are remembered with `note_access` and written by `flush_access`, which the output
@@ -17,8 +17,8 @@ Size: the map size is the budget. Before a write pushes the pages in use above
 ``HIGH_WATER`` of the budget, the oldest entries are evicted down to ``LOW_WATER``; a
 ``MapFullError`` (free pages held by readers, other processes' budgets) evicts a tenth of the
 entries and retries, growing the map by 1/8 only if even deleting cannot proceed. It never
-reaches the caller. ``MapResizedError`` (another process grew the map) is handled by adopting
-the new size (``set_mapsize(0)``) and retrying.
+reaches the caller. ``MapResizedError`` (another process grew the map, also between opening and
+the first transaction) is handled by adopting the new size (``set_mapsize(0)``) and retrying.
 
 Durability: every write is one transaction (``sync=True, metasync=False``: data pages are
 flushed at commit, the meta page lazily). A process killed at any point leaves a database that
