@@ -93,7 +93,7 @@ def batch_rows(workers_list: list[int], jobs: int, poses_per_job: int, sample_pa
         loads = sum(r.result["load_s"] for r in results)
         fps = frames / wall
         base = base or fps
-        rows.append([workers, jobs, frames, wall, fps, f"{fps / base:.2f}x", loads])
+        rows.append([workers, jobs, frames, wall, f"{fps:.3f}", f"{fps / base:.2f}x", loads])
     return rows
 
 
