@@ -158,6 +158,7 @@ def test_open_first_falls_back_on_runtime_and_cuda_errors(caplog):
         open_first([("trt", "x"), ("auto", "y")], lambda b: (_ for _ in ()).throw(ValueError("bad spec")))
 
 
+@pytest.mark.slow  # opens the THA3 graphs (exported once, ~2.5 min on 2 cores, then cached)
 def test_get_core_falls_back_when_native_tensorrt_fails_to_build(monkeypatch, caplog):
     """get_core under auto: a TensorRT build RuntimeError / CudaError on the first candidate moves on to
     the next (here the CPU, real sessions); the failing GPU part is simulated (no GPU here)."""
