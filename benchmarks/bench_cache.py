@@ -7,8 +7,9 @@ process is pinned to `--cpus` CPUs (default 1) and ORT runs `--threads` threads 
 
 Rows: the whole `inference` call on a hit; the cache's own steps (key + lookup, decode + rebuild,
 from `core.stats()`); decode alone and the BGRA rebuild alone (cv2.merge vs numpy channel
-assignment) on the same blobs; the background encode; the miss path with and without the cache
-and their ratio (target: <= 5 % slower).
+assignment) on the same blobs; the LMDB store's get on those blobs and, inside it, the entry
+checksum verified on every LMDB hit (keyed blake2b-128; also on lossless q100 frames); the
+background encode; the miss path with and without the cache and their ratio (target: <= 5 % slower).
 
     python benchmarks/bench_cache.py [--rounds 4] [--poses 4] [--hits 300] [--quality 85] [--append]
 """
@@ -111,6 +112,40 @@ def main(argv=None) -> int:
         merge.append((t2 - t1) * 1e3)
         numpy_fill.append((t3 - t2) * 1e3)
 
+    # LMDB: the same blobs in a store; a hit verifies the entry's keyed blake2b checksum and copies it
+    import tempfile
+
+    from ezvtb.cache.codec import LosslessCodec
+    from ezvtb.cache.lmdb_store import LmdbStore, entry_checksum
+
+    lmdb_get, checksum, lossless_sum = [], [], {}
+    key_list = [keys.key(p) for p in poses[:n_miss]]
+    with tempfile.TemporaryDirectory(prefix="ezvtb-bench-lmdb-") as tmp:
+        lmdb_store = LmdbStore(os.path.join(tmp, "cache"), 256 << 20)
+        lmdb_store.put_many(list(zip(key_list, blobs)))
+        for i in range(args.hits):
+            k = key_list[i % len(key_list)]
+            t0 = time.perf_counter()
+            got = lmdb_store.get(k)
+            t1 = time.perf_counter()
+            entry_checksum(k, got)
+            t2 = time.perf_counter()
+            lmdb_get.append((t1 - t0) * 1e3)
+            checksum.append((t2 - t1) * 1e3)
+        lmdb_store.close()
+    frame = cached.inference(poses[0])[0].copy()
+    for name in ("qoi", "raw"):
+        try:
+            blob = LosslessCodec(name).encode(frame)
+        except ValueError:
+            continue
+        ms = []
+        for _ in range(max(20, args.hits // 5)):
+            t0 = time.perf_counter()
+            entry_checksum(key_list[0], blob)
+            ms.append((time.perf_counter() - t0) * 1e3)
+        lossless_sum[name] = (len(blob), ms)
+
     tha_p50 = pct(miss_without, 50)
     rows = [
         ["hit: whole inference call", len(hit_ms), f"{pct(hit_ms, 50):.2f}", f"{pct(hit_ms, 95):.2f}",
@@ -125,6 +160,13 @@ def main(argv=None) -> int:
                   f"{pct(merge, 95):.2f}", f"{pct(merge, 50) / pct(dec, 50):.2f}x decode"],
                  ["  rebuild BGRA: numpy channel assignment (not used)", len(numpy_fill), f"{pct(numpy_fill, 50):.2f}",
                   f"{pct(numpy_fill, 95):.2f}", f"{pct(numpy_fill, 50) / pct(dec, 50):.2f}x decode"]]
+    rows += [["LMDB store.get: lookup + checksum + copy", len(lmdb_get), f"{pct(lmdb_get, 50):.3f}",
+              f"{pct(lmdb_get, 95):.3f}", f"{pct(lmdb_get, 50) / pct(hit_ms, 50) * 100:.1f} % of a RAM hit"],
+             ["  of which entry checksum (keyed blake2b-128)", len(checksum), f"{pct(checksum, 50):.3f}",
+              f"{pct(checksum, 95):.3f}", f"{pct(checksum, 50) / pct(hit_ms, 50) * 100:.1f} % of a RAM hit"]]
+    for name, (size, ms) in lossless_sum.items():
+        rows.append([f"  entry checksum of a {name} frame (q100)", len(ms), f"{pct(ms, 50):.3f}", f"{pct(ms, 95):.3f}",
+                     f"{size / 1024:.0f} KB, {size / 1e6 / pct(ms, 50):.2f} GB/s"])
     rows += [
         ["encode on the writer thread (mean)", after["writes"], f"{after['mean_encode_ms']:.2f}", "",
          f"{after['stored_bytes'] / max(1, after['entries']) / 1024:.1f} KB/frame"],
