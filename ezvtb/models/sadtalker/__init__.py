@@ -1,0 +1,1 @@
+"""SadTalker Audio2Coeff networks (`networks`, needs torch) and their graph specs (`spec`, torch-free)."""
