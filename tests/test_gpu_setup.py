@@ -191,3 +191,30 @@ def test_get_core_falls_back_when_native_tensorrt_fails_to_build(monkeypatch, ca
         core.close()
     with pytest.raises(CudaError):  # an explicit backend does not fall back
         factory.get_core(**opts, backend="trt")
+
+
+def test_no_device_reason_names_the_cuda_error_and_a_major_mismatch(monkeypatch):
+    """Real cuda-python on a machine without a usable driver: 0 devices, CUDA's own error, and the
+    installed-majors hint when onnxruntime-gpu and cuda-python disagree (the R580 trap of issue 17)."""
+    import onnxruntime as ort
+
+    from ezvtb.engines import cuda
+
+    try:
+        cuda.runtime()
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"cuda-python is not installed here ({e})")
+    n, why = cuda.device_count()
+    if n:
+        pytest.skip("a CUDA device answers here")
+    assert why.startswith("cudaGetDeviceCount failed: cudaError"), why
+    major = cuda_majors()["cuda-python"][0]
+    monkeypatch.setattr(ort, "cuda_version", f"{major - 1}.8", raising=False)
+    n, why = cuda.device_count()
+    assert n == 0 and "CUDA majors disagree" in why and f"CUDA {major}: cuda-python" in why, why
+    from ezvtb.engines.errors import BackendUnavailableError
+
+    with pytest.raises(BackendUnavailableError, match=r"device_id=0: cudaGetDeviceCount failed: cudaError"):
+        cuda.CudaMemory(0)  # what device buffers and native TensorRT hit: a clear reason, not a crash
+    major_minor = cuda.driver_cuda_version()
+    assert major_minor is not None and major_minor[0] >= 0, major_minor

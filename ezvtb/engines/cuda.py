@@ -76,8 +76,17 @@ def device_count() -> tuple[int, str]:
     try:
         n = call("cudaGetDeviceCount", rt.cudaGetDeviceCount())
     except CudaError as e:
-        return 0, str(e)
-    return int(n), "" if n else "cudaGetDeviceCount reports no CUDA device"
+        return 0, str(e) + _mismatch_hint()
+    return int(n), "" if n else "cudaGetDeviceCount reports no CUDA device" + _mismatch_hint()
+
+
+def _mismatch_hint() -> str:
+    """Why there may be no device: installed CUDA majors that disagree or a driver too old (or "")."""
+    try:
+        why = cuda_major_mismatch(cuda_majors(), driver_cuda_version())
+    except Exception:  # noqa: BLE001 - only a hint
+        return ""
+    return f" ({why})" if why else ""
 
 
 def device_info(device_id: int = 0) -> dict[str, Any]:
