@@ -61,7 +61,8 @@ def local_frames(characters):
 
 @pytest.fixture(scope="module")
 def ray_instance(local_frames):
-    ray.init(num_cpus=2, include_dashboard=False, namespace="ezvtb", log_to_driver=False)
+    # one logical GPU (no device needed) so that GPU fractions are placed and checked
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, namespace="ezvtb", log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -88,7 +89,7 @@ def test_echo_service_validates_like_the_core_and_stays_usable(ray_instance):
     img[200:300, 200:300] = 255
     ref = EchoCore(frames=2)
     with Client.spawn(engine="echo", use_interpolation=True, interpolation_scale=2, cpus_per_replica=0,
-                      timeout=60) as c:
+                      gpus_per_replica=0.25, timeout=60) as c:
         with pytest.raises(RuntimeError, match="setImage must be called before inference"):
             c.inference(np.zeros(45, np.float32))
         with pytest.raises(ValueError) as got:
@@ -112,6 +113,7 @@ def test_echo_service_validates_like_the_core_and_stays_usable(ray_instance):
             assert not f.flags.writeable  # read from the object store, not a JSON round trip
             assert np.array_equal(f, w)
         s = c.stats()
+        assert s["cluster"]["replica"]["resources"] == {"GPU": 0.25}  # the configured share of a GPU
         assert s["frames"] == 1 and s["cluster"]["client"]["frames"] == 2  # core counts calls
     assert c.closed
     with pytest.raises(RuntimeError, match="closed"):

@@ -9,7 +9,8 @@
 Placement. A `CoreService` (a named actor, ``ezvtb`` in namespace ``ezvtb`` by default) starts
 `replicas` `CoreReplica` actors, each holding `cores_per_replica` cores built with
 ``get_core(**options)`` and asking Ray for `cpus_per_replica` CPUs and `gpus_per_replica` GPUs
-(a fraction: 0.25 lets four replicas share a GPU). `Client.setImage` asks the service once where
+(a fraction: 0.25 lets four replicas share a GPU; Ray sets the replica's CUDA_VISIBLE_DEVICES,
+so ``device_id=0`` is the GPU Ray assigned). `Client.setImage` asks the service once where
 the character (keyed by its image digest) lives: the replica with the fewest characters that has
 a free core; from then on every call goes straight to that replica's actor, so a character's
 frames are always rendered by the core holding its image (and its RIFE history). Clients that
@@ -110,7 +111,9 @@ class CoreReplica:
         with self._lock:
             return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "cores": len(self._slots),
                     "characters": sorted(self._by_digest), "in_flight": self._in_flight,
-                    "frames_per_inference": self._frames, "up_s": time.time() - self._started}
+                    "frames_per_inference": self._frames, "up_s": time.time() - self._started,
+                    "resources": ray.get_runtime_context().get_assigned_resources(),
+                    "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
     def set_image(self, digest: str, image: np.ndarray) -> None:
         with self._lock:
