@@ -1,0 +1,149 @@
+"""Official single-file SVD / SV3D / SV4D checkpoints: detect the model, split its parts, load them strictly.
+
+One `.safetensors` holds the whole sgm `DiffusionEngine`: `model.diffusion_model.*` (the UNet),
+`conditioner.embedders.N.*` (OpenCLIP image tower at N = 0, the cond-frame VAE encoder at the embedder's YAML
+position) and `first_stage_model.*` (the VAE decoder; SVD's is temporal). The variant is read from the keys and
+the ADM width (`label_emb.0.0.weight`): SV3D_u 256, SVD 768, SV3D_p 1280, SV4D 1280 plus motion blocks. Every
+tensor must be claimed by a part; unknown keys are an error naming them.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+UNET_PREFIX = "model.diffusion_model."
+CLIP_PREFIX = "conditioner.embedders.0.open_clip.model."
+FIRST_STAGE = "first_stage_model."
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What differs between the sgm video models (from the upstream sampling YAMLs)."""
+
+    name: str
+    adm_in_channels: int
+    vector_inputs: tuple[tuple[str, int], ...]  # (conditioner input key, sinusoid width), YAML order
+    encoder_index: int  # conditioner position of the cond-frame VAE encoder
+    num_frames: int
+    num_steps: int
+    guider: str  # "triangle" | "linear"
+    min_scale: float
+    max_scale: float
+    height: int = 576
+    width: int = 576
+    defaults: dict = field(default_factory=dict)
+
+
+VARIANTS: dict[str, Variant] = {
+    "sv3d_u": Variant("sv3d_u", 256, (("cond_aug", 256),), 1, 21, 50, "triangle", 1.0, 2.5,
+                      defaults={"cond_aug": 1e-5}),
+    "sv3d_p": Variant("sv3d_p", 1280, (("cond_aug", 256), ("polars_rad", 512), ("azimuths_rad", 512)), 1, 21, 50,
+                      "triangle", 1.0, 2.5, defaults={"cond_aug": 1e-5}),
+    "svd": Variant("svd", 768, (("fps_id", 256), ("motion_bucket_id", 256), ("cond_aug", 256)), 3, 14, 25, "linear",
+                   1.0, 2.5, height=576, width=1024, defaults={"fps_id": 6, "motion_bucket_id": 127, "cond_aug": 0.02}),
+    "svd_xt": Variant("svd_xt", 768, (("fps_id", 256), ("motion_bucket_id", 256), ("cond_aug", 256)), 3, 25, 30,
+                      "linear", 1.5, 3.0, height=576, width=1024,
+                      defaults={"fps_id": 6, "motion_bucket_id": 127, "cond_aug": 0.02}),
+    "sv4d": Variant("sv4d", 1280, (("cond_aug", 256), ("polar_rad", 512), ("azimuth_rad", 512)), 4, 40, 20,
+                    "linear", 1.0, 2.5),
+    "sv4d2": Variant("sv4d2", 1280, (("cond_aug", 256), ("polar_rad", 512), ("azimuth_rad", 512)), 4, 48, 50,
+                     "linear", 1.0, 2.0),
+}
+_FAMILY = {"sv3d_u": "sv3d_u", "sv3d_p": "sv3d_p", "svd": "svd", "svd_xt": "svd", "sv4d": "sv4d", "sv4d2": "sv4d"}
+
+
+def detect_variant(shapes: dict[str, tuple[int, ...]]) -> str:
+    """'sv3d_u' | 'sv3d_p' | 'svd' | 'sv4d' (SVD and SVD-XT, SV4D and SV4D 2.0 share a layout)."""
+    adm = shapes.get(UNET_PREFIX + "label_emb.0.0.weight")
+    if adm is None or UNET_PREFIX + "input_blocks.0.0.weight" not in shapes:
+        raise ValueError("checkpoint: no sgm video UNet (model.diffusion_model.label_emb / input_blocks) in this file")
+    if any(".motion_blocks." in k for k in shapes):
+        return "sv4d"
+    family = {256: "sv3d_u", 768: "svd", 1280: "sv3d_p"}.get(adm[1])
+    if family is None:
+        raise ValueError(f"checkpoint: ADM width {adm[1]} matches no known model (SV3D_u 256, SVD 768, SV3D_p 1280)")
+    return family
+
+
+def read_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
+def check_variant(name: str, detected: str, path) -> None:
+    if name not in VARIANTS:
+        raise ValueError(f"config: unknown model {name!r}; expected one of {sorted(VARIANTS)}")
+    if _FAMILY[name] != detected:
+        raise ValueError(f"ckpt_path: {path} is a {detected} checkpoint, not {name}")
+
+
+@dataclass
+class CheckpointParts:
+    unet: dict
+    clip_visual: dict
+    encoder: dict
+    quant_conv: dict
+    decoder: dict
+    variant: str
+
+
+def split_state_dict(sd: dict, variant: str) -> CheckpointParts:
+    """Group the tensors by part; raise on any tensor no part claims."""
+    enc_i = VARIANTS[variant].encoder_index
+    enc_prefix = f"conditioner.embedders.{enc_i}.encoder."
+    parts = CheckpointParts({}, {}, {}, {}, {}, variant)
+    unknown = []
+    for k, v in sd.items():
+        if k.startswith(UNET_PREFIX):
+            parts.unet[k[len(UNET_PREFIX):]] = v
+        elif k.startswith(CLIP_PREFIX + "visual."):
+            parts.clip_visual[k[len(CLIP_PREFIX) + 7:]] = v
+        elif k.startswith(CLIP_PREFIX):
+            pass  # OpenCLIP text leftovers (token/positional embedding, ln_final, projections, logit_scale)
+        elif k.startswith(enc_prefix + "encoder."):
+            parts.encoder[k[len(enc_prefix) + 8:]] = v
+        elif k.startswith(enc_prefix + "quant_conv."):
+            parts.quant_conv[k[len(enc_prefix) + 11:]] = v
+        elif k.startswith(enc_prefix + "decoder.") or k.startswith(enc_prefix + "post_quant_conv."):
+            pass  # the embedder's unused decoder half (AutoencoderKLModeOnly holds both)
+        elif k.startswith(FIRST_STAGE + "decoder."):
+            parts.decoder[k[len(FIRST_STAGE) + 8:]] = v
+        elif k.startswith(FIRST_STAGE + "encoder."):
+            pass  # SVD's first stage repeats the encoder; the conditioner's copy is the one used
+        elif k in ("denoiser.sigmas", "denoiser.log_sigmas") or k.startswith("model_ema."):
+            pass
+        else:
+            unknown.append(k)
+    if unknown:
+        raise ValueError(f"checkpoint: {len(unknown)} tensors belong to no known part: {unknown[:5]}")
+    for name in ("unet", "clip_visual", "encoder", "quant_conv", "decoder"):
+        if not getattr(parts, name):
+            raise ValueError(f"checkpoint: the {name} tensors are missing (expected a full {variant} checkpoint)")
+    return parts
+
+
+def load_checkpoint(path: str | os.PathLike, name: str | None = None) -> CheckpointParts:
+    """Read an official `.safetensors` (or `.ckpt` with ["state_dict"], loaded weights-only) and split it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path: no checkpoint at {path} (download the official .safetensors)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        shapes = read_shapes(path)
+        detected = detect_variant(shapes)
+        if name is not None:
+            check_variant(name, detected, path)
+        sd = load_file(str(path))
+    else:
+        import torch
+
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        sd = sd.get("state_dict", sd)
+        detected = detect_variant({k: tuple(v.shape) for k, v in sd.items()})
+        if name is not None:
+            check_variant(name, detected, path)
+    return split_state_dict(sd, name or detected)
