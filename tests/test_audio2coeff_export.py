@@ -1,0 +1,87 @@
+"""Audio2Coeff networks exported to ONNX and run on an ezvtb.engines session (ORT CPU) vs the torch modules."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+from scipy.io import savemat  # noqa: E402
+
+from ezvtb.models.sadtalker.spec import audio2exp_spec, audio2pose_spec  # noqa: E402
+
+
+def _randomize(module, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.copy_((0.5 + torch.rand(p.shape, generator=g)) if p.ndim == 1 and not name.endswith("bias")
+                    else p + 0.05 * torch.randn(p.shape, generator=g))
+        for name, b in module.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(0.1 * torch.randn(b.shape, generator=g))
+            elif name.endswith("running_var"):
+                b.copy_(0.5 + torch.rand(b.shape, generator=g))
+    return module.eval()
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("EZVTB_HOME", str(tmp_path / "home"))
+    return tmp_path
+
+
+def test_graphs_match_torch(home):
+    from ezvtb.export.generic import GraphRunner
+    from ezvtb.models.sadtalker.networks import ExpressionNet, PoseNet
+
+    exp, pose = _randomize(ExpressionNet(), 1), _randomize(PoseNet(), 2)
+    with torch.no_grad():  # expression coefficients of order 1-10, as trained ones
+        exp.mapping1.weight.mul_(0.05)
+    g = torch.Generator().manual_seed(0)
+    mels = 4 * torch.rand(10, 1, 80, 16, generator=g) - 4
+    ref, blink = torch.randn(1, 10, 64, generator=g), torch.rand(1, 10, 1, generator=g)
+    run = GraphRunner(exp, lambda s: audio2exp_spec(s[0][0]), name="test_audio2exp", backend="cpu", progress=False)
+    with torch.no_grad():
+        want = exp(mels, ref, blink)
+    err = (run(mels, ref, blink) - want).abs().max().item()
+    print(f"audio2exp ORT vs torch: max |diff| {err:.2e} (max |y| {want.abs().max():.1f})")
+    assert err <= 1e-4
+    run.close()
+    pm = 4 * torch.rand(32, 1, 80, 16, generator=g) - 4
+    z, ref6 = torch.randn(1, 64, generator=g), torch.randn(1, 6, generator=g)
+    prun = GraphRunner(pose, lambda s: audio2pose_spec(), name="test_audio2pose", backend="cpu", progress=False)
+    for style in (0, 45):
+        cls = torch.tensor([style])
+        with torch.no_grad():
+            want = pose(pm, z, cls, ref6)
+        err = (prun(pm, z, cls, ref6) - want).abs().max().item()
+        print(f"audio2pose ORT vs torch (style {style}): max |diff| {err:.2e}")
+        assert err <= 1e-4
+    prun.close()
+
+
+def test_audio2coeff_ort_matches_torch(home):
+    import soundfile
+    from safetensors.torch import save_file
+
+    from ezvtb.audio2coeff import Audio2Coeff
+    from ezvtb.models.sadtalker.networks import ExpressionNet, PoseNet
+
+    exp, pose = _randomize(ExpressionNet(), 3), _randomize(PoseNet(), 4)
+    with torch.no_grad():
+        exp.mapping1.weight.mul_(0.05)
+    bundle = {f"audio2exp.{k}": v for k, v in exp.state_dict().items()}
+    bundle |= {f"audio2pose.{k}": v for k, v in pose.state_dict().items()}
+    save_file(bundle, str(home / "bundle.safetensors"))
+    paths = {"use_safetensor": True, "checkpoint": str(home / "bundle.safetensors")}
+    rng = np.random.default_rng(0)
+    soundfile.write(str(home / "s.wav"), (0.2 * rng.standard_normal(int(16000 * 1.4))).astype(np.float32), 16000)
+    savemat(str(home / "face.mat"), {"coeff_3dmm": rng.normal(0, 0.3, (1, 73))})
+    eager = Audio2Coeff(paths, "cpu", backend="torch").from_wav(home / "s.wav", home / "face.mat", pose_style=3, seed=1)
+    ort = Audio2Coeff(paths, "cpu", backend="cpu")
+    got = ort.from_wav(home / "s.wav", home / "face.mat", pose_style=3, seed=1)
+    ort.close()
+    err = np.abs(got - eager).max()
+    print(f"Audio2Coeff ORT vs torch, 35 frames: max |diff| {err:.2e}")
+    assert got.shape == (35, 70) and err <= 1e-4
