@@ -268,3 +268,22 @@ def test_batch_render_matches_local_ezvtb_run_byte_for_byte_and_retries_a_dead_w
         assert got == ref.read_bytes(), f"job {i}: the batch output differs from `ezvtb run`"
     leftovers = [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
     assert leftovers == []
+
+
+def test_render_batch_cli_reports_a_failing_job_without_retrying_it(ray_instance, tmp_path, capsys):
+    import json
+
+    from ezvtb.cli import main
+
+    np.save(tmp_path / "t.npy", np.stack(make_poses()[:1]))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")  # a file, but no image
+    (tmp_path / "jobs.json").write_text(json.dumps([{"image": "broken.png", "poses": "t.npy", "output": "o.mp4",
+                                                     "options": {"backend": "cpu", "threads": 1}}]))
+    rc = main(["-q", "render-batch", str(tmp_path / "jobs.json"), "--cpus-per-worker", "0.5",
+               "--summary", str(tmp_path / "summary.json")])
+    assert rc == 1
+    assert "0/1 jobs done" in capsys.readouterr().out
+    (row,) = json.loads((tmp_path / "summary.json").read_text())
+    assert row["status"] == "failed" and row["attempts"] == 1  # the job's own error: no retry
+    assert "broken.png" in row["error"] or "image" in row["error"].lower(), row["error"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.png", "jobs.json", "summary.json", "t.npy"]

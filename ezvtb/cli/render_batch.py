@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Runs the jobs of JOBS.json on a pool of Ray actors (ezvtb.cluster.batch); the "
                                    "outputs are byte-identical to `ezvtb run --input file://POSES?step=1&loop=0 "
                                    "--output mp4:OUT` with the same options. Job format: ezvtb.cluster.jobs.")
-    p.add_argument("jobs", metavar="JOBS.json", help="job file: a list of jobs or {\"defaults\": {...}, \"jobs\": [...]}")
+    p.add_argument("jobs", metavar="JOBS.json",
+                   help="job file: a list of jobs or {\"defaults\": {...}, \"jobs\": [...]}")
     p.add_argument("--address", help="Ray cluster address (HOST:PORT of `ray start --head`, or auto); default: "
                                      "RAY_ADDRESS, a cluster started on this machine, else a new local instance")
     p.add_argument("--workers", type=int, default=1, help="worker actors, one core each (default: %(default)s)")

@@ -106,12 +106,15 @@ class CoreReplica:
         self._started = time.time()
         probe = self._slots[0].core
         self._frames = int(getattr(probe, "n", 0)) or _frames_of(options, engine)
+        side = 1024 if engine == "core" and options.get("use_sr") else 512  # both SR modes output 1024x1024
+        self._shape = (side, side, 4)
 
     def info(self) -> dict[str, Any]:
         with self._lock:
             return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "cores": len(self._slots),
                     "characters": sorted(self._by_digest), "in_flight": self._in_flight,
-                    "frames_per_inference": self._frames, "up_s": time.time() - self._started,
+                    "frames_per_inference": self._frames, "frame_shape": self._shape,
+                    "up_s": time.time() - self._started,
                     "resources": ray.get_runtime_context().get_assigned_resources(),
                     "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
@@ -296,7 +299,8 @@ def _kill_service(svc: Any) -> None:
 class Client:
     """One character on a `CoreService`; mirrors `ezvtb.ipc.Client` / `ezvtb.Core` (module docstring).
 
-    Attributes after `setImage`: `frames_per_inference`, `replica_index`, `replica_pid`.
+    Attributes after `setImage`: `frames_per_inference`, `frame_shape` (H, W, 4), `replica_index`,
+    `replica_pid`.
     `timeout`: seconds to wait for each frame (None = no limit); a timed-out call raises
     TimeoutError. Thread-safe: calls are serialised by a lock.
     """
@@ -452,7 +456,8 @@ class Client:
             if not self._recovering:
                 self._counts["replica_lost"] += 1
             raise ReplicaLost(f"the replica holding this character (index {self.replica_index}) died during this "
-                              f"call; Ray is restarting it and the next call re-sends the image ({_short(e)})") from None
+                              "call; Ray is restarting it and the next call re-sends the image "
+                              f"({_short(e)})") from None
         except ray.exceptions.GetTimeoutError:
             try:
                 ray.cancel(ref)
@@ -473,6 +478,7 @@ class Client:
         info = self._get(self._replica.info.remote(), timeout)
         self.replica_pid = info["pid"]
         self.frames_per_inference = info["frames_per_inference"]
+        self.frame_shape = tuple(info["frame_shape"])
         self._lost = False
 
     def _recover(self) -> None:
