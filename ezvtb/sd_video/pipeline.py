@@ -153,6 +153,9 @@ class SDVideo:
         self.dtype = dtype
         self.amp = bool(amp)
         eager = self.backend == "torch"
+        if eager and self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device: {device!r} with backend='torch' needs CUDA, which this torch build/machine "
+                             "lacks; use device='cpu' or an exported backend (backend='auto')")
         self.components: T2VComponents = load_components(model_path, dtype=dtype if eager else torch.float32)
         if eager:
             self.components.to(device=self.device)
@@ -165,6 +168,9 @@ class SDVideo:
         precision = "fp16" if dtype == torch.float16 else "fp32"
         if not eager and dtype == torch.bfloat16:
             log.info("dtype bfloat16: exported graphs run in fp32")
+        if not eager and precision == "fp16" and not _gpu_provider():
+            log.warning("dtype float16: no GPU execution provider here, the exported graphs run in fp32 on the CPU")
+            precision = "fp32"
         c = self.components
         width = int(c.text_encoder.config.hidden_size)
         self.unet = self._runner(UNetStep(c.unet), lambda s: graph_specs.unet_spec(s), "t2v_unet", precision)
@@ -179,20 +185,16 @@ class SDVideo:
 
     # -- runtime -------------------------------------------------------------------------------
     def _runner(self, module: torch.nn.Module, spec_for: Callable, name: str, precision: str) -> Callable:
-        module.eval()
-        if self.backend == "torch":
-            return module
         from ezvtb.export.generic import GraphRunner
 
+        module.eval()
         backend = "cpu" if (self.backend == "auto" and self.device.type == "cpu") else self.backend
         return GraphRunner(module, spec_for, name=name, backend=backend, precision=precision)
 
     def close(self) -> None:
         """Release the exported sessions (eager modules are left as they are)."""
         for r in (self.unet, self.text_encoder, self.vae_decoder, self.vae_encoder):
-            close = getattr(r, "close", None)
-            if close is not None and not isinstance(r, torch.nn.Module):
-                close()
+            r.close()
 
     def enable_xformers(self, enable: bool = True) -> None:
         """Accepted for sd-video compatibility: attention already runs through PyTorch SDPA
@@ -331,6 +333,15 @@ class SDVideo:
             eps = self._eps(x, t, cond, uncond, scale)
             x = sched.step(eps, t, x, eta=eta, generator=generator, return_dict=False)[0]
         return x
+
+
+def _gpu_provider() -> bool:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False
+    gpu = {"CUDAExecutionProvider", "TensorrtExecutionProvider", "DmlExecutionProvider"}
+    return bool(gpu & set(ort.get_available_providers()))
 
 
 def _guide(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
