@@ -190,8 +190,12 @@ def test_vram_model_cache_keeps_its_budget(cuda_ep, tha_fp32_paths, sample_bgra)
 def test_get_core_chain_on_cuda_matches_cpu(cuda_ep, sample_bgra):
     from ezvtb import get_core
 
+    import inspect
+
     opts = dict(use_tensorrt=False, model_half=False, use_cacher=False, use_interpolation=True,
                 interpolation_scale=2, interpolation_half=False, use_sr=True, sr_x4=True, sr_half=False)
+    if "interpolation_flow_scale" in inspect.signature(get_core).parameters:
+        opts["interpolation_flow_scale"] = 1.0  # the same RIFE flow resolution on both (auto differs)
     g = get_core(**opts, backend="cuda")
     c = get_core(**opts, backend="cpu")
     try:
