@@ -88,8 +88,11 @@ def test_echo_service_validates_like_the_core_and_stays_usable(ray_instance):
     img = np.zeros((512, 512, 4), np.uint8)
     img[200:300, 200:300] = 255
     ref = EchoCore(frames=2)
-    with Client.spawn(engine="echo", use_interpolation=True, interpolation_scale=2, cpus_per_replica=0,
-                      gpus_per_replica=0.25, timeout=60) as c:
+    with pytest.raises(ValueError, match="transport: expected None, 'shm' or 'stdio'"):
+        Client.spawn("tcp", engine="echo")
+    # written for ezvtb.ipc.Client.spawn ("shm", slots=...): only the import changes
+    with Client.spawn("shm", engine="echo", slots=3, use_interpolation=True, interpolation_scale=2,
+                      cpus_per_replica=0, gpus_per_replica=0.25, timeout=60) as c:
         with pytest.raises(RuntimeError, match="setImage must be called before inference"):
             c.inference(np.zeros(45, np.float32))
         with pytest.raises(ValueError) as got:

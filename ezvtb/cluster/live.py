@@ -51,6 +51,8 @@ log = logging.getLogger("ezvtb.cluster")
 ray = import_ray()
 
 ENGINES = ("core", "echo")
+# ezvtb.ipc.Client.spawn keywords about its server process, meaningless on Ray (accepted, ignored)
+IPC_ONLY_KEYWORDS = frozenset({"slots", "message_timeout", "log_level", "python", "stderr", "env"})
 DEFAULT_NAME = "ezvtb"
 
 
@@ -328,14 +330,24 @@ class Client:
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def spawn(cls, address: str | None = None, *, engine: str = "core", replicas: int = 1, cores_per_replica: int = 1,
-              cpus_per_replica: float = 1.0, gpus_per_replica: float = 0.0, max_restarts: int = -1,
-              timeout: float | None = None, startup_timeout: float | None = 900.0, **options: Any) -> "Client":
+    def spawn(cls, transport: str | None = None, *, address: str | None = None, engine: str = "core",
+              replicas: int = 1, cores_per_replica: int = 1, cpus_per_replica: float = 1.0,
+              gpus_per_replica: float = 0.0, max_restarts: int = -1, timeout: float | None = None,
+              startup_timeout: float | None = 900.0, **options: Any) -> "Client":
         """Start a private `CoreService` (closed with this client) and connect to it.
 
         address: the Ray cluster (see `ensure_ray`); engine: ``core`` or ``echo``; options:
-        `get_core` keywords. The other arguments are `start_service`'s.
+        `get_core` keywords. The other arguments are `start_service`'s. So that a call written for
+        `ezvtb.ipc.Client.spawn` works unchanged, its `transport` (``shm`` / ``stdio``) and its
+        process-only keywords (`IPC_ONLY_KEYWORDS`) are accepted and ignored: frames travel
+        through Ray's object store.
         """
+        if transport not in (None, "shm", "stdio"):
+            raise ValueError(f"transport: expected None, 'shm' or 'stdio' (ignored on Ray), got {transport!r}")
+        ignored = sorted(k for k in options if k in IPC_ONLY_KEYWORDS)
+        if ignored:
+            log.info("ezvtb.cluster.Client.spawn: ignoring ezvtb.ipc-only arguments %s", ignored)
+            options = {k: v for k, v in options.items() if k not in IPC_ONLY_KEYWORDS}
         svc = start_service(options, engine=engine, replicas=replicas, cores_per_replica=cores_per_replica,
                             cpus_per_replica=cpus_per_replica, gpus_per_replica=gpus_per_replica,
                             max_restarts=max_restarts, address=address, startup_timeout=startup_timeout)
