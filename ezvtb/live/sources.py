@@ -9,6 +9,7 @@ Open one with `open_source(url)`:
 | ``vmc://BIND:PORT`` | VMC protocol (OSC over UDP, python-osc); listens on BIND:PORT (default 39539) |
 | ``file://PATH`` | (N, 45) poses from a ``.npy`` or ``.json`` file, played at ``fps`` |
 | ``trace://[NAME]`` | the built-in realistic pose trace, played at ``fps`` |
+| ``audio://PATH.wav``, ``audio://mic`` | speech -> mouth shapes (`ezvtb.live.lipsync`) |
 
 Query parameters (``?a=1&b=2``): every live source takes ``min_cutoff``, ``beta``, ``d_cutoff``
 (One-Euro filter, `ezvtb.live.filters`; ``filter=0`` turns it off), ``mirror=1``, ``breathing``
@@ -648,9 +649,13 @@ def open_source(url: str) -> PoseSource:
             poses = builtin_trace(frames, fps, rest)
         return PlaybackSource(url, poses, fps, loop, step).start()
 
+    if scheme == "audio":  # speech -> mouth (ezvtb.live.lipsync)
+        from ezvtb.live.lipsync import open_audio_source
+
+        return open_audio_source(url, rest, q)
     live = {"ifm": IFM_PORT, "osf": OSF_PORT, "vmc": VMC_PORT}
     if scheme not in live:
-        raise ValueError(f"input: unknown scheme {scheme!r} in {url!r}; expected ifm, osf, vmc, file or trace")
+        raise ValueError(f"input: unknown scheme {scheme!r} in {url!r}; expected ifm, osf, vmc, file, trace or audio")
     extra = {"ifm": {"listen", "bind"}, "osf": {"face"}, "vmc": set()}[scheme]
     check_keys(_COMMON_KEYS | extra)
     host, port = _host_port(url, rest, live[scheme], "0.0.0.0" if scheme != "ifm" else "")
