@@ -1,0 +1,249 @@
+"""Seed 000 (SV4D's helper module, which runs SV3D first): the upstream names over ezvtb's pipeline.
+
+`load_model` reads an official checkpoint into a `VideoModel` (torch modules or exported sessions per stage),
+`do_sample` / `run_img2vid` sample with upstream's semantics, `sv3d_orbit` is the SV3D entry (one image -> 21
+views, the last one the input view), `preprocess_video` crops and centres an object on white.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ezvtb.models.sgm_video.checkpoint import VARIANTS
+from ezvtb.novel_view.model import VideoModel, initial_model_load, load_module_gpu, unload_module_gpu
+from ezvtb.novel_view.sampling import (EulerEDMSampler, build_conditioning, check_size, default_sampler,
+                                       sample_latents, to_unit_range)
+from ezvtb.novel_view.video_io import read_frames, tensor_to_uint8, write_mp4
+
+log = logging.getLogger("ezvtb.novel_view")
+
+
+def preprocess_video(input_path, remove_bg: bool = False, n_frames: int = 21, W: int = 576, H: int = 576,
+                     output_folder=None, image_frame_ratio: float = 0.917, base_count: int = 0) -> str:
+    """Crop the object of every frame (one box for the whole clip, from the alpha or a white background), centre
+    it on a square padded so the object fills `image_frame_ratio`, resize to W x H, composite on white, write
+    `{output_folder}/{base_count:06d}_process_input.mp4`; returns that path."""
+    from PIL import Image
+
+    if n_frames < 1:
+        raise ValueError(f"n_frames: expected >= 1, got {n_frames}")
+    if not 0 < image_frame_ratio <= 1:
+        raise ValueError(f"image_frame_ratio: expected a value in (0, 1], got {image_frame_ratio}")
+    check_size(H, W)
+    frames = read_frames(input_path, n_frames)
+    if len(frames) < n_frames:
+        raise ValueError(f"input_path: {input_path} has {len(frames)} frames, fewer than n_frames={n_frames}")
+    rgba = []
+    for im in frames:
+        if remove_bg and im.mode != "RGBA":
+            im = _remove_background(im)
+        rgba.append(im.convert("RGBA"))
+    masks = []
+    for im, src in zip(rgba, frames):
+        a = np.asarray(im)
+        if src.mode == "RGBA" or remove_bg:
+            masks.append(a[..., 3] > 0)
+        else:
+            masks.append(a[..., :3].mean(-1) <= 250)
+    union = np.logical_or.reduce(masks)
+    if not union.any():
+        raise ValueError(f"input_path: {input_path}: no object found (every pixel is background)")
+    ys, xs = np.nonzero(union)
+    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    side = int(max(x1 - x0, y1 - y0) / image_frame_ratio)
+    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+    box = (cx - side // 2, cy - side // 2, cx - side // 2 + side, cy - side // 2 + side)
+    out = []
+    for im, src in zip(rgba, frames):
+        if src.mode != "RGBA" and not remove_bg:  # white background: opaque, the crop pads with white
+            im = im.copy()
+            im.putalpha(255)
+        crop = Image.new("RGBA", (side, side), (255, 255, 255, 0))
+        crop.paste(im.crop(box), (0, 0))
+        crop = crop.resize((W, H), Image.LANCZOS)
+        a = np.asarray(crop).astype(np.float32) / 255.0
+        rgb = a[..., :3] * a[..., 3:] + (1.0 - a[..., 3:])
+        out.append((rgb * 255.0 + 0.5).astype(np.uint8))
+    folder = Path(output_folder) if output_folder is not None else Path(str(input_path)).parent
+    path = folder / f"{base_count:06d}_process_input.mp4"
+    write_mp4(path, out)
+    return str(path)
+
+
+def _remove_background(image):
+    try:
+        from rembg import remove
+    except ImportError as e:
+        raise RuntimeError("remove_bg=True needs the 'rembg' package (pip install rembg); it downloads its "
+                           "u2net model from a hub on first use. Or give frames with an alpha channel.") from e
+    return remove(image.convert("RGBA"), alpha_matting=True)
+
+
+def load_model(config, device: str = "cpu", num_frames: int | None = None, num_steps: int | None = None,
+               verbose: bool = False, ckpt_path=None, *, backend: str = "torch", **kw: Any):
+    """(model, filter): `config` is a model name (sv3d_u, sv3d_p, svd, svd_xt, sv4d, sv4d2) or an upstream
+    sampling YAML (its `model.params.ckpt_path` is used when `ckpt_path` is None). The checkpoint is loaded
+    strictly and must be that model. `filter` is None: the DeepFloyd safety filter's weights are not bundled."""
+    name, yaml_ckpt = _resolve_config(config)
+    ckpt_path = ckpt_path or yaml_ckpt
+    if ckpt_path is None:
+        raise ValueError(f"ckpt_path: no checkpoint given for {name} (the official {name}.safetensors)")
+    model = VideoModel.from_checkpoint(ckpt_path, name, num_frames=num_frames, num_steps=num_steps,
+                                       backend=backend, device=device, **kw)
+    model.sampler = default_sampler(model, num_steps, verbose)
+    if verbose:
+        log.info("loaded %s from %s: %d frames, %d steps, backend %s", name, ckpt_path, model.num_frames,
+                 model.num_steps, backend)
+    return model, None
+
+
+def _resolve_config(config) -> tuple[str, str | None]:
+    if isinstance(config, str) and config in VARIANTS:
+        return config, None
+    p = Path(str(config))
+    if not p.is_file():
+        raise ValueError(f"config: expected a model name {sorted(VARIANTS)} or a YAML file, got {config!r}")
+    import yaml
+
+    cfg = yaml.safe_load(p.read_text())
+    try:
+        params = cfg["model"]["params"]
+        adm = params["network_config"]["params"]["adm_in_channels"]
+        target = params["network_config"]["target"]
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"config: {p} is not an sgm sampling YAML (model.params.network_config)") from e
+    stem = p.stem if p.stem in VARIANTS else None
+    if stem is None:
+        stem = ("sv4d" if target.endswith("SpatialUNetModelWithTime")
+                else {256: "sv3d_u", 768: "svd", 1280: "sv3d_p"}.get(adm))
+    if stem is None:
+        raise ValueError(f"config: cannot tell the model of {p} (adm_in_channels {adm})")
+    return stem, params.get("ckpt_path")
+
+
+def do_sample(model, sampler, value_dict, num_samples, H, W, C, F, force_uc_zero_embeddings=None,
+              force_cond_zero_embeddings=None, batch2model_input=None, return_latents=False, filter=None, T=None,
+              additional_batch_uc_fields=None, decoding_t=None, *, noise: torch.Tensor | None = None,
+              seed: int | None = None, progress: bool = True):
+    """Upstream's `do_sample`: conditioning, the sampler's loop, decoding `decoding_t` frames at a time.
+
+    Returns frames (T, 3, H, W) in [0, 1] (and the latents when `return_latents`). `value_dict` holds
+    `cond_frames_without_noise`, `cond_frames` ((1, 3, H, W) in [-1, 1]) and the model's scalars; its
+    `image_only_indicator` (default 0) marks frames as stills. Noise: `noise`, else seeded by `seed`, else
+    torch's global generator (as upstream). `batch2model_input` / `additional_batch_uc_fields` are accepted
+    for compatibility (the frame count and indicator always reach the UNet).
+    """
+    if num_samples not in (1, [1]):
+        raise ValueError(f"num_samples: one sample per call is supported, got {num_samples!r}")
+    if C != 4 or F != 8:
+        raise ValueError(f"C, F: the KL-f8 latent space has C=4, F=8, got C={C}, F={F}")
+    check_size(H, W)
+    T = int(T or model.num_frames)
+    if sampler is None:
+        sampler = getattr(model, "sampler", None) or default_sampler(model)
+    cond, uncond = build_conditioning(model, value_dict, T, force_uc_zero_embeddings or (),
+                                      force_cond_zero_embeddings or ())
+    if noise is None and seed is None:
+        noise = torch.randn(T, C, H // F, W // F)
+    z = sample_latents(model, sampler, cond, uncond, T, H, W, seed=seed, noise=noise,
+                       image_only_indicator=float(value_dict.get("image_only_indicator", 0.0)), progress=progress)
+    x = to_unit_range(model.decode(z, decoding_t, progress=progress))
+    if filter is not None:
+        x = filter(x)
+    return (x, z) if return_latents else x
+
+
+def run_img2vid(version_dict, model, image, seed=23, polar_rad=[10] * 21,  # noqa: B006 - upstream's defaults
+                azim_rad=np.linspace(0, 360, 21 + 1)[1:], cond_motion=None, cond_view=None, decoding_t=None,
+                cond_mv=True):
+    """Upstream's `run_img2vid`: one image -> T frames with the model's camera inputs (`polar_rad`, `azim_rad`
+    per frame; SV3D_p). `cond_motion` / `cond_view` / `cond_mv` drive SV4D's motion/view conditioning, which
+    needs the SV4D UNet (not implemented: a clear error)."""
+    if cond_motion is not None or cond_view is not None or model.variant.name.startswith("sv4d"):
+        raise NotImplementedError("run_img2vid: cond_motion / cond_view need the SV4D UNet, which is not "
+                                  "implemented yet (SV3D and SVD models run)")
+    H, W = version_dict.get("H", 576), version_dict.get("W", 576)
+    T = version_dict.get("T", model.num_frames)
+    C, F = version_dict.get("C", 4), version_dict.get("f", 8)
+    options = version_dict.get("options", {})
+    cond_aug = float(options.get("cond_aug", 0.0))
+    value_dict: dict[str, Any] = {
+        "cond_frames_without_noise": image,
+        "cond_frames": image + cond_aug * torch.randn(image.shape, generator=torch.Generator().manual_seed(seed)),
+        "cond_aug": cond_aug, "fps_id": options.get("fps_id", 6),
+        "motion_bucket_id": options.get("motion_bucket_id", 127),
+        "polars_rad": list(polar_rad)[:T], "azimuths_rad": list(azim_rad)[:T],
+    }
+    sampler = getattr(model, "sampler", None)
+    if "num_steps" in options:
+        sampler = default_sampler(model, int(options["num_steps"]))
+    return do_sample(model, sampler, value_dict, 1, H, W, C, F, T=T, seed=seed, decoding_t=decoding_t,
+                     force_uc_zero_embeddings=options.get("force_uc_zero_embeddings",
+                                                          ["cond_frames", "cond_frames_without_noise"]))
+
+
+def orbit_cameras(num_frames: int = 21, elevation_deg=10.0, azimuths_deg=None) -> tuple[list, list]:
+    """SV3D_p camera inputs: polar = radians(90 - elevation); azimuths default to linspace(0, 360, T+1)[1:] and
+    are taken relative to the last one, so the last frame is the input view (azimuth 0)."""
+    elev = ([float(elevation_deg)] * num_frames if np.isscalar(elevation_deg) else [float(e) for e in elevation_deg])
+    if len(elev) != num_frames:
+        raise ValueError(f"elevation_deg: expected 1 or {num_frames} values, got {len(elev)}")
+    az = (np.linspace(0, 360, num_frames + 1)[1:] % 360 if azimuths_deg is None
+          else np.asarray(azimuths_deg, dtype=np.float64))
+    if len(az) != num_frames:
+        raise ValueError(f"azimuths_deg: expected {num_frames} values, got {len(az)}")
+    polars = [float(np.deg2rad(90 - e)) for e in elev]
+    azimuths = [float(np.deg2rad((a - az[-1]) % 360)) for a in az]
+    return polars, azimuths
+
+
+def sv3d_orbit(model, image: torch.Tensor, *, elevation_deg=10.0, azimuths_deg=None, num_steps: int | None = None,
+               seed: int = 23, decoding_t: int | None = None, progress: bool = True) -> torch.Tensor:
+    """SV3D: one (1, 3, H, W) image in [-1, 1] -> (T, 3, H, W) orbit frames in [0, 1]; the last frame is the
+    input view and, as upstream, is replaced by the input image."""
+    if not model.variant.name.startswith("sv3d"):
+        raise ValueError(f"model: sv3d_orbit needs an SV3D model, got {model.variant.name}")
+    if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[:2] != (1, 3) or image.numel() == 0:
+        raise ValueError("image: expected a non-empty (1, 3, H, W) tensor in [-1, 1]")
+    T = model.num_frames
+    H, W = image.shape[-2:]
+    check_size(H, W)
+    polars, azimuths = orbit_cameras(T, elevation_deg, azimuths_deg)
+    cond_aug = model.variant.defaults.get("cond_aug", 1e-5)
+    g = torch.Generator().manual_seed(seed)
+    value_dict = {"cond_frames_without_noise": image, "cond_aug": cond_aug,
+                  "cond_frames": image + cond_aug * torch.randn(image.shape, generator=g),
+                  "polars_rad": polars, "azimuths_rad": azimuths}
+    sampler = default_sampler(model, num_steps)
+    frames = do_sample(model, sampler, value_dict, 1, H, W, 4, 8, T=T, seed=seed, decoding_t=decoding_t,
+                       force_uc_zero_embeddings=["cond_frames", "cond_frames_without_noise"], progress=progress)
+    frames[-1:] = to_unit_range(image)
+    return frames
+
+
+def load_image(path, H: int = 576, W: int = 576) -> torch.Tensor:
+    """An RGB(A) image file -> (1, 3, H, W) in [-1, 1] (alpha composited on white)."""
+    from PIL import Image
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"image: no file at {p}")
+    with Image.open(p) as im:
+        if im.width == 0 or im.height == 0:
+            raise ValueError(f"image: {p} is empty")
+        im = im.convert("RGBA").resize((W, H), Image.LANCZOS)
+    a = np.asarray(im).astype(np.float32) / 255.0
+    rgb = a[..., :3] * a[..., 3:] + (1.0 - a[..., 3:])
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None] * 2.0 - 1.0
+
+
+def save_frames_mp4(path, frames: torch.Tensor, fps: float = 10.0) -> Path:
+    return write_mp4(path, tensor_to_uint8(frames), fps)
+
+
+__all__ = ["EulerEDMSampler", "do_sample", "initial_model_load", "load_image", "load_model", "load_module_gpu",
+           "orbit_cameras", "preprocess_video", "run_img2vid", "save_frames_mp4", "sv3d_orbit", "unload_module_gpu"]
