@@ -118,6 +118,24 @@ def test_echo_service_validates_like_the_core_and_stays_usable(ray_instance):
         s = c.stats()
         assert s["cluster"]["replica"]["resources"] == {"GPU": 0.25}  # the configured share of a GPU
         assert s["frames"] == 1 and s["cluster"]["client"]["frames"] == 2  # core counts calls
+        # a replica killed between two calls: once Ray has restarted it, the next call re-sends the
+        # image by itself and no error reaches the caller
+        old_pid = c.replica_pid
+        os.kill(old_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if ray.get(c.replica.info.remote())["pid"] != old_pid:
+                    break
+            except ray.exceptions.RayActorError:
+                pass  # dead or restarting
+            assert time.monotonic() < deadline, "Ray did not restart the replica"
+            time.sleep(0.05)
+        for f, w in zip(c.inference(pose), ref.inference(pose)):
+            assert np.array_equal(f, w)
+        client = c.stats()["cluster"]["client"]
+        assert client["replica_lost"] == 0 and client["images_resent"] == 1
+        assert c.replica_pid != old_pid
     assert c.closed
     with pytest.raises(RuntimeError, match="closed"):
         c.inference(pose)
