@@ -125,3 +125,90 @@ def test_seed_examples_run_with_only_their_imports_changed(tmp_path, monkeypatch
             with Image.open(tmp_path / "output.gif") as im:
                 assert im.n_frames == x.shape[2]
     assert calls[1]["t_start"] == 35 and calls[1]["timesteps"] == 50 and calls[1]["bar"] is True
+
+
+def test_bad_inputs_raise_clear_errors_and_leave_the_model_usable(ms_model, tmp_path):
+    from PIL import Image
+
+    frames = [Image.new("RGB", (64, 64), (10, 20, 30))] * 2
+    cases = [
+        (dict(image_size=(36, 32)), "image_size.*multiples of 8"),
+        (dict(image_size=(96, 64), initial_frames=frames), "image_size.*multiples of 64"),
+        (dict(image_size=(64, 64), initial_frames=frames, t_start=3), r"t_start: expected an int in \[0, 2\]"),
+        (dict(image_size=(64, 64), initial_frames=frames, t_start=-1), "t_start"),
+        (dict(num_frames=0), "num_frames: expected an int >= 1"),
+        (dict(initial_frames=[], image_size=(64, 64)), "initial_frames: expected at least one frame"),
+        (dict(initial_frames=["x.png"], image_size=(64, 64)), r"initial_frames\[0\]"),
+        (dict(timesteps=0), "timesteps"),
+        (dict(eta=-1.0), "eta"),
+        (dict(t_start=1), "t_start: only meaningful with initial_frames"),
+        (dict(guidance_scale="9"), "guidance_scale"),
+    ]
+    for kw, msg in cases:
+        args = {**dict(timesteps=2, image_size=(32, 32), num_frames=1), **kw}
+        with pytest.raises(ValueError, match=msg):
+            ms_model("a cat", **args)
+    with pytest.raises(ValueError, match="text: expected a string"):
+        ms_model(None)
+    assert ms_model("a cat", seed=0, **KW).shape == (1, 3, 2, 32, 32)  # still usable
+
+
+def test_bad_model_folders_name_what_was_expected(tmp_path, tiny_modelscope_folder):
+    import shutil
+
+    from ezvtb.sd_video import SDVideo
+    from ezvtb.weights.wheel import WeightsError
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        SDVideo(tmp_path / "nowhere", backend="torch")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="neither layout.*configuration.json.*model_index.json"):
+        SDVideo(tmp_path / "empty", backend="torch")
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_modelscope_folder, broken)
+    (broken / "VQGAN_autoencoder.pth").unlink()
+    with pytest.raises(FileNotFoundError, match="VQGAN_autoencoder.pth"):
+        SDVideo(broken, backend="torch")
+    shutil.copy(tiny_modelscope_folder / "VQGAN_autoencoder.pth", broken)
+    ckpt = broken / "text2video_pytorch_model.pth"
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    with pytest.raises(WeightsError, match="text2video_pytorch_model.pth"):
+        SDVideo(broken, backend="torch")
+    with pytest.raises(ValueError, match="dtype"):
+        SDVideo(tiny_modelscope_folder, dtype=torch.int8, backend="torch")
+    with pytest.raises(ValueError, match="backend"):
+        SDVideo(tiny_modelscope_folder, backend="onnx")
+
+
+def test_media_helpers_round_trip(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from ezvtb.sd_video import load_sequence, save_gif, save_mp4, save_pngs
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 4, 32, 48, generator=g)
+    save_gif(x, tmp_path / "a.gif")
+    with Image.open(tmp_path / "a.gif") as im:
+        assert im.n_frames == 4 and im.size == (48, 32) and im.info["duration"] == 500
+    paths = save_pngs(x, tmp_path / "pngs")
+    assert [p.name for p in paths] == [f"frame_{i:04d}.png" for i in range(4)]
+    back = np.asarray(Image.open(paths[2]))
+    assert np.abs(back.astype(int) - (x[0, :, 2].permute(1, 2, 0).numpy() * 255).round().astype(int)).max() <= 1
+    seq = load_sequence(tmp_path / "pngs", frames=2, offset=1, stride=2, image_size=(48, 32))
+    assert len(seq) == 2 and np.array_equal(np.asarray(seq[1]), np.asarray(Image.open(paths[3]).convert("RGB")))
+    assert len(load_sequence(tmp_path / "a.gif", frames=16, image_size=(16, 16))) == 4
+    out = save_mp4(x, tmp_path / "a.mp4", fps=8)
+    import cv2
+
+    cap = cv2.VideoCapture(str(out))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    assert n == 4
+    with pytest.raises(ValueError, match="video: expected shape"):
+        save_gif(torch.rand(3, 32, 32), tmp_path / "b.gif")
+    with pytest.raises(ValueError, match="load_sequence: no frames"):
+        load_sequence(tmp_path / "pngs", offset=10)
+    with pytest.raises(ValueError, match="image_size"):
+        load_sequence(tmp_path / "pngs", image_size=(0, 4))
