@@ -224,3 +224,56 @@ def test_graph_runner_per_shape_sessions_and_torch_backend(home, net):
     y, _ = eager(x, t)
     y.sum().backward()  # the torch backend is the module itself: gradients flow
     assert x.grad is not None
+
+
+def _toy_onnx(folder, symbolic: bool):
+    """y = x @ W + b (W 600x600: 1.4 MB, b: 16 bytes) with the output's batch dim symbolic or static."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((600, 600)).astype(np.float32)
+    b = rng.standard_normal((4,)).astype(np.float32)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 600])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N" if symbolic else 2, 600])
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["xw"]),
+             helper.make_node("Slice", ["b", "zero", "one"], ["b0"]),
+             helper.make_node("Add", ["xw", "b0"], ["y"])]
+    inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b"),
+             numpy_helper.from_array(np.array([0], np.int64), "zero"),
+             numpy_helper.from_array(np.array([1], np.int64), "one")]
+    model = helper.make_model(helper.make_graph(nodes, "toy", [x], [y], inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    folder.mkdir(parents=True)
+    raw = folder / "graph.onnx"
+    onnx.save(model, str(raw))
+    return raw, w, b
+
+
+TOY_SPEC = GraphSpec("toy", (TensorSpec("x", (2, 600), "float32"),), (TensorSpec("y", (2, 600), "float32"),))
+
+
+@pytest.mark.parametrize("external", [False, True])
+@pytest.mark.parametrize("symbolic", [False, True])
+def test_finalise_rewrites_the_wire_format_exactly(tmp_path, external, symbolic):
+    raw, w, b = _toy_onnx(tmp_path / "raw", symbolic)
+    out = tmp_path / "out" / "toy.onnx"
+    out.parent.mkdir()
+    generic._finalise(raw, out, TOY_SPEC, "k123", "toy", external)
+    model = onnx.load(str(out))  # loads external data relative to the .onnx
+    dims = [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
+    assert dims == [2, 600]
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert np.array_equal(inits["W"], w) and np.array_equal(inits["b"], b)
+    bare = onnx.load(str(out), load_external_data=False)
+    ext = {t.name: {e.key: e.value for e in t.external_data} for t in bare.graph.initializer if t.external_data}
+    if external:
+        assert set(ext) == {"W"}, "tensors under 1 KiB stay inline"
+        assert ext["W"]["location"] == "toy.k123.weights" and int(ext["W"]["offset"]) % 4096 == 0
+        assert (out.parent / "toy.external").read_text().strip() == "toy.k123.weights"
+    else:
+        assert not ext and not (out.parent / "toy.external").exists()
+        assert raw.exists() == symbolic, "a graph whose outputs already match is moved, not rewritten"
+    x = np.random.default_rng(1).standard_normal((2, 600)).astype(np.float32)
+    with create_session(out, TOY_SPEC, "cpu") as s:
+        got = s.run({"x": x})["y"]
+    assert np.abs(got - (x @ w + b[0])).max() <= 1e-3

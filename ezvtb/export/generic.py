@@ -23,13 +23,14 @@ resolve the location relative to the ``.onnx``).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -301,12 +302,36 @@ def _check_outputs(wrapper: Any, args: tuple, spec: GraphSpec) -> None:
                              f"the spec declares {list(t.shape)}")
 
 
+@contextlib.contextmanager
+def _no_function_reparse() -> Iterator[None]:
+    """Skip the TorchScript exporter's search for custom onnxscript functions.
+
+    After serialising, the exporter parses its whole output again to look for onnxscript functions
+    of custom opsets (we register none): a second copy of every weight during the export. The pass
+    is replaced by the identity for the duration of the export.
+    """
+    try:
+        from torch.onnx._internal.torchscript_exporter import onnx_proto_utils as utils
+    except ImportError:  # pragma: no cover - other torch layouts: keep the exporter as it is
+        yield
+        return
+    original = getattr(utils, "_add_onnxscript_fn", None)
+    if original is None:  # pragma: no cover
+        yield
+        return
+    utils._add_onnxscript_fn = lambda model_bytes, custom_opsets: model_bytes
+    try:
+        yield
+    finally:
+        utils._add_onnxscript_fn = original
+
+
 def _run_exporter(wrapper: Any, args: tuple, raw: Path, spec: GraphSpec, opset: int, name: str) -> None:
     import warnings
 
     import torch
 
-    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad(), _no_function_reparse():
         warnings.simplefilter("always")
         try:
             torch.onnx.export(wrapper, args, str(raw), input_names=list(spec.input_names),
@@ -325,40 +350,174 @@ def _run_exporter(wrapper: Any, args: tuple, raw: Path, spec: GraphSpec, opset: 
 
 
 def _finalise(raw: Path, path: Path, spec: GraphSpec, key: str, name: str, external_data: bool | None) -> None:
-    """Fix the output shapes to the spec, move weights to one external file if needed, write atomically."""
-    import onnx
-    from onnx.external_data_helper import uses_external_data
+    """Turn the exporter's file into the cached graph without holding a second copy of the weights.
 
-    model = onnx.load(str(raw), load_external_data=False)
-    _set_static_io(model, spec, name)
-    inits = list(model.graph.initializer)
-    size = 0
-    exporter_external = False
-    for t in inits:
-        if uses_external_data(t):
-            exporter_external = True
-            size += (raw.parent / _external_location(t)).stat().st_size
-        else:
-            size += len(t.raw_data) if t.HasField("raw_data") else t.ByteSize()
+    The exporter's file is read through a memory map and rewritten at the protobuf wire level
+    (`_rewrite_model`): only one initializer at a time is decoded. External data: every initializer
+    of 1 KiB or more goes to one aligned file; the remaining graph is small and gets the spec's
+    static output shapes. Inline: the file is moved into place as it is when its outputs already
+    carry the spec's shapes (the usual case); otherwise it is parsed, fixed and written again.
+    """
+    import mmap
+
+    import onnx
+
+    extra = [p for p in raw.parent.iterdir() if p != raw]  # the exporter's own external files (> 2 GiB)
+    size = raw.stat().st_size + sum(p.stat().st_size for p in extra)
     if external_data is None:
-        external_data = exporter_external or size > EXTERNAL_DATA_BYTES
-    if not external_data and exporter_external:
+        external_data = bool(extra) or size > EXTERNAL_DATA_BYTES
+    if not external_data and extra:
         raise ValueError(f"external_data=False: graph {name!r} holds {size / 2**30:.2f} GiB of weights, over "
                          "protobuf's 2 GiB limit; use external_data=None or True")
     marker = path.with_suffix(".external")
-    if external_data:
-        data_name = external_data_name(name, key)
-        _write_external(model, raw.parent, path.parent / data_name, data_name)
-        with atomic_write(marker, "w") as f:
-            f.write(data_name + "\n")
-    elif marker.exists():
+    with open(raw, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        if external_data:
+            data_name = external_data_name(name, key)
+            with atomic_write(path.parent / data_name) as data:
+                graph_bytes = _rewrite_model(mm, data, data_name, raw.parent)
+            model = onnx.load_model_from_string(graph_bytes)
+            del graph_bytes
+            _set_static_io(model, spec, name)
+            with atomic_write(marker, "w") as m:
+                m.write(data_name + "\n")
+            with atomic_write(path) as out:
+                out.write(model.SerializeToString())
+            log.debug("%s: %.1f MB of weights in %s", name, size / 1e6, data_name)
+            return
+        outputs = _graph_outputs(mm)
+    if marker.exists():
         marker.unlink()
-    data = model.SerializeToString()
-    del model
-    with atomic_write(path) as f:
-        f.write(data)
-    log.debug("%s: %.1f MB graph, %.1f MB weights%s", name, len(data) / 1e6, size / 1e6,
-              " (external)" if external_data else "")
+    if _outputs_match(outputs, spec):
+        with open(raw, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(raw, path)
+    else:  # symbolic or missing output dims: parse, fix, rewrite (holds the weights once more)
+        log.debug("%s: fixing the exported output shapes (full parse)", name)
+        model = onnx.load(str(raw), load_external_data=False)
+        _set_static_io(model, spec, name)
+        data = model.SerializeToString()
+        del model
+        with atomic_write(path) as out:
+            out.write(data)
+    log.debug("%s: %.1f MB graph with inline weights", name, size / 1e6)
+
+
+# -- protobuf wire format (ONNX ModelProto field 7 = graph; GraphProto 5 = initializer, 12 = output)
+_MODEL_GRAPH, _GRAPH_INITIALIZER, _GRAPH_OUTPUT = 7, 5, 12
+
+
+def _varint(buf: Any, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _fields(buf: Any, start: int, end: int):
+    """(field number, wire type, field start, value start, value end) of each field in buf[start:end]."""
+    pos = start
+    while pos < end:
+        key, p = _varint(buf, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            _, q = _varint(buf, p)
+        elif wire == 1:
+            q = p + 8
+        elif wire == 2:
+            n, p = _varint(buf, p)
+            q = p + n
+        elif wire == 5:
+            q = p + 4
+        else:
+            raise ExportError(f"unexpected protobuf wire type {wire} in the exported graph")
+        yield field, wire, pos, p, q
+        pos = q
+
+
+def _length_delimited(field: int, payload: bytes) -> bytes:
+    return _encode_varint(field << 3 | 2) + _encode_varint(len(payload)) + payload
+
+
+def _graph_span(mm: Any) -> tuple[int, int]:
+    for field, wire, _, vs, ve in _fields(mm, 0, len(mm)):
+        if field == _MODEL_GRAPH and wire == 2:
+            return vs, ve
+    raise ExportError("the exported ONNX file has no graph")
+
+
+def _graph_outputs(mm: Any) -> list[Any]:
+    from onnx import ValueInfoProto
+
+    vs, ve = _graph_span(mm)
+    return [ValueInfoProto.FromString(mm[a:b]) for f, w, _, a, b in _fields(mm, vs, ve)
+            if f == _GRAPH_OUTPUT and w == 2]
+
+
+def _outputs_match(outputs: list[Any], spec: GraphSpec) -> bool:
+    got = {}
+    for o in outputs:
+        dims = o.type.tensor_type.shape.dim
+        got[o.name] = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
+    return got == {t.name: t.shape for t in spec.outputs}
+
+
+def _rewrite_model(mm: Any, data: Any, data_name: str, raw_dir: Path) -> bytes:
+    """The model with every initializer of >= 1 KiB moved to `data` (aligned), one tensor in memory at a time."""
+    from onnx import TensorProto
+    from onnx.external_data_helper import uses_external_data
+
+    offset = 0
+    gs, ge = _graph_span(mm)
+    graph = bytearray()
+    for field, wire, fs, vs, ve in _fields(mm, gs, ge):
+        if field != _GRAPH_INITIALIZER or wire != 2:
+            graph += mm[fs:ve]
+            continue
+        t = TensorProto.FromString(mm[vs:ve])
+        if uses_external_data(t):
+            blob = (raw_dir / _external_location(t)).read_bytes()
+            t.ClearField("external_data")
+            t.data_location = TensorProto.DEFAULT
+        elif t.HasField("raw_data"):
+            blob = t.raw_data
+        else:
+            blob = b""  # typed-field constants (small, exporter-made) stay inline
+        if len(blob) >= 1024:
+            pad = (-offset) % EXTERNAL_DATA_ALIGN
+            if pad:
+                data.write(b"\0" * pad)
+                offset += pad
+            data.write(blob)
+            t.ClearField("raw_data")
+            for k, v in (("location", data_name), ("offset", str(offset)), ("length", str(len(blob)))):
+                e = t.external_data.add()
+                e.key, e.value = k, v
+            t.data_location = TensorProto.EXTERNAL
+            offset += len(blob)
+        elif blob and not t.HasField("raw_data"):
+            t.raw_data = blob
+        del blob
+        graph += _length_delimited(_GRAPH_INITIALIZER, t.SerializeToString())
+    out = bytearray()
+    for field, wire, fs, vs, ve in _fields(mm, 0, len(mm)):
+        out += _length_delimited(_MODEL_GRAPH, bytes(graph)) if field == _MODEL_GRAPH and wire == 2 else mm[fs:ve]
+    return bytes(out)
 
 
 def _external_location(t: Any) -> str:
@@ -366,41 +525,6 @@ def _external_location(t: Any) -> str:
         if e.key == "location":
             return e.value
     raise ExportError(f"initializer {t.name!r}: external data without a location")
-
-
-def _write_external(model: Any, raw_dir: Path, data_path: Path, data_name: str) -> None:
-    """Stream every large initializer into one aligned external-data file (tensor by tensor)."""
-    from onnx import TensorProto
-    from onnx.external_data_helper import uses_external_data
-
-    with atomic_write(data_path) as f:
-        offset = 0
-        for t in model.graph.initializer:
-            if uses_external_data(t):
-                blob = (raw_dir / _external_location(t)).read_bytes()
-            elif t.HasField("raw_data"):
-                blob = t.raw_data
-            else:
-                continue  # typed-field constants (small, exporter-made) stay inline
-            if len(blob) < 1024:
-                if uses_external_data(t):
-                    t.raw_data = blob
-                    del t.external_data[:]
-                    t.data_location = TensorProto.DEFAULT
-                continue
-            pad = (-offset) % EXTERNAL_DATA_ALIGN
-            if pad:
-                f.write(b"\0" * pad)
-                offset += pad
-            f.write(blob)
-            del t.external_data[:]
-            for k, v in (("location", data_name), ("offset", str(offset)), ("length", str(len(blob)))):
-                e = t.external_data.add()
-                e.key, e.value = k, v
-            t.data_location = TensorProto.EXTERNAL
-            t.ClearField("raw_data")
-            offset += len(blob)
-            del blob
 
 
 def _set_static_io(model: Any, spec: GraphSpec, name: str) -> None:
