@@ -216,3 +216,5 @@ def test_modelscope_ddim_differs_from_plain_leading_only_where_modelscope_does()
     ours.set_timesteps(7)
     assert ours.timesteps.tolist() == [995, 853, 711, 569, 427, 285, 143, 1]  # 1 + arange(0, 1000, 142), reversed
     assert isinstance(ours, DDIMScheduler)
+    ours.set_timesteps(1000)
+    assert ours.timesteps[:2].tolist() == [999, 999] and ours.timesteps[-1] == 1  # 1000 clamped to T - 1

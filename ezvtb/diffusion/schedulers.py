@@ -104,7 +104,7 @@ def _modelscope_ddim_class() -> Any:
         from diffusers import DDIMScheduler
 
         class ModelScopeDDIMScheduler(DDIMScheduler):
-            """DDIMScheduler with ModelScope's timesteps ``(arange(0, T, T // S) + 1)[::-1]``.
+            """DDIMScheduler with ModelScope's timesteps ``(arange(0, T, T // S) + 1)[::-1]``, clamped to T - 1.
 
             Identical to "leading" + steps_offset 1 when S divides T; otherwise one or more extra
             final steps, as ModelScope / `make_ddim_timesteps("uniform")` run them. The step size
@@ -115,6 +115,7 @@ def _modelscope_ddim_class() -> Any:
                 super().set_timesteps(num_inference_steps, device)
                 t = self.config.num_train_timesteps
                 steps = np.arange(0, t, t // self.num_inference_steps) + self.config.steps_offset
+                steps = np.minimum(steps, t - 1)  # ModelScope clamps to T - 1 (only for S > T / 2)
                 self.timesteps = torch.from_numpy(steps[::-1].copy().astype(np.int64)).to(device)
 
         _MODELSCOPE_CLASS = ModelScopeDDIMScheduler
