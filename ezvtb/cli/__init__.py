@@ -10,7 +10,7 @@ import importlib
 import logging
 import sys
 
-SUBCOMMANDS = ("demo", "export", "doctor", "serve", "run", "bench", "render_batch")
+SUBCOMMANDS = ("demo", "export", "doctor", "serve", "run", "bench", "render_batch", "speak")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "are described in docs/live.md.")
     p.add_argument("--input", required=True, metavar="URL",
                    help="ifm://PHONE:49983, osf://127.0.0.1:11573, vmc://127.0.0.1:39539, file://poses.npy, trace://")
+    p.add_argument("--audio", metavar="URL",
+                   help="speech drives the mouth on top of --input: audio://mic or audio://speech.wav "
+                        "(ezvtb.live.lipsync; --input audio://... alone also works)")
     p.add_argument("--output", action="append", required=True, metavar="URL",
                    help="raw:-, raw:PATH, shm://NAME, mp4:PATH, vcam://, null: (repeatable)")
     p.add_argument("--fps", type=float, default=30.0, help="render rate (default: %(default)s)")
@@ -170,6 +173,10 @@ def run(args: argparse.Namespace) -> int:
     ok = False
     try:
         source = open_source(args.input)
+        if getattr(args, "audio", None):
+            from ezvtb.live.lipsync import MouthOverlaySource
+
+            source = MouthOverlaySource(source, open_source(args.audio))
         image = load_character(args.image)
         t0 = time.perf_counter()
         core = get_core(**kwargs)
