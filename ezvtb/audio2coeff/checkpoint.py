@@ -64,7 +64,8 @@ def load_cpk(checkpoint_path: str | os.PathLike, model: Any = None, optimizer: A
     """Load ``{'model', 'optimizer', 'epoch'}`` from `checkpoint_path` into `model` (strict) and `optimizer`;
     return the epoch. Weights-only: a pickle that would run code is refused (ValueError)."""
     ckpt = read_pickled_checkpoint(checkpoint_path, device)
-    for key in ("epoch",) + (("model",) if model is not None else ()) + (("optimizer",) if optimizer is not None else ()):
+    needed = ["epoch"] + (["model"] if model is not None else []) + (["optimizer"] if optimizer is not None else [])
+    for key in needed:
         if key not in ckpt:
             raise ValueError(f"checkpoint_path: {str(checkpoint_path)!r} has no {key!r} entry "
                              f"(keys: {sorted(map(str, ckpt))[:8]})")

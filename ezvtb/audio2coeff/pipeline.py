@@ -14,7 +14,6 @@ networks run through `ezvtb.export.generic.GraphRunner` (an ONNX graph on an `ez
 from __future__ import annotations
 
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Any, Callable

@@ -226,7 +226,8 @@ class PoseNet(nn.Module):
     @staticmethod
     def config_from_state_dict(sd: dict[str, torch.Tensor]) -> PoseConfig:
         p = "netG.decoder."
-        mlp = sorted(((int(m.group(1)), k) for k in sd if (m := re.fullmatch(re.escape(p) + r"MLP\.L(\d+)\.weight", k))))
+        pattern = re.compile(re.escape(p) + r"MLP\.L(\d+)\.weight")
+        mlp = sorted((int(m.group(1)), k) for k in sd if (m := pattern.fullmatch(k)))
         if not mlp:
             raise KeyError(f"missing {p}MLP.L0.weight")
         sizes = tuple(int(sd[k].shape[0]) for _, k in mlp)
