@@ -17,20 +17,21 @@ MOUTH_NAMES = {"a": "mouth_aaa", "i": "mouth_iii", "u": "mouth_uuu", "e": "mouth
 
 @pytest.fixture(scope="module")
 def espeak_vowels(tmp_path_factory):
-    """{(pitch, vowel): 16 kHz samples} of sustained Japanese vowels from espeak-ng at two pitches."""
+    """{(voice, vowel): 16 kHz samples} of sustained vowels from espeak-ng: Japanese at two pitches (50, 85),
+    Spanish and Italian (other voices, other formants)."""
     exe = shutil.which("espeak-ng")
     if exe is None:
         pytest.skip("espeak-ng is not installed (Debian package espeak-ng)")
     d = tmp_path_factory.mktemp("espeak")
     out = {}
-    for pitch in (50, 85):
+    for voice, lang, pitch in ((50, "ja", 50), (85, "ja", 85), ("es", "es", 50), ("it", "it", 50)):
         for v in ls.VOWELS:
-            path = d / f"{v}_{pitch}.wav"
-            r = subprocess.run([exe, "-v", "ja", "-s", "80", "-p", str(pitch), "-w", str(path), f"[[{v}::::::]]"],
+            path = d / f"{v}_{voice}.wav"
+            r = subprocess.run([exe, "-v", lang, "-s", "80", "-p", str(pitch), "-w", str(path), f"[[{v}::::::]]"],
                                capture_output=True, timeout=60)
             if r.returncode != 0 or not path.exists():
-                pytest.skip(f"espeak-ng could not synthesise Japanese vowels: {r.stderr.decode()[:200]}")
-            out[(pitch, v)] = load_wav(path)
+                pytest.skip(f"espeak-ng could not synthesise {lang} vowels: {r.stderr.decode()[:200]}")
+            out[(voice, v)] = load_wav(path)
     return out
 
 
@@ -38,17 +39,19 @@ def _poses(samples: np.ndarray, est: ls.VowelEstimator | None = None) -> np.ndar
     return ls.mouth_track(samples, 100.0, est or ls.VowelEstimator())
 
 
-@pytest.mark.parametrize("pitch", [50, 85])
-def test_each_vowel_drives_its_own_mouth_parameter(espeak_vowels, pitch):
+@pytest.mark.parametrize("voice", [50, 85, "es", "it"])
+def test_each_vowel_drives_its_own_mouth_parameter(espeak_vowels, voice):
     idx = {v: index(n) for v, n in MOUTH_NAMES.items()}
     for v in ls.VOWELS:
-        poses = _poses(espeak_vowels[(pitch, v)])
+        poses = _poses(espeak_vowels[(voice, v)])
         voiced = poses[poses[:, list(idx.values())].max(axis=1) > 0.3]
         assert len(voiced) >= 30, f"'{v}': only {len(voiced)} voiced frames"
         mean = {u: float(voiced[:, idx[u]].mean()) for u in ls.VOWELS}
-        print(f"pitch {pitch} '{v}': " + " ".join(f"{MOUTH_NAMES[u]}={mean[u]:.2f}" for u in ls.VOWELS))
+        print(f"voice {voice} '{v}': " + " ".join(f"{MOUTH_NAMES[u]}={mean[u]:.2f}" for u in ls.VOWELS))
         assert max(mean, key=mean.get) == v
-        assert mean[v] > 0.5 and all(mean[u] < 0.5 * mean[v] for u in ls.VOWELS if u != v)
+        assert mean[v] > 0.5
+        if voice in (50, 85):  # Japanese vowels, what the default templates describe: a clear margin
+            assert all(mean[u] < 0.5 * mean[v] for u in ls.VOWELS if u != v)
         other = np.delete(poses, list(idx.values()), axis=1)
         assert not other.any()  # only the five mouth shapes move
 

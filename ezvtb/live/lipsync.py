@@ -5,7 +5,7 @@ Every 10 ms the newest 25 ms of 16 kHz audio is analysed:
 | step | value |
 |---|---|
 | envelope | Hann window, log power spectrum (1024-point FFT), cepstrum liftered to 2.5 ms (the vocal-tract envelope without the pitch harmonics), in dB below its maximum over 150-3600 Hz, floored at -30 dB |
-| features | F1 = power centroid of the envelope over 200-1100 Hz (first formant region, as log2 Hz); M = envelope peak over 1000-1700 Hz (a's F2); H = peak over 1800-3500 Hz (F2/F3 of i and e) |
+| features | F1 = power centroid of the envelope over 200-1100 Hz (first formant region, as log2 Hz); M = envelope peak over 1100-1700 Hz (a's F2, above o's); H = peak over 1800-3500 Hz (F2/F3 of i and e) |
 | vowel | distance to five vowel templates (a, i, u, e, o) in units of `FEATURE_SCALES`; weights softmax(-d^2 / (2 temperature)) |
 | openness | window RMS in dBFS mapped linearly from `silence_db` (closed) to `loud_db` (fully open) |
 | mouth | mouth_<v> = openness * weight_v; attack/release smoothing (time constants `attack`, `release`) |
@@ -69,7 +69,7 @@ FEATURE_SCALES = np.array([0.3, 8.0, 5.0])  # log2 F1 (0.3 octave), dB, dB
 _FREQS = np.arange(N_FFT // 2 + 1) * RATE / N_FFT
 _REF_BAND = (_FREQS > 150) & (_FREQS < 3600)
 _F1_BAND = (_FREQS >= 200) & (_FREQS <= 1100)
-_MID_BAND = (_FREQS >= 1000) & (_FREQS <= 1700)
+_MID_BAND = (_FREQS >= 1100) & (_FREQS <= 1700)
 _HIGH_BAND = (_FREQS >= 1800) & (_FREQS <= 3500)
 _WIN = hann_periodic(WINDOW)
 
