@@ -10,7 +10,7 @@ import importlib
 import logging
 import sys
 
-SUBCOMMANDS = ("demo", "export", "doctor", "serve", "run", "bench", "render_batch", "speak")
+SUBCOMMANDS = ("demo", "export", "doctor", "serve", "run", "bench", "render_batch", "speak", "orbit", "novel_view")
 
 
 def build_parser() -> argparse.ArgumentParser:
