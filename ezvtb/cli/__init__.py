@@ -10,7 +10,7 @@ import importlib
 import logging
 import sys
 
-SUBCOMMANDS = ("demo", "export", "doctor", "serve", "run", "bench", "render_batch", "speak", "orbit", "novel_view")
+SUBCOMMANDS = ("demo", "export", "doctor", "serve", "run", "bench", "render_batch", "speak", "orbit", "novel_view", "t2v")
 
 
 def build_parser() -> argparse.ArgumentParser:
