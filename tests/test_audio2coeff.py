@@ -337,3 +337,21 @@ def test_generate_writes_atomically(ours, tmp_path, first_coeff):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ValueError, match="coeff_save_dir"):
         ours.from_wav(wav, first_coeff, coeff_save_dir=tmp_path / "afile")
+
+
+def test_head_pose_track_maps_and_resamples():
+    from ezvtb.audio2coeff.pipeline import head_pose_track
+
+    c = np.zeros((50, 70), np.float32)  # 2 s at 25 fps
+    c[:, 64] = np.radians(np.linspace(0, 30, 50))  # pitch 0 -> 30 degrees
+    c[:, 65] = np.radians(-7.5)  # yaw
+    c[:, 66] = np.radians(3.0)  # roll
+    h = head_pose_track(c, 10.0)
+    assert h.shape == (20, 3)
+    assert np.allclose(h[:, 1], 0.5) and np.allclose(h[:, 2], 0.2)  # -(-7.5)/15, 3/15
+    assert h[0, 0] == 0 and h[-1, 0] == -1.0  # -pitch/15, clipped at -1 past 15 degrees
+    assert np.all(np.diff(h[:, 0]) <= 0)
+    with pytest.raises(ValueError, match="coeffs: expected"):
+        head_pose_track(np.zeros((5, 6)), 10.0)
+    with pytest.raises(ValueError, match="fps"):
+        head_pose_track(c, 0.0)

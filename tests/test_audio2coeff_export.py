@@ -85,3 +85,28 @@ def test_audio2coeff_ort_matches_torch(home):
     err = np.abs(got - eager).max()
     print(f"Audio2Coeff ORT vs torch, 35 frames: max |diff| {err:.2e}")
     assert got.shape == (35, 70) and err <= 1e-4
+
+
+@pytest.mark.slow
+def test_speak_sadtalker_head_motion(home):
+    """`ezvtb speak --sadtalker`: Audio2Coeff's head pose (exported graphs) becomes head_x/head_y/neck_z."""
+    import argparse
+
+    import soundfile
+    from safetensors.torch import save_file
+
+    from ezvtb.cli.speak import sadtalker_head
+    from ezvtb.models.sadtalker.networks import ExpressionNet, PoseNet
+
+    exp, pose = _randomize(ExpressionNet(), 5), _randomize(PoseNet(), 6)
+    bundle = {f"audio2exp.{k}": v for k, v in exp.state_dict().items()}
+    bundle |= {f"audio2pose.{k}": v for k, v in pose.state_dict().items()}
+    save_file(bundle, str(home / "SadTalker_V0.0.2_256.safetensors"))
+    rng = np.random.default_rng(1)
+    soundfile.write(str(home / "s.wav"), (0.2 * rng.standard_normal(16000)).astype(np.float32), 16000)
+    args = argparse.Namespace(sadtalker=str(home / "SadTalker_V0.0.2_256.safetensors"), speech=str(home / "s.wav"),
+                              pose_style=2, seed=0, fps=10.0)
+    head = sadtalker_head(args, 10)
+    assert head.shape == (10, 3) and np.isfinite(head).all() and np.abs(head).max() <= 1.0
+    assert np.ptp(head, axis=0).max() > 0  # the head moves with the (random-weight) pose
+    assert np.array_equal(head, sadtalker_head(args, 10))  # seeded

@@ -372,3 +372,28 @@ class Audio2Coeff:
         if coeff_save_dir is None:
             return coeffs
         return self.save(coeffs, coeff_save_dir, f"{batch['pic_name']}##{batch['audio_name']}")
+
+
+HEAD_RANGE_DEG = 15.0  # THA3 head_x/head_y/neck_z = +-1 at about 15 degrees (ezvtb.live.mapping's default ranges)
+
+
+def head_pose_track(coeffs: np.ndarray, fps: float, range_deg: float = HEAD_RANGE_DEG) -> np.ndarray:
+    """THA3 (head_x, head_y, neck_z) per video frame at `fps` from Audio2Coeff's (T, 70) 25 fps coefficients.
+
+    Columns 64:67 are the 3DMM rotation angles (pitch, yaw, roll) in radians; they are linearly resampled to
+    `fps` and mapped like a tracker's head angles (head_x = -pitch, head_y = -yaw, neck_z = roll, each divided by
+    `range_deg` and clipped to [-1, 1]). Approximate: the 3DMM and THA3 axes were not calibrated against each other.
+    """
+    c = np.asarray(coeffs, np.float64)
+    if c.ndim != 2 or c.shape[1] < COEFF_DIM or c.shape[0] < 1:
+        raise ValueError(f"coeffs: expected (T >= 1, 70) coefficients, got {list(c.shape)}")
+    if not (np.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps: expected a number > 0, got {fps!r}")
+    deg = np.degrees(c[:, 64:67])
+    n = max(1, int(np.ceil(c.shape[0] / frontend.FPS * fps)))
+    src_t = np.arange(c.shape[0]) / frontend.FPS
+    t = np.arange(n) / fps
+    ang = np.stack([np.interp(t, src_t, deg[:, k]) for k in range(3)], axis=1)
+    out = np.stack([-ang[:, 0], -ang[:, 1], ang[:, 2]], axis=1) / range_deg
+    return np.clip(out, -1.0, 1.0).astype(np.float32)
+

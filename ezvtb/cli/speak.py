@@ -2,7 +2,8 @@
 
 The mouth follows the speech (`ezvtb.live.lipsync`: vowel shapes and openness, no downloaded weights; a voice
 profile from `VowelEstimator.save_profile` with --profile); the rest of the pose is neutral, with optional
-breathing. The video is rendered by the same core as `ezvtb run`; when ffmpeg is on PATH the speech is muxed in
+breathing; with ``--sadtalker SadTalker_V0.0.2_*.safetensors`` Audio2Coeff's speech-driven head pose also moves the
+head (head_x, head_y, neck_z; approximate axis mapping). The video is rendered by the same core as `ezvtb run`; when ffmpeg is on PATH the speech is muxed in
 as an AAC track (otherwise the mp4 is silent and a warning says so). The output appears atomically.
 """
 from __future__ import annotations
@@ -29,6 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", help="voice profile JSON (VowelEstimator.save_profile)")
     p.add_argument("--breathing", type=float, default=4.0, metavar="S", help="breathing period in s (0 = off)")
     p.add_argument("--background", default="#FFFFFF", help="background colour (default: %(default)s)")
+    p.add_argument("--sadtalker", metavar="CHECKPOINT",
+                   help="SadTalker_V0.0.2_*.safetensors: Audio2Coeff's speech-driven head motion also moves the head "
+                        "(head_x, head_y, neck_z; approximate axis mapping)")
+    p.add_argument("--pose-style", type=int, default=0, help="SadTalker pose style 0..45 (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="SadTalker pose draws (default: %(default)s)")
     add_core_arguments(p)
     p.set_defaults(func=run)
 
@@ -47,6 +53,30 @@ def mux_audio(video: Path, audio: Path, out: Path) -> bool:
         raise RuntimeError(f"ffmpeg could not mux the audio: {r.stderr.strip()[:500]}")
     os.replace(tmp, out)
     return True
+
+
+def sadtalker_head(args: argparse.Namespace, frames: int):
+    """(frames, 3) head_x, head_y, neck_z from Audio2Coeff's pose (first-frame coefficients all zero)."""
+    import tempfile
+
+    import numpy as np
+    from scipy.io import savemat
+
+    from ezvtb.audio2coeff import Audio2Coeff
+    from ezvtb.audio2coeff.pipeline import head_pose_track
+
+    a2c = Audio2Coeff({"use_safetensor": True, "checkpoint": args.sadtalker}, "cpu", backend="auto")
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            first = Path(d) / "neutral.mat"
+            savemat(str(first), {"coeff_3dmm": np.zeros((1, 73), np.float32)})
+            coeffs = a2c.from_wav(args.speech, first, pose_style=args.pose_style, seed=args.seed)
+    finally:
+        a2c.close()
+    head = head_pose_track(coeffs, args.fps)
+    if len(head) < frames:
+        head = np.concatenate([head, np.repeat(head[-1:], frames - len(head), axis=0)])
+    return head[:frames]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,6 +101,10 @@ def run(args: argparse.Namespace) -> int:
     breathing = index("breathing")
     for i in range(len(poses)):
         poses[i, breathing] = breathing_value(i / args.fps, args.breathing)
+    if args.sadtalker:
+        head = sadtalker_head(args, len(poses))
+        for k, name in enumerate(("head_x", "head_y", "neck_z")):
+            poses[:, index(name)] = head[:, k]
     kwargs = core_kwargs(args)
     image = load_character(args.image)
     core = get_core(**kwargs)
