@@ -72,6 +72,42 @@ def backend_chain(backend: str, use_tensorrt: bool) -> list[tuple[str, str]]:
     return chain
 
 
+# Backends that run fp16 graphs natively (tensor cores / DirectX half); the CPU provider emulates
+# most fp16 kernels by casting, so fp16 graphs are slower there (README, "get_core options").
+HALF_BACKENDS = ("cuda", "tensorrt", "trt", "directml")
+# Measured on a 2-core CPU (issue 14): fp16 vs fp32 graphs on ONNX Runtime's CPU provider.
+CPU_HALF_COST = "THA frame 758 vs 513 ms, RIFE x2 1294 vs 775 ms (fp16 vs fp32), UpConv7 2x 5270 ms in fp16"
+
+
+def _check_half(name: str, value: Any) -> bool | None:
+    """None (auto) or a bool; ValueError naming the option otherwise."""
+    return None if value is None else _check_bool(name, value)
+
+
+def concrete_backend(backend: str) -> str:
+    """The backend a session opened with `backend` would use: ``auto`` resolved by this
+    onnxruntime build's providers (CUDA EP, DirectML, else CPU); other names unchanged."""
+    if backend != "auto":
+        return backend
+    try:
+        from ezvtb.engines.ort import resolve_providers
+
+        return resolve_providers("auto")[0]
+    except BackendUnavailableError:
+        return "cpu"
+
+
+def resolve_precision(half: bool | None, backend: str) -> str:
+    """``fp16`` or ``fp32`` for a stage's `half` option (`model_half`, `interpolation_half`,
+    `sr_half`) on a concrete `backend`: None (auto) = fp16 on `HALF_BACKENDS` (cuda, tensorrt,
+    trt, directml), fp32 on ``cpu``; an explicit bool is honoured on every backend."""
+    if backend not in BACKENDS or backend == "auto":
+        raise ValueError(f"backend: expected a concrete backend {[b for b in BACKENDS if b != 'auto']}, got {backend!r}")
+    if half is None:
+        return "fp16" if backend in HALF_BACKENDS else "fp32"
+    return "fp16" if half else "fp32"
+
+
 def select_backend(backend: str, use_tensorrt: bool) -> str:
     """The first backend of `backend_chain` (what get_core tries first)."""
     return backend_chain(backend, use_tensorrt)[0][0]
@@ -104,6 +140,19 @@ def open_first(chain: list[tuple[str, str]], open_backend: Any) -> tuple[Any, st
     raise ValueError("chain: expected at least one backend")
 
 
+def open_stage(chain: list[tuple[str, str]], backend: str, open_on: Any, device_id: int, threads: int) -> Any:
+    """A frame stage (RIFE, SR) opened by ``open_on(name, session_options)`` on THA's `backend`; under
+    ``auto`` a `FALLBACK_ERRORS` failure there (e.g. TensorRT rejecting that graph) moves on down the rest
+    of `chain` (`open_first`); frames then cross between memories through the host."""
+    names = [b for b, _ in chain]
+    rest = chain[names.index(backend):] if backend in names else [(backend, "THA's backend")]
+
+    def options(name: str) -> dict[str, Any]:
+        return {"device_id": device_id} if name == "trt" else {"device_id": device_id, "intra_op_threads": threads}
+
+    return open_first(rest, lambda name: open_on(name, options(name)))[0]
+
+
 def link_device_stages(tha: ThaStage, cache: Any, after: list[Any]) -> list[str]:
     """Let frames stay in device memory between stages that share it; returns the links made.
 
@@ -128,20 +177,20 @@ def get_core(
     device_id: int = 0,
     use_tensorrt: bool = True,
     model_seperable: bool = True,
-    model_half: bool = True,
+    model_half: bool | None = None,
     model_cache: bool = True,
     model_vram_cache: bool = True,
     model_cache_size: float = 1.0,
     model_use_eyebrow: bool = True,
     use_interpolation: bool = True,
     interpolation_scale: int = 2,
-    interpolation_half: bool = True,
+    interpolation_half: bool | None = None,
     use_cacher: bool = True,
     cacher_quality: int = 85,
     cacher_ram_size: float = 2.0,
     use_sr: bool = False,
     sr_x4: bool = True,
-    sr_half: bool = True,
+    sr_half: bool | None = None,
     sr_noise: int = 1,
     *,
     backend: str = "auto",
@@ -154,16 +203,23 @@ def get_core(
     cacher_db_path: str | os.PathLike | None = None,
     pose_quantization: float | None = None,
     pipelined: bool = False,
+    interpolation_flow_scale: float | None = None,
 ) -> Core:
     """Build a core. Options follow the seed interface (`ezvtb_interface.get_core`).
 
     device_id: GPU index for GPU backends.
     use_tensorrt: prefer TensorRT (native, then ORT's EP); falls back with a warning.
     model_seperable / model_half: THA3 variant (separable or standard) and fp16 graphs.
+    model_half / interpolation_half / sr_half: None (default, auto) = fp16 graphs on backends that
+        run fp16 natively (cuda, tensorrt, trt, directml), fp32 on the CPU (`resolve_precision`);
+        True/False forces a precision (True on the CPU is honoured with one warning: it is slower).
     model_cache / model_cache_size: LRU of combiner and morpher outputs, in GB.
     model_vram_cache: keep that LRU in device memory on GPU backends (host RAM otherwise).
     model_use_eyebrow: False skips eyebrow morphing (combiner runs once per image).
     use_interpolation / interpolation_scale / interpolation_half: RIFE stage (see ezvtb.stages.rife).
+    interpolation_flow_scale (keyword-only): RIFE estimates flow at this fraction of the frame size
+        (1.0, 0.5, 0.25: the ``scale`` of RIFE's reference inference); None (auto) = the measured CPU
+        default `ezvtb.stages.rife.CPU_FLOW_SCALE` on the CPU, 1.0 on GPU backends.
     use_cacher / cacher_quality / cacher_ram_size: output cache of THA frames (see ezvtb.cache):
         JPEG quality 1..99 (colour 4:4:4 + alpha planes), 100 = lossless (QOI, else lz4, else raw);
         budget in GB (RAM LRU, or the LMDB map size with cacher_on_database).
@@ -194,7 +250,7 @@ def get_core(
         frames (one frame of extra latency; the first frame is returned twice).
     """
     model_seperable = _check_bool("model_seperable", model_seperable)
-    model_half = _check_bool("model_half", model_half)
+    model_half = _check_half("model_half", model_half)
     model_cache = _check_bool("model_cache", model_cache)
     model_vram_cache = _check_bool("model_vram_cache", model_vram_cache)
     model_use_eyebrow = _check_bool("model_use_eyebrow", model_use_eyebrow)
@@ -203,12 +259,17 @@ def get_core(
         raise ValueError(f"device_id: expected an int >= 0, got {device_id!r}")
 
     use_interpolation = _check_bool("use_interpolation", use_interpolation)
-    interpolation_half = _check_bool("interpolation_half", interpolation_half)
+    interpolation_half = _check_half("interpolation_half", interpolation_half)
     if use_interpolation:  # checked before any export: x3 needs v4.x weights, scale in 2/3/4
         from ezvtb.stages.rife import check_interpolation_options
 
         interpolation_scale = check_interpolation_options(interpolation_scale, rife_model)
+        if interpolation_flow_scale is not None:
+            from ezvtb.models.rife.spec import check_flow_scale
+
+            check_flow_scale(interpolation_flow_scale)
     use_sr = _check_bool("use_sr", use_sr)
+    sr_half = _check_half("sr_half", sr_half)
     if use_sr:  # checked before any export
         from ezvtb.stages.sr import check_sr_options
 
@@ -228,18 +289,20 @@ def get_core(
     wants_tensorrt = use_tensorrt and backend == "auto"  # an explicit backend wins over use_tensorrt
     chain = backend_chain(backend, use_tensorrt)
     variant = "separable" if model_seperable else "standard"
-    precision = "fp16" if model_half else "fp32"
 
     from ezvtb.export import tha3_graphs  # exports on first use (needs torch), cached after
 
-    paths = tha3_graphs(variant, precision, weights_dir=weights_dir)
+    def open_tha(backend: str, precision: str, options: dict[str, Any]) -> dict[str, Any]:
+        paths = tha3_graphs(variant, precision, weights_dir=weights_dir)
+        return {s: create_session(paths[s], graph_spec(s, precision), backend, **options) for s in STAGES}
+
     for i, (backend, reason) in enumerate(chain):
         session_options: dict[str, Any] = {"device_id": device_id}
         if backend != "trt":
             session_options["intra_op_threads"] = threads
+        precision = resolve_precision(model_half, concrete_backend(backend))
         try:
-            sessions = {s: create_session(paths[s], graph_spec(s, precision), backend, **session_options)
-                        for s in STAGES}
+            sessions = open_tha(backend, precision, session_options)
             break
         except FALLBACK_ERRORS as e:  # not only BackendUnavailableError: a TensorRT build, a CUDA call
             if i == len(chain) - 1:
@@ -252,15 +315,30 @@ def get_core(
         log.warning("use_tensorrt=True, but TensorRT is not usable here: running on %r (%s)%s", actual, reason, resolved)
     else:
         log.info("backend: %s (%s)%s", actual, reason, resolved)
-    if model_half and actual == "cpu":
-        log.warning("model_half=True on the CPU backend: fp16 graphs are slower and less precise on CPUs; "
-                    "pass model_half=False for CPU use")
+    if resolve_precision(model_half, actual) != precision:  # auto precision, ORT fell back to the CPU
+        for sess in sessions.values():
+            sess.close()
+        precision = resolve_precision(model_half, actual)
+        sessions = open_tha(actual, precision, session_options)
+    # RIFE and SR follow THA's backend: their auto precision is resolved from the one that loaded.
+    rife_precision = resolve_precision(interpolation_half, actual) if use_interpolation else None
+    sr_precision = resolve_precision(sr_half, actual) if use_sr else None
+    if actual == "cpu":
+        forced = [n for n, p in (("model_half", precision), ("interpolation_half", rife_precision),
+                                 ("sr_half", sr_precision)) if p == "fp16"]
+        if forced:  # only an explicit True gets here: auto is fp32 on the CPU
+            log.warning("%s=True on the CPU backend: fp16 graphs run slower there than fp32 (measured on a 2-core "
+                        "CPU: %s) and less precisely; leave them at None (auto = fp32 on the CPU)",
+                        "/".join(forced), CPU_HALF_COST)
+    log.info("precision: THA %s%s%s", precision, f", RIFE {rife_precision}" if rife_precision else "",
+             f", SR {sr_precision}" if sr_precision else "")
     on_device = sessions["morpher"].on_device
     if model_cache:
         log.info("THA intermediate cache in %s (%.2f GB)",
                  "device memory" if model_vram_cache and on_device else "host RAM", cache_gb)
     tha = ThaStage(sessions, use_eyebrow=model_use_eyebrow, cache_bytes=int(cache_gb * GB) if model_cache else 0,
                    cache_on_device=model_vram_cache)
+    tha.precision = precision
     eyebrow = "eyebrow" if model_use_eyebrow else "noeyebrow"
     tha_variant = f"tha3/{variant}/{precision}/{eyebrow}"
 
@@ -274,16 +352,17 @@ def get_core(
     # --- frame stages after THA: RIFE (issue 4), then super-resolution (issue 4) ------------
     after = []
     if use_interpolation:
-        from ezvtb.stages.rife import create_rife_stage
+        from ezvtb.stages.rife import create_rife_stage, resolve_flow_scale
 
-        after.append(create_rife_stage(interpolation_scale, interpolation_half, rife_model, backend,
-                                       **session_options))
+        after.append(open_stage(chain, backend, lambda b, o: create_rife_stage(
+            interpolation_scale, rife_precision == "fp16", rife_model, b,
+            flow_scale=resolve_flow_scale(interpolation_flow_scale, actual), **o), device_id, threads))
     if use_sr:
         from ezvtb.stages.sr import create_sr_stage
 
-        after.append(create_sr_stage(sr_x4, sr_half, sr_noise, sr_region, backend, sr_alpha=sr_alpha,
-                                     max_frames=interpolation_scale if use_interpolation else 1,
-                                     **session_options))
+        after.append(open_stage(chain, backend, lambda b, o: create_sr_stage(
+            sr_x4, sr_precision == "fp16", sr_noise, sr_region, b, sr_alpha=sr_alpha,
+            max_frames=interpolation_scale if use_interpolation else 1, **o), device_id, threads))
 
     links = link_device_stages(tha, cache, after)
     if links:

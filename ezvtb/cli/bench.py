@@ -170,6 +170,7 @@ def figures(res: dict[str, Any], fps: float, ref_ms: list[float] | None) -> dict
     runs_before = res["stats_before"]["tha"]["runs"]
     runs = {k: v - runs_before.get(k, 0) for k, v in st["tha"]["runs"].items()}
     out: dict[str, Any] = {
+        "precision": stage_precisions(st),
         "poses": len(res["call_ms"]),
         "frames_out": res["frames_out"],
         "output_fps": res["frames_out"] / total_s if total_s > 0 else math.nan,
@@ -187,6 +188,15 @@ def figures(res: dict[str, Any], fps: float, ref_ms: list[float] | None) -> dict
         out["reference"] = {"poser": "tha3 separable_float (PyTorch eager, CPU)", **ref}
         out["ratio_reference_over_ours_p50"] = ref["p50_ms"] / stages["inference"]["p50_ms"]
     return out
+
+
+def stage_precisions(stats: dict[str, Any]) -> dict[str, str]:
+    """{stage: fp32/fp16} of the precision each stage's graphs run, from `Core.stats()`."""
+    out = {"tha": stats["tha"].get("precision")}
+    for name, s in stats.items():
+        if isinstance(s, dict) and s.get("precision") and name != "tha":
+            out[name.removesuffix("Stage").lower()] = s["precision"]
+    return {k: v for k, v in out.items() if v}
 
 
 def format_table(fig: dict[str, Any]) -> str:
@@ -272,16 +282,18 @@ def run(args: argparse.Namespace) -> int:
         core.close()
     ref_ms = None
     if args.reference:
-        if kwargs["model_half"] or not kwargs["model_seperable"]:
+        half = "/fp16/" in getattr(core, "variant", "")  # the precision get_core resolved
+        if half or not kwargs["model_seperable"]:
             log.warning("--reference runs upstream's separable_float poser; the core uses %s%s",
-                        "standard" if not kwargs["model_seperable"] else "separable", " fp16" if kwargs["model_half"] else "")
+                        "standard" if not kwargs["model_seperable"] else "separable", " fp16" if half else "")
         ref_ms = run_reference(image, poses, args.warmup, args.threads, not args.no_progress)
     fig = figures(res, args.fps, ref_ms)
     fig["options"] = dict(kwargs)
     fig["trace"] = args.trace or "built-in"
     fig["machine"] = machine()
     fig["variant"] = getattr(core, "variant", "")
-    print(f"ezvtb bench: {fig['variant']} backend={kwargs['backend']}, {fig['poses']} poses "
+    print(f"ezvtb bench: {fig['variant']} backend={kwargs['backend']}, precision "
+          f"{', '.join(f'{k} {v}' for k, v in fig['precision'].items())}, {fig['poses']} poses "
           f"({fig['trace']}), warmup {args.warmup}; {fig['machine']}")
     print(format_table(fig))
     if args.json:

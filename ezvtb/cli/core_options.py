@@ -1,7 +1,8 @@
 """Command-line flags for `get_core` options, shared by `ezvtb run` and `ezvtb bench`.
 
-Defaults suit a CPU: fp32 graphs, no RIFE, no output cache, no super-resolution; each flag
-maps to one `get_core` keyword (shown in its help).
+Defaults suit a CPU: no RIFE, no output cache, no super-resolution; precision follows the backend
+as in `get_core` (fp16 on GPU backends, fp32 on the CPU) unless --half / --no-half say otherwise.
+Each flag maps to one `get_core` keyword (shown in its help).
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ def add_core_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device-id", type=int, default=0, help="device_id= (default: %(default)s)")
     g.add_argument("--model", choices=("separable", "standard"), default="separable",
                    help="model_seperable= (default: %(default)s)")
-    g.add_argument("--half", action="store_true", help="model_half=True: fp16 THA graphs (GPU backends)")
+    g.add_argument("--half", action=argparse.BooleanOptionalAction, default=None,
+                   help="model_half=: fp16 THA graphs (default: auto, fp16 on GPU backends, fp32 on the CPU)")
     g.add_argument("--weights-dir", help="weights_dir=: official THA3 weights folder (needed for standard / half)")
     g.add_argument("--threads", type=int, default=0, help="threads=: CPU threads per session (0 = auto)")
     g.add_argument("--model-cache", action=argparse.BooleanOptionalAction, default=True,
@@ -38,11 +40,16 @@ def add_core_arguments(p: argparse.ArgumentParser) -> None:
                         "so nearby poses share cached frames; default off")
     g.add_argument("--interpolation", type=int, default=1, metavar="N",
                    help="RIFE: N output frames per THA frame (2, 3, 4); 1 = off (default)")
-    g.add_argument("--interpolation-half", action="store_true", help="interpolation_half=True (GPU backends)")
+    g.add_argument("--interpolation-half", action=argparse.BooleanOptionalAction, default=None,
+                   help="interpolation_half= (default: auto, as --half)")
+    g.add_argument("--interpolation-flow-scale", type=float, default=None, metavar="F",
+                   help="interpolation_flow_scale=: RIFE flow estimated at F of the frame size (1, 0.5, 0.25; "
+                        "default: auto, 0.5 on the CPU, 1 on GPU backends)")
     g.add_argument("--rife-model", help="rife_model=: Practical-RIFE v4.25.lite flownet.pkl (needed for x3)")
     g.add_argument("--sr", choices=("off", "x2", "x4"), default="off",
                    help="super-resolution: x2 (waifu2x UpConv7) or x4 (Real-ESRGAN animevideov3); default off")
-    g.add_argument("--sr-half", action="store_true", help="sr_half=True (GPU backends)")
+    g.add_argument("--sr-half", action=argparse.BooleanOptionalAction, default=None,
+                   help="sr_half= (default: auto, as --half)")
     g.add_argument("--sr-noise", type=int, default=1, help="sr_noise= (x2 denoise level 0..3)")
     g.add_argument("--pipelined", action="store_true", help="pipelined=True: render the next frame while the "
                                                              "current one is consumed (one frame of extra latency)")
@@ -68,7 +75,7 @@ def core_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "device_id": args.device_id,
         "use_tensorrt": args.backend in ("tensorrt", "trt"),
         "model_seperable": args.model == "separable",
-        "model_half": bool(args.half),
+        "model_half": args.half,
         "model_cache": bool(args.model_cache),
         "model_cache_size": args.model_cache_size,
         "model_use_eyebrow": bool(args.eyebrow),
@@ -83,7 +90,9 @@ def core_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "pipelined", False):
         kw["pipelined"] = True
     if args.interpolation > 1:
-        kw.update(interpolation_scale=args.interpolation, interpolation_half=bool(args.interpolation_half))
+        kw.update(interpolation_scale=args.interpolation, interpolation_half=args.interpolation_half)
+        if getattr(args, "interpolation_flow_scale", None) is not None:
+            kw["interpolation_flow_scale"] = args.interpolation_flow_scale
         if args.rife_model:
             kw["rife_model"] = args.rife_model
     if kw["use_cacher"]:
@@ -93,7 +102,7 @@ def core_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "pose_quantization", None) is not None:
         kw["pose_quantization"] = args.pose_quantization
     if args.sr != "off":
-        kw.update(sr_x4=args.sr == "x4", sr_half=bool(args.sr_half), sr_noise=args.sr_noise)
+        kw.update(sr_x4=args.sr == "x4", sr_half=args.sr_half, sr_noise=args.sr_noise)
     return kw
 
 

@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, default=150, help="number of frames (default: %(default)s = 5 s at 30 fps)")
     p.add_argument("--fps", type=float, default=30.0, help="frame rate of the pose script and the video")
     p.add_argument("--model", choices=("separable", "standard"), default="separable")
-    p.add_argument("--half", action="store_true", help="fp16 graphs (GPU backends; slower on CPU)")
+    p.add_argument("--half", action=argparse.BooleanOptionalAction, default=None,
+                   help="fp16 graphs (default: auto, fp16 on GPU backends, fp32 on the CPU)")
     p.add_argument("--weights-dir", help="folder with official THA3 weights (needed for standard / half)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads per session (0 = auto)")
     p.add_argument("--background", default="#FFFFFF", help="video background colour (default: %(default)s)")
@@ -84,6 +85,8 @@ def format_latency_table(stats: dict) -> str:
     for name, s in stats["latency"].items():
         rows.append((name, s))
     lines = [f"{'stage':<22}{'runs':>7}{'mean ms':>10}{'p50 ms':>10}{'p95 ms':>10}", "-" * 59]
+    if stats["tha"].get("precision"):
+        lines.insert(0, f"THA graphs: {stats['tha']['precision']}")
     for name, s in rows:
         lines.append(f"{name:<22}{s['count']:>7}{s['mean_ms']:>10.1f}{s['p50_ms']:>10.1f}{s['p95_ms']:>10.1f}")
     return "\n".join(lines)

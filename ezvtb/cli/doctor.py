@@ -58,4 +58,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"  TensorRT engine caches: {paths.home() / 'trt'} (native), {paths.home() / 'trt_ep'} (ORT EP)")
     chain = backend_chain("auto", True)
     print("  get_core(use_tensorrt=True) tries: " + " -> ".join(b for b, _ in chain) + f" ({chain[0][1]})")
+    from ezvtb.factory import concrete_backend, resolve_precision
+    from ezvtb.stages.rife import resolve_flow_scale
+
+    for b in dict.fromkeys(concrete_backend(b) for b, _ in chain):
+        p = resolve_precision(None, b)
+        print(f"  precision on {b} (model_half/interpolation_half/sr_half=None, auto): THA {p}, RIFE {p} "
+              f"(flow at {resolve_flow_scale(None, b):g} of the frame), SR {p}")
     return 0

@@ -42,12 +42,18 @@ def tha3_graphs(variant: str = "separable", precision: str = "fp32", weights_dir
         import torch
         from tqdm import tqdm
 
+        from ezvtb.export.quiet import progress_logging, quiet_export
         from ezvtb.export.tha3 import export_stage
         from ezvtb.models.tha3.poser import ThaPoser
 
         poser = ThaPoser(variant, weights, torch.float16 if precision == "fp16" else torch.float32)
-        for s in tqdm(todo, desc=f"exporting THA3 {variant} {precision}", unit="graph", disable=not progress):
-            data = export_stage(poser, s, precision)
-            with atomic_write(files[s]) as f:
-                f.write(data)
+        with progress_logging():
+            for s in tqdm(todo, desc=f"exporting THA3 {variant} {precision}", unit="graph", disable=not progress,
+                          leave=False):
+                with quiet_export(f"THA3 {variant} {precision} {s}") as caught:
+                    data = export_stage(poser, s, precision)
+                with atomic_write(files[s]) as f:
+                    f.write(data)
+                log.info("exported THA3 %s %s %s (%.1f MB, %s) -> %s", variant, precision, s, len(data) / 1e6,
+                         caught, files[s])
     return files

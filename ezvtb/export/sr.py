@@ -19,7 +19,6 @@ from __future__ import annotations
 import importlib.metadata
 import io
 import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import numpy as np
 from ezvtb import paths
 from ezvtb.atomic import atomic_write
 from ezvtb.engines.base import GraphSpec
+from ezvtb.export.quiet import quiet_export
 from ezvtb.models.sr.spec import (
     ALPHA_MODE,
     INPUT_NAME,
@@ -121,8 +121,7 @@ def export_onnx(module, size: int) -> bytes:
 
     frame = torch.from_numpy(synthetic_frame(size))
     buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
+    with quiet_export("SR"), torch.no_grad():
         torch.onnx.export(module, (frame,), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           opset_version=OPSET, do_constant_folding=True, dynamo=False)
     model = onnx.load_from_string(buf.getvalue())
@@ -156,7 +155,7 @@ def verify_export(onnx_bytes: bytes, model: str, noise: int, precision: str, alp
     diff = np.abs(got.astype(np.int16) - ref.astype(np.int16))
     res = {"max": float(diff.max()), "mean": float(diff.mean())}
     ok = res["max"] <= FP32_MAX_LEVELS if precision == "fp32" else res["mean"] <= FP16_MEAN_LEVELS
-    log.info("SR %s noise %d %s export check vs torch: max %d, mean %.4f grey levels", model, noise, precision,
+    log.debug("SR %s noise %d %s export check vs torch: max %d, mean %.4f grey levels", model, noise, precision,
              res["max"], res["mean"])
     if not ok:
         raise ExportError(f"exported SR {model} {precision} graph differs from its PyTorch module: "

@@ -18,10 +18,24 @@ from typing import Any
 import numpy as np
 
 from ezvtb.engines.base import Session
-from ezvtb.models.rife.spec import INPUT_NAMES, OUTPUT_NAME, SCALES, VERSIONS, check_scale
+from ezvtb.models.rife.spec import INPUT_NAMES, OUTPUT_NAME, SCALES, VERSIONS, check_flow_scale, check_scale
 from ezvtb.stages.timing import Timings
 
 log = logging.getLogger("ezvtb.rife")
+
+# Flow resolution under interpolation_flow_scale=None (auto), per backend kind. CPU: measured by
+# benchmarks/bench_rife.py on real THA3 frame pairs (README, "Frame interpolation"). GPU: full
+# resolution, RIFE's own default; the GPU trade-off is not measured yet.
+CPU_FLOW_SCALE = 0.5
+GPU_FLOW_SCALE = 1.0
+
+
+def resolve_flow_scale(flow_scale: Any, backend: str) -> float:
+    """`interpolation_flow_scale` on a concrete backend: None = `CPU_FLOW_SCALE` on ``cpu``,
+    `GPU_FLOW_SCALE` elsewhere; a value is validated (one of `FLOW_SCALES`) and kept."""
+    if flow_scale is None:
+        return CPU_FLOW_SCALE if backend == "cpu" else GPU_FLOW_SCALE
+    return check_flow_scale(flow_scale)
 
 
 class RifeStage:
@@ -41,7 +55,8 @@ class RifeStage:
 
     device_output = False
 
-    def __init__(self, session: Session, version: str = "hdv3", precision: str = "fp32") -> None:
+    def __init__(self, session: Session, version: str = "hdv3", precision: str = "fp32",
+                 flow_scale: float = 1.0) -> None:
         spec = session.spec
         out = spec.outputs[0] if len(spec.outputs) == 1 else None
         if (spec.input_names != INPUT_NAMES or out is None or out.name != OUTPUT_NAME
@@ -54,6 +69,7 @@ class RifeStage:
         self.scale = check_scale(version, int(out.shape[0]))
         self.version = version
         self.precision = precision
+        self.flow_scale = float(flow_scale)
         self.frame_spec = spec.inputs[1]
         self._prev = session.alloc(self.frame_spec.shape, np.uint8)
         self._out = session.host_array(out.shape, np.uint8)
@@ -106,7 +122,7 @@ class RifeStage:
         return result
 
     def stats(self) -> dict[str, Any]:
-        return {"version": self.version, "scale": self.scale, "precision": self.precision,
+        return {"version": self.version, "scale": self.scale, "precision": self.precision, "flow_scale": self.flow_scale,
                 "device": bool(self.session.on_device), "device_output": bool(self.device_output),
                 "runs": self.runs, "repeats": self.repeats, "latency": self.timings.summary()}
 
@@ -134,18 +150,27 @@ def check_interpolation_options(interpolation_scale: Any, rife_model: Any) -> in
     return scale
 
 
-def create_rife_stage(interpolation_scale: int, half: bool, rife_model: str | os.PathLike | None = None,
-                      backend: str = "auto", **session_options: Any) -> RifeStage:
-    """Find (or export, which needs torch) the RIFE graph and open it on `backend`."""
+def create_rife_stage(interpolation_scale: int, half: bool | None = None, rife_model: str | os.PathLike | None = None,
+                      backend: str = "auto", *, flow_scale: float | None = None,
+                      **session_options: Any) -> RifeStage:
+    """Find (or export, which needs torch) the RIFE graph and open it on `backend`.
+
+    half: None = auto (fp16 on GPU backends, fp32 on the CPU; `ezvtb.factory.resolve_precision`).
+    flow_scale: resolution of the flow estimate (`FLOW_SCALES`); None = auto (`resolve_flow_scale`).
+    """
     from ezvtb.engines import create_session
     from ezvtb.export.rife import rife_graph  # imports torch only when the graph must be exported
 
+    from ezvtb.factory import concrete_backend, resolve_precision
+
     scale = check_interpolation_options(interpolation_scale, rife_model)
-    precision = "fp16" if half else "fp32"
-    graph = rife_graph(scale, precision, rife_model)
+    if flow_scale is not None:
+        check_flow_scale(flow_scale)
+    kind = concrete_backend(backend)
+    precision = resolve_precision(None if half is None else bool(half), kind)
+    flow_scale = resolve_flow_scale(flow_scale, kind)
+    graph = rife_graph(scale, precision, rife_model, flow_scale=flow_scale)
     session = create_session(graph.path, graph.spec, backend, **session_options)
-    if half and getattr(session, "backend", backend) == "cpu":
-        log.warning("interpolation_half=True on the CPU backend: fp16 RIFE is slower on CPUs; "
-                    "pass interpolation_half=False for CPU use")
-    log.info("RIFE %s x%d %s on %s", graph.version, scale, precision, getattr(session, "backend", backend))
-    return RifeStage(session, graph.version, precision)
+    log.info("RIFE %s x%d %s, flow at %g of the frame size, on %s", graph.version, scale, precision, flow_scale,
+             getattr(session, "backend", backend))
+    return RifeStage(session, graph.version, precision, flow_scale)

@@ -53,6 +53,7 @@ class SrStage:
     """
 
     device_output = False  # the last stage: always downloads
+    precision: str | None = None  # fp32 / fp16 of the graph (set by create_sr_stage), reported by stats()
 
     def __init__(self, session: Session, model: str, region: tuple[int, int] | None = None,
                  max_frames: int = MAX_FRAMES, frame_size: int = FRAME_SIZE) -> None:
@@ -116,7 +117,8 @@ class SrStage:
         return self._outs[:len(frames)]
 
     def stats(self) -> dict[str, Any]:
-        return {"model": self.model, "region": self.region, "runs": self.runs, "device": bool(self.session.on_device),
+        return {"model": self.model, "precision": self.precision, "region": self.region, "runs": self.runs,
+                "device": bool(self.session.on_device),
                 "output_shape": list(self.out_spec.shape), "latency": self.timings.summary()}
 
     def close(self) -> None:
@@ -131,6 +133,8 @@ def check_sr_options(sr_x4: Any, sr_half: Any, sr_noise: Any, sr_region: Any = N
     (``sr_x4=False``) uses it. sr_region applies to ``sr_x4=True`` only (None = `DEFAULT_REGION`).
     """
     for name, v in (("sr_x4", sr_x4), ("sr_half", sr_half)):
+        if name == "sr_half" and v is None:  # auto: resolved from the backend (create_sr_stage, get_core)
+            continue
         if not isinstance(v, (bool, np.bool_)) and not (isinstance(v, int) and v in (0, 1)):
             raise ValueError(f"{name}: expected a bool, got {v!r}")
     x4 = bool(sr_x4)
@@ -145,11 +149,11 @@ def check_sr_options(sr_x4: Any, sr_half: Any, sr_noise: Any, sr_region: Any = N
                          f"got {sr_region!r} with sr_x4=False")
     else:
         region = None
-    return {"model": model, "precision": "fp16" if bool(sr_half) else "fp32", "noise": noise,
+    return {"model": model, "precision": None if sr_half is None else "fp16" if bool(sr_half) else "fp32", "noise": noise,
             "region": region, "alpha": check_alpha(sr_alpha, "sr_alpha")}
 
 
-def create_sr_stage(sr_x4: bool = True, sr_half: bool = True, sr_noise: int = 1,
+def create_sr_stage(sr_x4: bool = True, sr_half: bool | None = None, sr_noise: int = 1,
                     sr_region: tuple[int, int] | None = None, backend: str = "auto", *,
                     sr_alpha: str = ALPHA_MODE, max_frames: int = MAX_FRAMES, **session_options: Any) -> SrStage:
     """Find (or export, which needs torch) the SR graph and open it on `backend`."""
@@ -157,10 +161,14 @@ def create_sr_stage(sr_x4: bool = True, sr_half: bool = True, sr_noise: int = 1,
     from ezvtb.export.sr import sr_graph  # imports torch only when the graph must be exported
 
     o = check_sr_options(sr_x4, sr_half, sr_noise, sr_region, sr_alpha)
+    if o["precision"] is None:  # auto: fp16 on GPU backends, fp32 on the CPU
+        from ezvtb.factory import concrete_backend, resolve_precision
+
+        o["precision"] = resolve_precision(None, concrete_backend(backend))
     graph = sr_graph(o["model"], o["noise"], o["precision"], o["alpha"])
     session = create_session(graph.path, graph.spec, backend, **session_options)
-    if o["precision"] == "fp16" and getattr(session, "backend", backend) == "cpu":
-        log.warning("sr_half=True on the CPU backend: fp16 SR is slower on CPUs; pass sr_half=False for CPU use")
     log.info("SR %s%s %s alpha=%s on %s", o["model"], "" if sr_x4 else f" noise {o['noise']}", o["precision"],
              o["alpha"], getattr(session, "backend", backend))
-    return SrStage(session, o["model"], o["region"], max_frames=max_frames)
+    stage = SrStage(session, o["model"], o["region"], max_frames=max_frames)
+    stage.precision = o["precision"]
+    return stage

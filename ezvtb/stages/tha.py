@@ -48,6 +48,8 @@ class ThaStage:
     cache_on_device: keep the LRU entries in the sessions' (device) memory; False keeps host copies.
     """
 
+    precision: str | None = None  # fp32 / fp16 of the graphs (set by get_core), reported by stats()
+
     device_output = False
 
     def __init__(self, sessions: Mapping[str, Session], use_eyebrow: bool = True,
@@ -184,7 +186,7 @@ class ThaStage:
         return editor.to_host(frame, self._host_frame)
 
     def stats(self) -> dict[str, Any]:
-        s: dict[str, Any] = {"runs": dict(self.runs), "latency": self.timings.summary(),
+        s: dict[str, Any] = {"precision": self.precision, "runs": dict(self.runs), "latency": self.timings.summary(),
                              "device": bool(self.sessions["editor"].on_device),
                              "cache_on_device": self.cache_on_device and bool(self.sessions["morpher"].on_device)}
         for name, lru in (("combiner_cache", self._combiner_lru), ("morpher_cache", self._morpher_lru)):

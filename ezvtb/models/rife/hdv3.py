@@ -70,9 +70,26 @@ class IFNetHDv3(nn.Module):
     img0, img1: [N, C, H, W] float in [0, 1], C >= 3; the first 3 channels are RGB and drive the
     flow estimation; all C channels (RGB + alpha) are warped with the final flows and blended with
     the final mask. H and W must be multiples of 32. Returns [N, C, H, W].
+
+    flow_scale (attribute, default 1): the resolution at which flow is estimated, as the ``scale``
+    of RIFE's reference inference: every block sees its inputs at 1/(block scale / flow_scale)
+    and its flow and mask are upsampled back; the warps and the final blend stay at full size.
+    0.5 estimates flow on a 4x smaller grid. H and W must then be multiples of 32 / flow_scale.
+
+    Export-time options (attributes, `ezvtb.export.rife.optimize_for_export`):
+    batch_orders: each block's two passes (frames in both orders) run as one batch of 2: the same
+        computation, in half the operator calls.
+    carry_at_block_resolution: not exact. Flow and mask stay at the resolution of the block that
+        produced them, upsampled x2 to the next block's; the frames are downscaled to each block's
+        resolution and warped there, and only the final flow is brought to full size for the
+        final warp. The reference warps at full size after every block and downscales the warped
+        frames again (same sampling, most of the full-size work removed).
     """
 
     version = "hdv3"
+    flow_scale = 1.0
+    batch_orders = False
+    carry_at_block_resolution = False
 
     def __init__(self, channels: tuple[int, ...] = (90, 90, 90), in_channels: int = 11, res_blocks: int = 4):
         super().__init__()
@@ -82,25 +99,42 @@ class IFNetHDv3(nn.Module):
         for i, c in enumerate(channels):
             self.add_module(f"block{i}", HDv3Block(in_channels, c, res_blocks))
 
+    def _both_orders(self, block: HDv3Block, w0: Tensor, w1: Tensor, mask: Tensor | None, flow: Tensor | None,
+                     scale: float) -> tuple[Tensor, Tensor]:
+        """The block on (w0, w1) and on (w1, w0); the averaged (flow, mask) residuals."""
+        x0 = torch.cat((w0, w1), 1) if mask is None else torch.cat((w0, w1, mask), 1)
+        x1 = torch.cat((w1, w0), 1) if mask is None else torch.cat((w1, w0, -mask), 1)
+        rev = None if flow is None else swap_flow(flow)
+        if self.batch_orders:
+            n = x0.shape[0]
+            f, m = block(torch.cat((x0, x1), 0), None if flow is None else torch.cat((flow, rev), 0), scale)
+            f0, f1, m0, m1 = f[:n], f[n:], m[:n], m[n:]
+        else:
+            f0, m0 = block(x0, flow, scale)
+            f1, m1 = block(x1, rev, scale)
+        return (f0 + swap_flow(f1)) * 0.5, (m0 - m1) * 0.5
+
     def forward(self, img0: Tensor, img1: Tensor) -> Tensor:
         rgb0, rgb1 = img0[:, :3], img1[:, :3]
         w0, w1 = rgb0, rgb1
         flow = mask = None
-        last = len(self.channels) - 1
-        for i, s in enumerate(HDV3_SCALES):
+        scales = [s / self.flow_scale for s in HDV3_SCALES]
+        last = len(scales) - 1
+        low = self.carry_at_block_resolution
+        for i, s in enumerate(scales):
             block = getattr(self, f"block{i}")
-            if flow is None:
-                f0, m0 = block(torch.cat((w0, w1), 1), None, s)
-                f1, m1 = block(torch.cat((w1, w0), 1), None, s)
-                flow = (f0 + swap_flow(f1)) * 0.5
-                mask = (m0 - m1) * 0.5
-            else:
-                f0, m0 = block(torch.cat((w0, w1, mask), 1), flow, s)
-                f1, m1 = block(torch.cat((w1, w0, -mask), 1), swap_flow(flow), s)
-                flow = flow + (f0 + swap_flow(f1)) * 0.5
-                mask = mask + (m0 - m1) * 0.5
-            if i < last:
+            if low:  # frames at this block's resolution; flow and mask from the previous block's
+                w0, w1 = rescale(rgb0, 1.0 / s), rescale(rgb1, 1.0 / s)
+                if flow is not None:
+                    up = scales[i - 1] / s
+                    flow, mask = rescale(flow, up) * up, rescale(mask, up)
+                    w0, w1 = warp(w0, flow[:, :2]), warp(w1, flow[:, 2:4])
+            df, dm = self._both_orders(block, w0, w1, mask, flow, 1.0 if low else s)
+            flow, mask = (df, dm) if flow is None else (flow + df, mask + dm)
+            if not low and i < last:
                 w0 = warp(rgb0, flow[:, :2])
                 w1 = warp(rgb1, flow[:, 2:4])
+        if low:
+            flow, mask = rescale(flow, scales[-1]) * scales[-1], rescale(mask, scales[-1])
         m = torch.sigmoid(mask)
         return warp(img0, flow[:, :2]) * m + warp(img1, flow[:, 2:4]) * (1 - m)

@@ -30,6 +30,14 @@ ALIGN = 128
 INPUT_NAMES = ("prev_frame", "frame")
 OUTPUT_NAME = "frames"
 
+# Per version: sizes must be multiples of this at full-resolution flow (HDv3's coarsest block
+# works at 1/4, then /4 inside; v4.25.lite's at 1/32). A flow scale f divides it by f.
+VERSION_ALIGN = {"hdv3": 32, "v4.25.lite": ALIGN}
+
+# Flow resolutions (RIFE reference inference's ``scale``): flow estimated at this fraction of the
+# frame size, then upsampled (`ezvtb.models.rife.hdv3.IFNetHDv3`). The I/O does not change.
+FLOW_SCALES = (1.0, 0.5, 0.25)
+
 # Scales each version can produce in one graph.
 VERSION_SCALES = {"hdv3": (2, 4), "v4.25.lite": (2, 3, 4)}
 
@@ -74,8 +82,18 @@ def graph_spec(scale: int, precision: str = "fp32", size: int = SIZE) -> GraphSp
     )
 
 
-def onnx_file_name(version: str, scale: int, precision: str, size: int = SIZE) -> str:
-    """File name of an exported graph, e.g. ``rife_hdv3_x2_fp32.onnx`` (size appended unless 512)."""
+def check_flow_scale(flow_scale: object, name: str = "interpolation_flow_scale") -> float:
+    """Validate a flow resolution; returns it as a float (one of `FLOW_SCALES`)."""
+    if isinstance(flow_scale, bool) or not isinstance(flow_scale, (int, float)) or float(flow_scale) not in FLOW_SCALES:
+        raise ValueError(f"{name}: expected one of {list(FLOW_SCALES)}, got {flow_scale!r}")
+    return float(flow_scale)
+
+
+def onnx_file_name(version: str, scale: int, precision: str, size: int = SIZE, flow_scale: float = 1.0) -> str:
+    """File name of an exported graph, e.g. ``rife_hdv3_x2_fp32.onnx`` (size appended unless 512,
+    ``_flow0.5`` unless the flow is estimated at full resolution)."""
     v = version.replace(".", "_")
     suffix = "" if size == SIZE else f"_{size}"
+    if float(flow_scale) != 1.0:
+        suffix += f"_flow{float(flow_scale):g}"
     return f"rife_{v}_x{scale}_{precision}{suffix}.onnx"

@@ -82,9 +82,11 @@ class IFNetV4Lite(nn.Module):
     warped with the final flows and blended with the final mask). t: a float in [0, 1] or a
     [N, 1, H, W] timestep plane. f0 / f1: `encode` of the RGB inputs, when already computed (they
     depend on one frame only, so several timesteps can share them). H, W: multiples of 128.
+    flow_scale (attribute, default 1): flow estimated at that resolution, as in `IFNetHDv3`.
     """
 
     version = "v4.25.lite"
+    flow_scale = 1.0
 
     def __init__(self, channels: tuple[int, ...] = V4_25_LITE_CHANNELS, head_channels: int = HEAD_CHANNELS,
                  res_blocks: int = 8, scales: tuple[int, ...] = V4_25_LITE_SCALES):
@@ -116,6 +118,7 @@ class IFNetV4Lite(nn.Module):
         flow = mask = feat = None
         last = len(self.channels) - 1
         for i, s in enumerate(self.scales):
+            s = s / self.flow_scale
             block = getattr(self, f"block{i}")
             if flow is None:
                 flow, mask, feat = block(torch.cat((rgb0, rgb1, f0, f1, t), 1), None, s)
