@@ -218,3 +218,41 @@ def test_no_device_reason_names_the_cuda_error_and_a_major_mismatch(monkeypatch)
         cuda.CudaMemory(0)  # what device buffers and native TensorRT hit: a clear reason, not a crash
     major_minor = cuda.driver_cuda_version()
     assert major_minor is not None and major_minor[0] >= 0, major_minor
+
+
+@pytest.mark.slow  # opens the THA3 and RIFE graphs (exported once, then cached)
+def test_a_frame_stage_that_fails_on_thas_backend_falls_back_too(monkeypatch, caplog):
+    """THA loads on the first candidate but RIFE does not (TensorRT rejecting one graph): under auto,
+    RIFE moves on down the chain instead of failing get_core. The first candidate here is the real CPU
+    provider with RIFE's opening made to fail; the second is `auto` (real CPU sessions)."""
+    import logging
+
+    import ezvtb.engines as engines
+    from ezvtb import factory
+
+    real = engines.create_session
+    tried = []
+
+    def rife_fails_on_cpu(path, spec, backend, **kw):
+        if spec.name.startswith("rife"):
+            tried.append(backend)
+            if backend == "cpu":
+                raise RuntimeError(f"{spec.name}: TensorRT's ONNX parser rejected {path}")
+        return real(path, spec, backend, **kw)
+
+    monkeypatch.setattr(engines, "create_session", rife_fails_on_cpu)
+    monkeypatch.setattr(factory, "create_session", rife_fails_on_cpu)
+    monkeypatch.setattr(factory, "backend_chain", lambda backend, use_tensorrt: [
+        ("cpu", "first candidate"), ("auto", "second candidate")] if backend == "auto" else [(backend, "requested")])
+    opts = dict(use_tensorrt=True, model_half=False, interpolation_half=False, use_interpolation=True,
+                use_cacher=False, threads=1)
+    with caplog.at_level(logging.WARNING, logger="ezvtb"):
+        core = factory.get_core(**opts)
+    try:
+        assert tried == ["cpu", "auto"], tried
+        assert core.tha.sessions["editor"].backend == "cpu" and core.after[0].session.backend == "cpu"
+        assert "backend 'cpu' (first candidate) did not load: RuntimeError: rife_x2" in caplog.text
+    finally:
+        core.close()
+    with pytest.raises(RuntimeError, match="rejected"):  # an explicit backend does not fall back
+        factory.get_core(**opts, backend="cpu")
