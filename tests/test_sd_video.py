@@ -212,3 +212,21 @@ def test_media_helpers_round_trip(tmp_path):
         load_sequence(tmp_path / "pngs", offset=10)
     with pytest.raises(ValueError, match="image_size"):
         load_sequence(tmp_path / "pngs", image_size=(0, 4))
+
+
+def test_cli_t2v_writes_a_video_and_explains_missing_weights(tmp_path, tiny_modelscope_folder, caplog):
+    from PIL import Image
+
+    from ezvtb.cli import main
+
+    out = tmp_path / "clip.gif"
+    rc = main(["t2v", "a cat", "--model", str(tiny_modelscope_folder), "--steps", "1", "--size", "32x32",
+               "--frames", "2", "--seed", "1", "--out", str(out), "--backend", "torch"])
+    assert rc == 0
+    with Image.open(out) as im:
+        assert im.n_frames == 2 and im.size == (32, 32)
+    (tmp_path / "empty").mkdir()
+    with caplog.at_level("ERROR"):
+        rc = main(["t2v", "a cat", "--model", str(tmp_path / "empty"), "--out", str(tmp_path / "x.mp4")])
+    assert rc == 2
+    assert "neither layout" in caplog.text and "Apache-2.0" in caplog.text and "CC-BY-NC" in caplog.text
