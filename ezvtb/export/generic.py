@@ -217,10 +217,15 @@ def export_module(module: Any, spec: GraphSpec, *, name: str, precision: str = "
             tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=path.parent))
             try:
                 raw = tmp / "graph.onnx"
-                _run_exporter(wrapper, args, raw, spec, opset, name)
+                weights: dict[str, Any] = {}
+                _run_exporter(wrapper, args, raw, spec, opset, name, weights)
                 bar.update()
-                del wrapper  # the fp16 copy, if any, is no longer needed
-                _finalise(raw, path, spec, key, name, external_data)
+                del wrapper  # `weights` keeps what the graph needs (the fp16 copy, folded constants)
+                if weights:
+                    _finalise_captured(raw, path, spec, key, name, external_data, weights)
+                else:
+                    _finalise(raw, path, spec, key, name, external_data)
+                weights.clear()
                 bar.update()
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -326,12 +331,44 @@ def _no_function_reparse() -> Iterator[None]:
         utils._add_onnxscript_fn = original
 
 
-def _run_exporter(wrapper: Any, args: tuple, raw: Path, spec: GraphSpec, opset: int, name: str) -> None:
+@contextlib.contextmanager
+def _capture_initializers(store: dict[str, Any]) -> Iterator[None]:
+    """Keep the weights out of the TorchScript exporter's in-memory ModelProto.
+
+    The exporter builds the whole ModelProto with a copy of every weight, serialises it (a second
+    copy) and hands Python the bytes (a third): 3x the weights on top of the module. Its last pass
+    over the initializers (``_jit_pass_onnx_deduplicate_initializers``, which returns the final
+    name -> tensor map after constant folding) is wrapped: the map goes to `store` and the
+    exporter receives an empty one, so the weights stay graph inputs of a small graph and
+    `_finalise` writes them from the tensors themselves (no copy). If the hook point is missing
+    (another torch), the exporter runs as it is and `_finalise` takes its weights from the file.
+    """
+    from torch import _C
+
+    original = getattr(_C, "_jit_pass_onnx_deduplicate_initializers", None)
+    if original is None:  # pragma: no cover - other torch versions
+        yield
+        return
+
+    def capture(graph: Any, params_dict: Any, is_train: Any) -> Any:
+        store.update(original(graph, params_dict, is_train))
+        return {}
+
+    _C._jit_pass_onnx_deduplicate_initializers = capture
+    try:
+        yield
+    finally:
+        _C._jit_pass_onnx_deduplicate_initializers = original
+
+
+def _run_exporter(wrapper: Any, args: tuple, raw: Path, spec: GraphSpec, opset: int, name: str,
+                  weights: dict[str, Any]) -> None:
     import warnings
 
     import torch
 
-    with warnings.catch_warnings(record=True) as caught, torch.no_grad(), _no_function_reparse():
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad(), _no_function_reparse(), \
+            _capture_initializers(weights):
         warnings.simplefilter("always")
         try:
             torch.onnx.export(wrapper, args, str(raw), input_names=list(spec.input_names),
@@ -347,6 +384,106 @@ def _run_exporter(wrapper: Any, args: tuple, raw: Path, spec: GraphSpec, opset: 
         if msg not in seen:
             seen.add(msg)
             logging.getLogger("ezvtb.export.warnings").debug("%s: %s: %s", name, w.category.__name__, msg)
+
+
+_ONNX_DTYPES = {"float32": 1, "uint8": 2, "int8": 3, "int16": 5, "int32": 6, "int64": 7, "bool": 9,
+                "float16": 10, "float64": 11, "bfloat16": 16}
+
+
+def _tensor_bytes(t: Any) -> tuple[int, memoryview]:
+    """(ONNX data type, the tensor's little-endian bytes without a copy when it is a contiguous CPU tensor)."""
+    import torch
+
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    t = t.contiguous()
+    dtype = str(t.dtype).removeprefix("torch.")
+    if dtype not in _ONNX_DTYPES:
+        raise ExportError(f"initializer of dtype {t.dtype} is not supported")
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    elif t.dtype == torch.bool:
+        t = t.view(torch.uint8)
+    return _ONNX_DTYPES[dtype], memoryview(t.numpy()).cast("B")
+
+
+def _finalise_captured(raw: Path, path: Path, spec: GraphSpec, key: str, name: str, external_data: bool | None,
+                       weights: dict[str, Any]) -> None:
+    """Write the graph (exported without its weights, which are graph inputs) with the captured
+    tensors as initializers, streamed from the tensors' memory: one external file, or inline."""
+    import onnx
+    from onnx import TensorProto
+
+    model = onnx.load(str(raw), load_external_data=False)  # small: no weights inside
+    _set_static_io(model, spec, name)
+    order = [i.name for i in model.graph.input if i.name in weights]
+    kept = [i for i in model.graph.input if i.name not in weights]
+    if [i.name for i in kept] != list(spec.input_names):
+        raise ExportError(f"{name}: exported graph inputs {[i.name for i in kept]} do not match the spec "
+                          f"{list(spec.input_names)}")
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    size = sum(_tensor_bytes(weights[n])[1].nbytes for n in order)
+    if external_data is None:
+        external_data = size > EXTERNAL_DATA_BYTES
+    marker = path.with_suffix(".external")
+    headers = []
+    for n in order:
+        t = weights[n]
+        h = TensorProto(name=n, dims=list(t.shape), data_type=_tensor_bytes(t)[0])
+        headers.append(h)
+    if external_data:
+        data_name = external_data_name(name, key)
+        offset = 0
+        with atomic_write(path.parent / data_name) as data:
+            for n, h in zip(order, headers):
+                blob = _tensor_bytes(weights[n])[1]
+                if blob.nbytes < 1024:
+                    h.raw_data = blob.tobytes()
+                else:
+                    pad = (-offset) % EXTERNAL_DATA_ALIGN
+                    if pad:
+                        data.write(b"\0" * pad)
+                        offset += pad
+                    data.write(blob)
+                    for k, v in (("location", data_name), ("offset", str(offset)), ("length", str(blob.nbytes))):
+                        e = h.external_data.add()
+                        e.key, e.value = k, v
+                    h.data_location = TensorProto.EXTERNAL
+                    offset += blob.nbytes
+        model.graph.initializer.extend(headers)
+        with atomic_write(marker, "w") as m:
+            m.write(data_name + "\n")
+        with atomic_write(path) as out:
+            out.write(model.SerializeToString())
+        log.debug("%s: %.1f MB of weights in %s", name, size / 1e6, data_name)
+        return
+    if size > 2**31 - 2**24:
+        raise ValueError(f"external_data=False: graph {name!r} holds {size / 2**30:.2f} GiB of weights, over "
+                         "protobuf's 2 GiB limit; use external_data=None or True")
+    if marker.exists():
+        marker.unlink()
+    # inline: stream the ModelProto; each initializer = its header fields + raw_data (field 9) from memory
+    graph = model.graph
+    model.ClearField("graph")
+    graph_bytes = graph.SerializeToString()
+    raw_key = _encode_varint(9 << 3 | 2)
+    parts = []
+    for n, h in zip(order, headers):
+        nbytes = _tensor_bytes(weights[n])[1].nbytes
+        head = h.SerializeToString() + raw_key + _encode_varint(nbytes)
+        parts.append((n, head, len(head) + nbytes))
+    graph_len = len(graph_bytes) + sum(len(_encode_varint(_GRAPH_INITIALIZER << 3 | 2)) + len(_encode_varint(m)) + m
+                                       for _, _, m in parts)
+    with atomic_write(path) as out:
+        out.write(model.SerializeToString())
+        out.write(_encode_varint(_MODEL_GRAPH << 3 | 2) + _encode_varint(graph_len))
+        out.write(graph_bytes)
+        for n, head, m in parts:
+            out.write(_encode_varint(_GRAPH_INITIALIZER << 3 | 2) + _encode_varint(m) + head)
+            out.write(_tensor_bytes(weights[n])[1])
+    log.debug("%s: %.1f MB graph with inline weights (streamed)", name, size / 1e6)
 
 
 def _finalise(raw: Path, path: Path, spec: GraphSpec, key: str, name: str, external_data: bool | None) -> None:
