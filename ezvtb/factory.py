@@ -281,7 +281,7 @@ def get_core(
     if use_cacher:  # checked before any export; an LMDB path is opened once to check it
         from ezvtb.cache import probe_cacher_options
 
-        probe_cacher_options(cacher_quality, cacher_ram_size, cacher_on_database, cacher_db_path)
+        probed_store = probe_cacher_options(cacher_quality, cacher_ram_size, cacher_on_database, cacher_db_path)
     elif cacher_on_database or cacher_db_path is not None:
         raise ValueError("cacher_on_database / cacher_db_path: given with use_cacher=False; pass use_cacher=True")
     pipelined = _check_bool("pipelined", pipelined)
@@ -347,7 +347,8 @@ def get_core(
     if use_cacher:
         from ezvtb.cache import create_output_cache
 
-        cache = create_output_cache(cacher_quality, cacher_ram_size, cacher_on_database, cacher_db_path)
+        cache = create_output_cache(cacher_quality, cacher_ram_size, cacher_on_database, cacher_db_path,
+                                    store=probed_store)
 
     # --- frame stages after THA: RIFE (issue 4), then super-resolution (issue 4) ------------
     after = []
