@@ -48,7 +48,7 @@ def randomise_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
 def tiny_hyper(sv4d2: bool = False) -> SV4DHyper:
     return SV4DHyper(in_channels=8, out_channels=4, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
                      attention_levels=(True, True), transformer_depth=(1, 1), transformer_depth_middle=1,
-                     context_dim=32, adm_in_channels=128 if sv4d2 else 96, motion_context_dim=4,
+                     context_dim=32, adm_in_channels=128 if sv4d2 else 1280, motion_context_dim=4,
                      camera_embedding=sv4d2, separate_motion_mixer=sv4d2, use_3d_attention=sv4d2,
                      num_head_channels=16)
 
@@ -122,11 +122,12 @@ def test_strict_load_errors_name_the_keys():
     with pytest.raises(ValueError, match="motion_blocks"):
         build_sv4d_unet(no_motion, num_head_channels=16)
     model = build_sv4d_unet(sd, num_head_channels=16)
-    x, ts, ctx, y, cv = tiny_inputs(96)
+    x, ts, ctx, y, cv = tiny_inputs(1280)
     with pytest.raises(ValueError, match="rows"):
         model(x[:-1], ts[:-1], ctx, y[:-1], cv)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sv4d2", [False, True])
 def test_exported_graph_matches_torch(sv4d2, tmp_path, monkeypatch):
     monkeypatch.setenv("EZVTB_HOME", str(tmp_path))

@@ -1,0 +1,444 @@
+"""SV4D: a video of an object -> the same motion seen from V+1 views, on the shared EDM / guidance pieces.
+
+The flow of upstream's `simple_video_sample_4d.py` (Stability-AI/generative-models; our own code):
+
+1. SV3D (u or p) orbits the first video frame (21 views, last = the input view); the orbit is rolled so the input
+   view comes first and views [0, 2, 5, 7, 9, 12, 14, 16, 19] are kept (view 0 = the input video).
+2. Anchor frames: one SV4D call at frames T-1, 2(T-1), ... (T = 5: 4, 8, 12, 16, 20) for the V = 8 novel views,
+   conditioned on those input frames (`cond_motion`: CLIP context and the concat latents) and on the frame-0 views
+   (`cond_view`, the motion-attention context).
+3. Dense frames: per window of T frames starting at t0 = 0, T-1, ... the window's latents are denoised step by
+   step, alternating two conditionings: backward at even steps (frames in reverse order, views of the window's
+   last, anchor frame) and forward at odd steps (frames in order, views of the window's first frame). The whole
+   window is then decoded (also replacing its first and last frames).
+
+Each UNet call is one Euler step of the EDM ODE with v-prediction (`ezvtb.diffusion.schedulers.edm_sigmas`,
+`v_scalings`), classifier-free guidance per row (`ezvtb.diffusion.guidance.apply_guidance`) with upstream's
+`SpatiotemporalPredictionGuider` scales (SV4D: 1.0 -> 2.0). The unconditional branch zeroes the CLIP context, the
+concat latents, the view latents and - as upstream's conditioner does for the cond-frames embedder's second output
+- the 256-wide noise-level part of the ADM vector.
+
+`SV4DModel` is a `VideoModel` whose UNet stage is `SV4DUNet` (an exported graph per (T, V) on non-torch backends,
+one stage open at a time).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ezvtb.diffusion.guidance import apply_guidance
+from ezvtb.diffusion.schedulers import edm_sigmas, v_scalings
+from ezvtb.models.sgm_video import spec as specs
+from ezvtb.models.sgm_video.checkpoint import UNET_PREFIX, VARIANTS, read_shapes
+from ezvtb.models.sgm_video.clip_vision import ImageEmbedder, build_clip_vision
+from ezvtb.models.sgm_video.sv4d_unet import SV4DUNet, build_sv4d_unet, sv4d_unet_spec
+from ezvtb.models.sgm_video.vae import VAEDecode, VAEEncodeMode, build_vae
+from ezvtb.novel_view.model import VideoModel, _Stage
+
+log = logging.getLogger("ezvtb.novel_view")
+
+CLIP_PREFIX = "conditioner.embedders.0.open_clip.model."
+ENCODER_EMBEDDERS = {"cond_frames": 1, "cond_view": 4, "cond_motion": 5}  # conditioner positions (sv4d*.yaml)
+SV3D_SUBSAMPLED_VIEWS = (0, 2, 5, 7, 9, 12, 14, 16, 19)  # of the 21 rolled SV3D views; 0 = input view
+
+
+@dataclass(frozen=True)
+class SV4DSettings:
+    """Sampling defaults of upstream's SV4D scripts."""
+
+    frames_per_sample: int  # T
+    views_per_sample: int  # V
+    num_steps: int
+    guider: str  # "spatiotemporal" | "linear"
+    max_scale: float
+    min_scale: float
+    sigma_min: float = 0.002
+    sigma_max: float = 700.0
+    rho: float = 7.0
+
+
+SETTINGS = {
+    "sv4d": SV4DSettings(5, 8, 20, "spatiotemporal", 2.0, 1.0),
+    # simple_video_sample_4d2.py: LinearPredictionGuider with cfg 2.0 (its min_cfg is not passed on: min 1.0)
+    "sv4d2": SV4DSettings(12, 4, 50, "linear", 2.0, 1.0),
+}
+
+
+def spatiotemporal_scales(num_frames: int, num_views: int, max_scale: float, min_scale: float = 1.0) -> torch.Tensor:
+    """upstream `SpatiotemporalPredictionGuider`: scale[t, v] = min + (max - min) * (t/(T-1) / 2 + tri(v/(V-1)) / 2)
+    with tri the period-1 triangle wave (0 at both ends); flattened (t, v), shape (T*V,)."""
+    for name, n in (("num_frames", num_frames), ("num_views", num_views)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{name}: expected an int >= 1, got {n!r}")
+    t = torch.linspace(0, 1, num_frames, dtype=torch.float64)[:, None] * 0.5
+    r = torch.linspace(0, 1, num_views, dtype=torch.float64)
+    v = (2 * (r - torch.floor(r + 0.5)).abs())[None, :] * 0.5
+    return ((t + v).flatten() * (max_scale - min_scale) + min_scale).float()
+
+
+def guidance_for(settings: SV4DSettings, num_frames: int, num_views: int) -> torch.Tensor:
+    if settings.guider == "spatiotemporal":
+        return spatiotemporal_scales(num_frames, num_views, settings.max_scale, settings.min_scale)
+    return torch.linspace(settings.min_scale, settings.max_scale, num_frames * num_views, dtype=torch.float32)
+
+
+# ---- the checkpoint ------------------------------------------------------------------------------------------
+@dataclass
+class SV4DParts:
+    unet: dict
+    clip_visual: dict
+    encoders: dict  # conditioner position -> (encoder tensors, quant_conv tensors)
+    decoder: dict
+    variant: str
+
+
+def split_sv4d_state_dict(sd: dict, variant: str = "sv4d") -> SV4DParts:
+    """Group an official SV4D checkpoint's tensors by part; raise on any tensor no part claims."""
+    parts = SV4DParts({}, {}, {i: ({}, {}) for i in ENCODER_EMBEDDERS.values()}, {}, variant)
+    unknown = []
+    for k, v in sd.items():
+        if k.startswith(UNET_PREFIX):
+            parts.unet[k[len(UNET_PREFIX):]] = v
+        elif k.startswith(CLIP_PREFIX + "visual."):
+            parts.clip_visual[k[len(CLIP_PREFIX) + 7:]] = v
+        elif k.startswith(CLIP_PREFIX):
+            pass  # OpenCLIP text-tower leftovers
+        elif k.startswith("conditioner.embedders."):
+            i_str, _, rest = k[len("conditioner.embedders."):].partition(".")
+            i = int(i_str) if i_str.isdigit() else -1
+            if i in parts.encoders and rest.startswith("encoder.encoder."):
+                parts.encoders[i][0][rest[len("encoder.encoder."):]] = v
+            elif i in parts.encoders and rest.startswith("encoder.quant_conv."):
+                parts.encoders[i][1][rest[len("encoder.quant_conv."):]] = v
+            elif i in parts.encoders and rest.startswith(("encoder.decoder.", "encoder.post_quant_conv.")):
+                pass  # the embedders' unused decoder halves
+            else:
+                unknown.append(k)
+        elif k.startswith("first_stage_model.decoder."):
+            parts.decoder[k[len("first_stage_model.decoder."):]] = v
+        elif k.startswith("first_stage_model.encoder.") or k in ("denoiser.sigmas", "denoiser.log_sigmas") \
+                or k.startswith("model_ema."):
+            pass
+        else:
+            unknown.append(k)
+    if unknown:
+        raise ValueError(f"checkpoint: {len(unknown)} tensors belong to no SV4D part: {unknown[:5]}")
+    if not any(".motion_blocks." in k for k in parts.unet):
+        raise ValueError("checkpoint: not an SV4D checkpoint (its UNet has no motion_blocks)")
+    for name, d in (("UNet", parts.unet), ("CLIP image tower", parts.clip_visual), ("VAE decoder", parts.decoder)):
+        if not d:
+            raise ValueError(f"checkpoint: the {name} tensors are missing (expected a full {variant} checkpoint)")
+    for key, i in ENCODER_EMBEDDERS.items():
+        if not parts.encoders[i][0] or not parts.encoders[i][1]:
+            raise ValueError(f"checkpoint: the {key} VAE encoder (conditioner.embedders.{i}) is missing")
+    return parts
+
+
+def load_sv4d_checkpoint(path: str | os.PathLike, name: str | None = None) -> SV4DParts:
+    """Read an official SV4D `.safetensors` (or weights-only `.ckpt`) and split it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path: no checkpoint at {path} (download the official sv4d.safetensors)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        if not any(".motion_blocks." in k for k in read_shapes(path) if k.startswith(UNET_PREFIX)):
+            raise ValueError(f"ckpt_path: {path} is not an SV4D checkpoint (no motion_blocks in its UNet)")
+        sd = load_file(str(path))
+    else:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        sd = sd.get("state_dict", sd)
+    parts = split_sv4d_state_dict(sd, name or "sv4d")
+    if name is None and any(k.endswith("time_mixer_motion.mix_factor") for k in parts.unet):
+        parts.variant = "sv4d2"
+    return parts
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
+
+
+class SV4DModel(VideoModel):
+    """An SV4D checkpoint as stages: unet (`SV4DUNet`), clip, encoder (cond frames), view_encoder, decoder.
+
+    Same stage discipline and backends as `VideoModel`; `num_frames` is T*V rows per UNet call.
+    """
+
+    def __init__(self, parts: SV4DParts, variant: str | None = None, *, num_steps: int | None = None,
+                 backend: str = "torch", device: str = "cpu", num_head_channels: int = 64,
+                 clip_head_width: int | None = None, use_3d_attention: bool | None = None,
+                 frames_per_sample: int | None = None, views_per_sample: int | None = None,
+                 **session_options: Any) -> None:
+        nn.Module.__init__(self)
+        variant = variant or parts.variant
+        if variant not in SETTINGS:
+            raise ValueError(f"variant: expected one of {sorted(SETTINGS)}, got {variant!r}")
+        self.variant = VARIANTS[variant]
+        s = SETTINGS[variant]
+        self.settings = s
+        self.frames_per_sample = int(frames_per_sample or s.frames_per_sample)
+        self.views_per_sample = int(views_per_sample or s.views_per_sample)
+        self.num_frames = self.frames_per_sample * self.views_per_sample
+        self.num_steps = int(num_steps or s.num_steps)
+        self.backend = backend
+        self.device_name = device
+        self.session_options = session_options
+        self.model: SV4DUNet = build_sv4d_unet(parts.unet, num_head_channels, use_3d_attention)
+        enc, quant = parts.encoders[ENCODER_EMBEDDERS["cond_frames"]]
+        vae = build_vae(enc, quant, parts.decoder)
+        venc, vquant = parts.encoders[ENCODER_EMBEDDERS["cond_view"]]
+        view_vae = vae if _same(enc, venc) and _same(quant, vquant) else build_vae(venc, vquant, parts.decoder)
+        tower = build_clip_vision(parts.clip_visual, clip_head_width)
+        self.conditioner = nn.ModuleDict({"image_embedder": ImageEmbedder(tower, resize=False),
+                                          "cond_encoder": VAEEncodeMode(vae),
+                                          "view_encoder": VAEEncodeMode(view_vae)})
+        self.first_stage_model = VAEDecode(vae)
+        self.embed_dim = tower.config.projection_dim
+        self.clip_size = tower.config.image_size
+        self.temporal_decoder = self.first_stage_model.temporal
+        self.eval()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, name: str | None = None, **kw: Any) -> "SV4DModel":
+        parts = load_sv4d_checkpoint(path, name)
+        return cls(parts, name or parts.variant, **kw)
+
+    def _stage(self, which: str) -> _Stage:
+        v = self.variant.name
+        if which == "unet":
+            return _Stage(self.model, lambda s: sv4d_unet_spec(f"{v}-unet", s, self.model.hp.out_channels))
+        if which == "view_encoder":
+            return _Stage(self.conditioner["view_encoder"],
+                          lambda s: specs.vae_encode_spec(f"{v}-vae-encode-view", s))
+        return super()._stage(which)
+
+    def encode_view(self, images: torch.Tensor) -> torch.Tensor:
+        """(V, 3, H, W) in [-1, 1] -> (V, 4, H/8, W/8) posterior mode (scale 1.0), the `cond_view` embedder."""
+        with self.stage("view_encoder") as enc:
+            return enc(images.float())
+
+
+# ---- conditioning and one Euler step --------------------------------------------------------------------------
+@dataclass
+class SV4DConditioning:
+    """UNet conditioning of one T x V grid: concat (T*V,4,h,w), context (1,T,D), vector (T*V,A), cond_view (V,4,h,w)."""
+
+    concat: torch.Tensor
+    context: torch.Tensor
+    vector: torch.Tensor
+    cond_view: torch.Tensor
+
+
+def _sinusoid(values, dim: int) -> torch.Tensor:
+    from diffusers.models.embeddings import get_timestep_embedding
+
+    v = torch.as_tensor(np.asarray(values, dtype=np.float64), dtype=torch.float32).reshape(-1)
+    return get_timestep_embedding(v, dim, flip_sin_to_cos=True, downscale_freq_shift=0)
+
+
+def _check_images(name: str, x: Any, n: int | None = None) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3 or x.numel() == 0:
+        raise ValueError(f"{name}: expected a non-empty (N, 3, H, W) tensor in [-1, 1]")
+    if n is not None and x.shape[0] != n:
+        raise ValueError(f"{name}: expected {n} images, got {x.shape[0]}")
+    if x.shape[-1] % 64 or x.shape[-2] % 64:
+        raise ValueError(f"{name}: H and W must be multiples of 64, got {tuple(x.shape[-2:])}")
+
+
+def sv4d_conditioning(model: SV4DModel, cond_motion: torch.Tensor, cond_view: torch.Tensor, polar_rad,
+                      azimuth_rad, cond_mv: bool = True) -> tuple[SV4DConditioning, SV4DConditioning]:
+    """(cond, uncond) for T input-view frames `cond_motion` (T, 3, H, W) and V views `cond_view` (V, 3, H, W) of
+    the anchor time; `polar_rad` / `azimuth_rad`: T*V values in (t, v) order. `cond_mv=False` zeroes the view
+    latents in both branches (upstream's image_only_indicator 0)."""
+    _check_images("cond_motion", cond_motion)
+    T = cond_motion.shape[0]
+    _check_images("cond_view", cond_view)
+    V = cond_view.shape[0]
+    if cond_view.shape[-2:] != cond_motion.shape[-2:]:
+        raise ValueError(f"cond_view: size {tuple(cond_view.shape[-2:])} differs from cond_motion's "
+                         f"{tuple(cond_motion.shape[-2:])}")
+    for name, vals in (("polar_rad", polar_rad), ("azimuth_rad", azimuth_rad)):
+        if np.asarray(vals).size != T * V:
+            raise ValueError(f"{name}: expected {T * V} values (T={T} frames x V={V} views), "
+                             f"got {np.asarray(vals).size}")
+    adm = model.model.hp.adm_in_channels
+    if adm != 256 + 512 + 512:
+        raise ValueError(f"model: SV4D's ADM vector is 1280 wide (noise level 256 + polar 512 + azimuth 512), "
+                         f"this UNet takes {adm}")
+    ctx = model.embed_image(cond_motion)[None]  # (1, T, D)
+    lat = model.encode_cond(cond_motion)  # (T, 4, h, w); upstream encodes each frame V times (deterministic)
+    concat = lat[:, None].expand(T, V, *lat.shape[1:]).reshape(T * V, *lat.shape[1:]).contiguous()
+    view = model.encode_view(cond_view) if cond_mv else None
+    if view is None:
+        view = torch.zeros(V, *lat.shape[1:])
+    aug = _sinusoid(np.zeros(T * V), 256)  # the cond-frames embedder's noise level (ZeroSampler: sigma 0)
+    geo = torch.cat([_sinusoid(polar_rad, 512), _sinusoid(azimuth_rad, 512)], 1)
+    cond = SV4DConditioning(concat, ctx, torch.cat([aug, geo], 1), view)
+    uncond = SV4DConditioning(torch.zeros_like(concat), torch.zeros_like(ctx),
+                              torch.cat([torch.zeros_like(aug), geo], 1), torch.zeros_like(view))
+    return cond, uncond
+
+
+def euler_step(unet, x: torch.Tensor, sigma: float, sigma_next: float, cond: SV4DConditioning,
+               uncond: SV4DConditioning, scales: torch.Tensor) -> torch.Tensor:
+    """One EDM Euler step (s_churn 0) of the T*V latents `x` with guided v-prediction denoising."""
+    c_skip, c_out, c_in, c_noise = (float(c) for c in v_scalings(sigma))
+    x2 = torch.cat([x, x])
+    inp = torch.cat([x2 * c_in, torch.cat([uncond.concat, cond.concat])], 1)
+    out = unet(inp, torch.full((inp.shape[0],), c_noise), torch.cat([uncond.context, cond.context]),
+               torch.cat([uncond.vector, cond.vector]), torch.cat([uncond.cond_view, cond.cond_view]))
+    denoised = out * c_out + x2 * c_skip
+    d_u, d_c = denoised.chunk(2)
+    denoised = apply_guidance(d_u, d_c, scales, frame_axis=0)
+    return x + (sigma_next - sigma) * (x - denoised) / sigma
+
+
+def sample_grid(model: SV4DModel, cond: SV4DConditioning, uncond: SV4DConditioning, noise: torch.Tensor,
+                num_steps: int | None = None, progress: bool = True) -> torch.Tensor:
+    """The full Euler loop for one T x V grid (upstream's `do_sample` with SV4D inputs): latents (T*V, 4, h, w)."""
+    from tqdm import tqdm
+
+    n = int(num_steps or model.num_steps)
+    s = model.settings
+    sigmas = [float(v) for v in edm_sigmas(n, s.sigma_min, s.sigma_max, s.rho)]
+    T, V = cond.context.shape[1], cond.cond_view.shape[0]
+    scales = guidance_for(s, T, V)
+    x = noise.float() * math.sqrt(1.0 + sigmas[0] ** 2)
+    with model.stage("unet") as unet:
+        for i in tqdm(range(n), desc="sv4d anchor", unit="step", disable=not progress, leave=False):
+            x = euler_step(unet, x, sigmas[i], sigmas[i + 1], cond, uncond, scales)
+    return x
+
+
+# ---- the whole flow ----------------------------------------------------------------------------------------------
+def _to_unit(images: torch.Tensor) -> torch.Tensor:
+    return torch.clamp((images + 1.0) / 2.0, 0.0, 1.0)
+
+
+def sv4d_novel_views(sv4d: SV4DModel, frames: torch.Tensor, *, sv3d=None, views_t0: torch.Tensor | None = None,
+                     elevation_deg=10.0, azimuths_deg=None, num_steps: int | None = None,
+                     sv3d_steps: int | None = None, seed: int = 23, decoding_t: int | None = 4,
+                     subsampled_views: Sequence[int] = SV3D_SUBSAMPLED_VIEWS, progress: bool = True) -> torch.Tensor:
+    """SV4D: `frames` (F, 3, H, W) in [-1, 1] (the preprocessed input video, view 0) -> (F, V+1, 3, H, W) in
+    [0, 1]: every frame from the input view and the V novel views.
+
+    The frame-0 orbit comes from `sv3d` (an SV3D `VideoModel`; its frame count is the orbit length, 21 upstream)
+    or is given as `views_t0` (orbit frames in [-1, 1], input view LAST, as SV3D returns them). F must be
+    1 + T*(T-1) (21 with T = 5: the T anchor frames are every T-1 frames). Deterministic for a `seed` (SV3D's noise is seeded with it as well).
+    """
+    from tqdm import tqdm
+
+    from ezvtb.novel_view.helpers import orbit_cameras, sv3d_orbit
+
+    T, V = sv4d.frames_per_sample, sv4d.views_per_sample
+    _check_images("frames", frames)
+    n_frames = frames.shape[0]
+    if n_frames != 1 + T * (T - 1):
+        raise ValueError(f"frames: expected {1 + T * (T - 1)} frames (1 + T*(T-1): T anchor frames every T-1; "
+                         f"21 for SV4D), got {n_frames}")
+    sub = np.asarray(subsampled_views, dtype=np.int64)
+    if sub.size != V + 1:
+        raise ValueError(f"subsampled_views: expected {V + 1} orbit indices (input view + {V}), got {sub.size}")
+    if views_t0 is None:
+        if sv3d is None:
+            raise ValueError("sv3d: give an SV3D model (or the frame-0 orbit as views_t0)")
+        orbit = sv3d_orbit(sv3d, frames[:1], elevation_deg=elevation_deg, azimuths_deg=azimuths_deg,
+                           num_steps=sv3d_steps or num_steps or sv4d.num_steps, seed=seed, decoding_t=decoding_t,
+                           progress=progress) * 2 - 1
+    else:
+        _check_images("views_t0", views_t0)
+        orbit = views_t0.float()
+    n_orbit = orbit.shape[0]
+    if sub.max() >= n_orbit or sub.min() < 0:
+        raise ValueError(f"subsampled_views: indices must lie in [0, {n_orbit}) (the orbit length)")
+    polars, azimuths = (np.asarray(a) for a in orbit_cameras(n_orbit, elevation_deg, azimuths_deg))
+    orbit = torch.roll(orbit, 1, 0)  # the input view first
+
+    n_views = V + 1
+    grid: list[list[torch.Tensor | None]] = [[None] * n_views for _ in range(n_frames)]
+    for i, v in enumerate(sub):
+        grid[0][i] = orbit[v:v + 1]
+    for t in range(n_frames):
+        grid[t][0] = frames[t:t + 1].float()
+    view_idx = list(range(1, n_views))
+    polar_tv = np.tile(polars[sub[1:]], T)
+    azim_tv = (np.tile(azimuths[sub[1:]], T) - azimuths[0]) % (2 * np.pi)
+    g = torch.Generator().manual_seed(seed)
+    H, W = frames.shape[-2:]
+    lat_shape = (4, H // 8, W // 8)
+
+    def cat(ts):
+        return torch.cat(list(ts), 0)
+
+    # anchor frames
+    anchors = list(range(T - 1, n_frames, T - 1))
+    cond, uncond = sv4d_conditioning(sv4d, cat(grid[t][0] for t in anchors), cat(grid[0][v] for v in view_idx),
+                                     polar_tv, azim_tv)
+    z = sample_grid(sv4d, cond, uncond, torch.randn((T * V, *lat_shape), generator=g), num_steps, progress)
+    imgs = sv4d.decode(z, decoding_t).reshape(T, V, 3, H, W)
+    for i, t in enumerate(anchors):
+        for j, v in enumerate(view_idx):
+            if grid[t][v] is None:
+                grid[t][v] = _to_unit(imgs[i, j][None]) * 2 - 1
+
+    # dense frames, alternating backward / forward conditioning per step
+    n = int(num_steps or sv4d.num_steps)
+    s = sv4d.settings
+    sigmas = [float(v) for v in edm_sigmas(n, s.sigma_min, s.sigma_max, s.rho)]
+    scales = guidance_for(s, T, V)
+    for t0 in tqdm(range(0, n_frames - 1, T - 1), desc="sv4d dense", unit="window", disable=not progress):
+        window = list(range(t0, t0 + T))
+        latents = torch.randn((n_frames, n_views, *lat_shape), generator=g)
+        inputs = {}
+        for direction, order in (("forward", window), ("backward", window[::-1])):
+            inputs[direction] = (order, *sv4d_conditioning(sv4d, cat(grid[t][0] for t in order),
+                                                           cat(grid[order[0]][v] for v in view_idx),
+                                                           polar_tv, azim_tv))
+        with sv4d.stage("unet") as unet:
+            for step in range(n):
+                order, c, uc = inputs["forward" if step % 2 == 1 else "backward"]
+                x = latents[order][:, view_idx].flatten(0, 1)
+                if step == 0:
+                    x = x * math.sqrt(1.0 + sigmas[0] ** 2)
+                x = euler_step(unet, x, sigmas[step], sigmas[step + 1], c, uc, scales).reshape(T, V, *lat_shape)
+                for i, t in enumerate(order):
+                    latents[t, view_idx] = x[i]
+        z = latents[window][:, view_idx].flatten(0, 1)
+        imgs = sv4d.decode(z, decoding_t).reshape(T, V, 3, H, W)
+        for i, t in enumerate(window):
+            for j, v in enumerate(view_idx):
+                grid[t][v] = _to_unit(imgs[i, j][None]) * 2 - 1
+    return _to_unit(torch.stack([torch.cat(row, 0) for row in grid]))
+
+
+def write_novel_view_videos(out_dir: str | os.PathLike, views: torch.Tensor, base_count: int = 0,
+                            fps: float = 10.0) -> list[Path]:
+    """Upstream's outputs from (F, V+1, 3, H, W) in [0, 1]: `{base:06d}_t000.mp4` (all views at frame 0), one
+    `{base:06d}_v{v:03d}.mp4` per novel view, and `{base:06d}_diag.mp4` (the view advancing with time)."""
+    from ezvtb.novel_view.video_io import tensor_to_uint8, write_mp4
+
+    if not isinstance(views, torch.Tensor) or views.dim() != 5 or views.shape[2] != 3:
+        raise ValueError("views: expected a (frames, views, 3, H, W) tensor in [0, 1]")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n_frames, n_views = views.shape[:2]
+    paths = [write_mp4(out / f"{base_count:06d}_t000.mp4", tensor_to_uint8(views[0]), fps)]
+    for v in range(1, n_views):
+        paths.append(write_mp4(out / f"{base_count:06d}_v{v:03d}.mp4", tensor_to_uint8(views[:, v]), fps))
+    step = max(1, n_frames // n_views)
+    diag = torch.stack([views[t, (t // step) % n_views] for t in range(n_frames)])
+    paths.append(write_mp4(out / f"{base_count:06d}_diag.mp4", tensor_to_uint8(diag), fps))
+    return paths
+
+
+__all__ = ["SETTINGS", "SV3D_SUBSAMPLED_VIEWS", "SV4DConditioning", "SV4DModel", "SV4DParts", "SV4DSettings",
+           "euler_step", "guidance_for", "load_sv4d_checkpoint", "sample_grid", "spatiotemporal_scales",
+           "split_sv4d_state_dict", "sv4d_conditioning", "sv4d_novel_views", "write_novel_view_videos"]

@@ -1,0 +1,209 @@
+"""SV4D sampling flow (`ezvtb.novel_view.sv4d`) on tiny random models: checkpoint split, guidance scales against
+upstream's formula, conditioning (uncond zeroes), the whole video -> SV3D orbit -> anchor -> dense flow (shapes,
+input view kept, determinism per seed), and the exported sessions against torch per step and end to end."""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from sgm_video_fixtures import clip_visual_tensors, ldm_vae_parts  # noqa: E402
+from sgm_video_fixtures import tiny_checkpoint as tiny_sv3d_checkpoint  # noqa: E402
+from test_sv4d_unet import tiny_checkpoint as tiny_unet_checkpoint  # noqa: E402
+
+KW = dict(num_steps=2, num_head_channels=16, clip_head_width=32, frames_per_sample=3, views_per_sample=2)
+SUB = (0, 1, 3)  # V+1 = 3 of a 4-view tiny orbit
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_sv4d_checkpoint(sv4d2: bool = False, seed: int = 0, distinct_view_encoder: bool = False) -> dict:
+    sd = {"model.diffusion_model." + k: v for k, v in tiny_unet_checkpoint(sv4d2, seed).items()}
+    enc, quant, dec = ldm_vae_parts(seed + 10)
+    enc2, quant2, _ = ldm_vae_parts(seed + 30) if distinct_view_encoder else (enc, quant, None)
+    for i, (e, q) in {1: (enc, quant), 4: (enc2, quant2), 5: (enc, quant)}.items():
+        sd.update({f"conditioner.embedders.{i}.encoder.encoder." + k: v.clone() for k, v in e.state_dict().items()})
+        sd.update({f"conditioner.embedders.{i}.encoder.quant_conv." + k: v.clone() for k, v in q.state_dict().items()})
+    sd.update({"first_stage_model.decoder." + k: v for k, v in dec.state_dict().items()})
+    sd.update({"conditioner.embedders.0.open_clip.model.visual." + k: v
+               for k, v in clip_visual_tensors(seed + 20).items()})
+    sd["conditioner.embedders.0.open_clip.model.logit_scale"] = torch.tensor(4.6)
+    return {k: v.contiguous() for k, v in sd.items()}
+
+
+@pytest.fixture(scope="module")
+def parts():
+    from ezvtb.novel_view.sv4d import split_sv4d_state_dict
+
+    return split_sv4d_state_dict(tiny_sv4d_checkpoint(seed=2))
+
+
+@pytest.fixture(scope="module")
+def eager(parts):
+    from ezvtb.novel_view.sv4d import SV4DModel
+
+    return SV4DModel(parts, "sv4d", backend="torch", **KW)
+
+
+def video(n=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, 64, 64, generator=g) * 2 - 1
+
+
+def test_spatiotemporal_scales_match_upstream_formula():
+    from ezvtb.novel_view.sv4d import spatiotemporal_scales
+
+    got = spatiotemporal_scales(2, 3, 2.0, 1.0)
+    assert torch.allclose(got, torch.tensor([1.0, 1.5, 1.0, 1.5, 2.0, 1.5]), atol=1e-6)
+    full = spatiotemporal_scales(5, 8, 2.0, 1.0)
+    assert full.shape == (40,) and full.min() == 1.0 and abs(full.max().item() - 1.9285714) < 1e-5
+    with pytest.raises(ValueError, match="num_views"):
+        spatiotemporal_scales(5, 0, 2.0)
+
+
+def test_split_checkpoint(parts):
+    from ezvtb.novel_view.sv4d import SV4DModel, split_sv4d_state_dict
+
+    assert set(parts.encoders) == {1, 4, 5} and parts.variant == "sv4d"
+    sd = tiny_sv4d_checkpoint(seed=2)
+    with pytest.raises(ValueError, match="no SV4D part"):
+        split_sv4d_state_dict(dict(sd, **{"conditioner.embedders.7.foo": torch.zeros(1)}))
+    with pytest.raises(ValueError, match="cond_view VAE encoder"):
+        split_sv4d_state_dict({k: v for k, v in sd.items() if not k.startswith("conditioner.embedders.4.")})
+    with pytest.raises(ValueError, match="motion_blocks"):
+        split_sv4d_state_dict({k: v for k, v in sd.items() if ".motion_blocks." not in k})
+    shared = SV4DModel(parts, "sv4d", **KW)
+    assert shared.conditioner["view_encoder"].vae is shared.conditioner["cond_encoder"].vae
+    distinct = SV4DModel(split_sv4d_state_dict(tiny_sv4d_checkpoint(seed=2, distinct_view_encoder=True)),
+                         "sv4d", **KW)
+    assert distinct.conditioner["view_encoder"].vae is not distinct.conditioner["cond_encoder"].vae
+
+
+def test_checkpoint_file_detects_sv4d2(tmp_path):
+    from safetensors.torch import save_file
+
+    from ezvtb.novel_view.sv4d import SV4DModel
+
+    p = tmp_path / "tiny_sv4d2.safetensors"
+    save_file(tiny_sv4d_checkpoint(sv4d2=True, seed=3), str(p))
+    m = SV4DModel.from_checkpoint(p, **KW)
+    assert m.variant.name == "sv4d2" and m.model.hp.use_3d_attention and m.model.hp.camera_embedding
+    with pytest.raises(FileNotFoundError, match="ckpt_path"):
+        SV4DModel.from_checkpoint(tmp_path / "missing.safetensors")
+    sv3d = tmp_path / "sv3d.safetensors"
+    save_file(tiny_sv3d_checkpoint("sv3d_u", seed=1), str(sv3d))
+    with pytest.raises(ValueError, match="not an SV4D checkpoint"):
+        SV4DModel.from_checkpoint(sv3d)
+
+
+def test_conditioning_zeroes_the_unconditional_branch(eager):
+    from ezvtb.novel_view.sv4d import sv4d_conditioning
+
+    v = video(5)
+    cond, uncond = sv4d_conditioning(eager, v[:3], v[3:5], [1.4] * 6, [0.3, 2.0] * 3)
+    assert cond.concat.shape == (6, 4, 8, 8) and cond.context.shape == (1, 3, 32)
+    assert cond.cond_view.shape == (2, 4, 8, 8)
+    assert torch.equal(cond.concat[0], cond.concat[1]) and not torch.equal(cond.concat[0], cond.concat[2])
+    assert uncond.concat.abs().max() == 0 and uncond.context.abs().max() == 0 and uncond.cond_view.abs().max() == 0
+    # ADM = 256 noise level (sigma 0; zeroed in uncond as upstream's force-zero of the cond-frames embedder)
+    # + 512 polar + 512 azimuth (kept)
+    assert cond.vector.shape == (6, 1280) and uncond.vector[:, :256].abs().max() == 0
+    assert cond.vector[:, :256].abs().max() == 1 and torch.equal(cond.vector[:, 256:], uncond.vector[:, 256:])
+    mv_off, _ = sv4d_conditioning(eager, v[:3], v[3:5], [1.4] * 6, [0.3, 2.0] * 3, cond_mv=False)
+    assert mv_off.cond_view.abs().max() == 0
+    with pytest.raises(ValueError, match="polar_rad"):
+        sv4d_conditioning(eager, v[:3], v[3:5], [1.4] * 5, [0.3] * 6)
+    with pytest.raises(ValueError, match="cond_view"):
+        sv4d_conditioning(eager, v[:3], v[3:5, :, :32], [1.4] * 6, [0.3] * 6)
+
+
+def orbit(n=4, seed=5):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, 64, 64, generator=g) * 2 - 1
+
+
+def run_flow(model, seed=23, **kw):
+    from ezvtb.novel_view.sv4d import sv4d_novel_views
+
+    kw.setdefault("views_t0", orbit())
+    return sv4d_novel_views(model, video(7), subsampled_views=SUB, seed=seed, decoding_t=2, progress=False, **kw)
+
+
+def test_flow_shapes_input_view_and_determinism(eager):
+    out = run_flow(eager)
+    assert out.shape == (7, 3, 3, 64, 64) and out.min() >= 0 and out.max() <= 1
+    assert torch.equal(out[:, 0], torch.clamp((video(7) + 1) / 2, 0, 1))  # view 0 is the input video
+    novel = out[:, 1:]
+    assert novel.std() > 0.01 and (novel[1:] - novel[:-1]).abs().max() > 0.01
+    assert torch.equal(run_flow(eager), out)  # same seed, same video
+    assert (run_flow(eager, seed=24) - out).abs().max() > 1e-3
+    assert (run_flow(eager, views_t0=orbit(seed=6)) - out)[:, 1:].abs().max() > 1e-3  # the orbit conditions it
+    with pytest.raises(ValueError, match="frames"):
+        from ezvtb.novel_view.sv4d import sv4d_novel_views
+
+        sv4d_novel_views(eager, video(5), views_t0=orbit(), subsampled_views=SUB, progress=False)
+    with pytest.raises(ValueError, match="subsampled_views"):
+        run_flow(eager, views_t0=orbit(3))
+    with pytest.raises(ValueError, match="sv3d"):
+        run_flow(eager, views_t0=None)
+
+
+def test_flow_from_the_sv3d_orbit_and_videos(eager, tmp_path):
+    from ezvtb.models.sgm_video.checkpoint import split_state_dict
+    from ezvtb.novel_view.model import VideoModel
+    from ezvtb.novel_view.sv4d import write_novel_view_videos
+    from ezvtb.novel_view.video_io import read_frames
+
+    sv3d = VideoModel(split_state_dict(tiny_sv3d_checkpoint("sv3d_u", seed=7), "sv3d_u"), "sv3d_u",
+                      num_frames=4, num_steps=2, num_head_channels=16, clip_head_width=32)
+    out = run_flow(eager, sv3d=sv3d, views_t0=None)
+    assert out.shape == (7, 3, 3, 64, 64)
+    assert torch.equal(run_flow(eager, sv3d=sv3d, views_t0=None), out)
+    paths = write_novel_view_videos(tmp_path, out, base_count=3)
+    assert [p.name for p in paths] == ["000003_t000.mp4", "000003_v001.mp4", "000003_v002.mp4", "000003_diag.mp4"]
+    assert len(read_frames(str(paths[1]))) == 7
+
+
+@pytest.mark.slow
+def test_exported_sessions_match_torch(parts, eager, tmp_path, monkeypatch):
+    monkeypatch.setenv("EZVTB_HOME", str(tmp_path))
+    from ezvtb.novel_view.sv4d import SV4DModel, euler_step, spatiotemporal_scales, sv4d_conditioning
+
+    ort = SV4DModel(parts, "sv4d", backend="cpu", **KW)
+    v = video(5)
+    cond, uncond = sv4d_conditioning(eager, v[:3], v[3:5], [1.4] * 6, [0.3, 2.0] * 3)
+    cond_o, uncond_o = sv4d_conditioning(ort, v[:3], v[3:5], [1.4] * 6, [0.3, 2.0] * 3)
+    for name in ("concat", "context", "vector", "cond_view"):
+        err = (getattr(cond, name) - getattr(cond_o, name)).abs().max().item()
+        print(f"conditioning {name}: ORT vs torch {err:.2e}")
+        assert err <= 1e-4
+    from ezvtb.diffusion.schedulers import v_scalings
+
+    x = torch.randn(6, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    scales = spatiotemporal_scales(3, 2, 2.0)
+    with eager.stage("unet") as u_t, ort.stage("unet") as u_o:
+        for sigma, nxt in ((700.0, 5.0), (5.0, 0.02)):  # the UNet call of two Euler steps, then the steps
+            _, _, c_in, c_noise = (float(c) for c in v_scalings(sigma))
+            args = (torch.cat([torch.cat([x, x]) * sigma * c_in, torch.cat([uncond.concat, cond.concat])], 1),
+                    torch.full((12,), c_noise), torch.cat([uncond.context, cond.context]),
+                    torch.cat([uncond.vector, cond.vector]), torch.cat([uncond.cond_view, cond.cond_view]))
+            err = (u_t(*args) - u_o(*args)).abs().max().item()
+            a = euler_step(u_t, x * sigma, sigma, nxt, cond, uncond, scales)
+            b = euler_step(u_o, x * sigma, sigma, nxt, cond, uncond, scales)
+            rel = ((a - b).abs().max() / a.abs().max()).item()
+            print(f"sigma {sigma}: UNet ORT vs torch {err:.2e}; Euler step to {nxt}: relative {rel:.2e}")
+            assert err <= 1e-4 and rel <= 1e-5
+    a, b = run_flow(eager), run_flow(ort)
+    err = (a - b).abs().max().item()
+    print(f"whole SV4D flow (anchor + 3 dense windows, 2 steps): ORT vs torch {err:.2e}")
+    assert err <= 1e-3
