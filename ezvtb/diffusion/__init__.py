@@ -1,5 +1,6 @@
 """What the generative pipelines share: the seed-002 utilities (`util`), classifier-free guidance
-(`guidance`), configured diffusers schedulers (`schedulers`) and the denoising loop (`sampling`).
+(`guidance`), configured diffusers schedulers (`schedulers`), the denoising loop (`sampling`) and
+a diffusers UNet3DConditionModel as one exportable step with its graph spec (`unet3d`).
 
 Networks run through `ezvtb.export.generic.GraphRunner` (an exported graph on an `ezvtb.engines`
 session, or the torch module itself). Importing this package imports nothing heavy; each
