@@ -207,3 +207,26 @@ def test_exported_sessions_match_torch(parts, eager, tmp_path, monkeypatch):
     err = (a - b).abs().max().item()
     print(f"whole SV4D flow (anchor + 3 dense windows, 2 steps): ORT vs torch {err:.2e}")
     assert err <= 1e-3
+
+
+def test_run_img2vid_semantics(eager):
+    """Upstream's run_img2vid for SV4D: one T x V grid; cond_mv=False drops the views; options override."""
+    from ezvtb.novel_view.sv4d import settings_from_options, sv4d_run_img2vid
+
+    v = video(5)
+    vd = {"T": 6, "options": {"cfg": 2.0, "guider": 5, "num_steps": 2}}
+    a = sv4d_run_img2vid(vd, eager, None, 23, [1.4] * 6, [0.3, 2.0] * 3, v[:3], v[3:5], progress=False)
+    assert a.shape == (6, 3, 64, 64) and 0 <= a.min() and a.max() <= 1
+    assert torch.equal(sv4d_run_img2vid(vd, eager, None, 23, [1.4] * 6, [0.3, 2.0] * 3, v[:3], v[3:5],
+                                        progress=False), a)
+    b = sv4d_run_img2vid(vd, eager, None, 23, [1.4] * 6, [0.3, 2.0] * 3, v[:3], v[3:5], cond_mv=False,
+                         progress=False)
+    assert (a - b).abs().max() > 1e-3
+    s = settings_from_options(eager, {"guider": 2, "cfg": 2.0, "min_cfg": 2.0, "sigma_max": 500.0})
+    assert s.guider == "linear" and s.min_scale == 1.0 and s.sigma_max == 500.0
+    with pytest.raises(ValueError, match="guider"):
+        settings_from_options(eager, {"guider": 3})
+    with pytest.raises(ValueError, match="version_dict"):
+        sv4d_run_img2vid({"T": 40}, eager, None, 23, [1.4] * 6, [0.3] * 6, v[:3], v[3:5], progress=False)
+    with pytest.raises(ValueError, match="cond_motion"):
+        sv4d_run_img2vid(vd, eager, v[:1], 23, [1.4] * 6, [0.3] * 6)

@@ -302,12 +302,13 @@ def euler_step(unet, x: torch.Tensor, sigma: float, sigma_next: float, cond: SV4
 
 
 def sample_grid(model: SV4DModel, cond: SV4DConditioning, uncond: SV4DConditioning, noise: torch.Tensor,
-                num_steps: int | None = None, progress: bool = True) -> torch.Tensor:
+                num_steps: int | None = None, progress: bool = True,
+                settings: SV4DSettings | None = None) -> torch.Tensor:
     """The full Euler loop for one T x V grid (upstream's `do_sample` with SV4D inputs): latents (T*V, 4, h, w)."""
     from tqdm import tqdm
 
     n = int(num_steps or model.num_steps)
-    s = model.settings
+    s = settings or model.settings
     sigmas = [float(v) for v in edm_sigmas(n, s.sigma_min, s.sigma_max, s.rho)]
     T, V = cond.context.shape[1], cond.cond_view.shape[0]
     scales = guidance_for(s, T, V)
@@ -316,6 +317,50 @@ def sample_grid(model: SV4DModel, cond: SV4DConditioning, uncond: SV4DConditioni
         for i in tqdm(range(n), desc="sv4d anchor", unit="step", disable=not progress, leave=False):
             x = euler_step(unet, x, sigmas[i], sigmas[i + 1], cond, uncond, scales)
     return x
+
+
+_GUIDERS = {2: "linear", 5: "spatiotemporal"}  # upstream's get_guider_no_st indices used by the SV4D scripts
+
+
+def settings_from_options(model: SV4DModel, options: dict) -> SV4DSettings:
+    """The model's defaults overridden by an upstream `version_dict["options"]` (cfg, min_cfg, guider 2 | 5,
+    sigma_min, sigma_max, rho). As upstream, the linear guider ignores `min_cfg` (its minimum is 1.0)."""
+    from dataclasses import replace
+
+    s = model.settings
+    guider = s.guider
+    if "guider" in options:
+        if options["guider"] not in _GUIDERS:
+            raise ValueError(f"version_dict['options']['guider']: SV4D uses 2 (linear) or 5 (spatiotemporal), "
+                             f"got {options['guider']!r}")
+        guider = _GUIDERS[options["guider"]]
+    max_scale = float(options.get("cfg", s.max_scale))
+    min_scale = float(options.get("min_cfg", 1.0)) if guider == "spatiotemporal" else 1.0
+    return replace(s, guider=guider, max_scale=max_scale, min_scale=min_scale,
+                   sigma_min=float(options.get("sigma_min", s.sigma_min)),
+                   sigma_max=float(options.get("sigma_max", s.sigma_max)), rho=float(options.get("rho", s.rho)))
+
+
+def sv4d_run_img2vid(version_dict: dict, model: SV4DModel, image=None, seed: int = 23, polar_rad=None,
+                     azim_rad=None, cond_motion: torch.Tensor | None = None, cond_view: torch.Tensor | None = None,
+                     decoding_t: int | None = None, cond_mv: bool = True, progress: bool = True) -> torch.Tensor:
+    """Upstream's `run_img2vid` for SV4D: T input-view frames `cond_motion` (T, 3, H, W) and V anchor views
+    `cond_view` (V, 3, H, W) in [-1, 1], cameras `polar_rad` / `azim_rad` (T*V values, (t, v) order) -> the
+    T x V grid of frames (T*V, 3, H, W) in [0, 1]. `image` is unused when `cond_motion` is given (as upstream);
+    `cond_mv=False` drops the view conditioning. Noise is seeded with `seed`."""
+    if cond_motion is None or cond_view is None:
+        raise ValueError("cond_motion, cond_view: SV4D needs the input-view frames and the anchor views")
+    options = dict(version_dict.get("options", {}))
+    settings = settings_from_options(model, options)
+    T, V = cond_motion.shape[0], cond_view.shape[0]
+    if "T" in version_dict and int(version_dict["T"]) != T * V:
+        raise ValueError(f"version_dict['T']: expected T*V = {T * V} ({T} frames x {V} views), "
+                         f"got {version_dict['T']}")
+    H, W = cond_motion.shape[-2:]
+    cond, uncond = sv4d_conditioning(model, cond_motion, cond_view, polar_rad, azim_rad, cond_mv)
+    noise = torch.randn((T * V, 4, H // 8, W // 8), generator=torch.Generator().manual_seed(seed))
+    z = sample_grid(model, cond, uncond, noise, options.get("num_steps"), progress, settings)
+    return _to_unit(model.decode(z, decoding_t))
 
 
 # ---- the whole flow ----------------------------------------------------------------------------------------------
@@ -441,4 +486,5 @@ def write_novel_view_videos(out_dir: str | os.PathLike, views: torch.Tensor, bas
 
 __all__ = ["SETTINGS", "SV3D_SUBSAMPLED_VIEWS", "SV4DConditioning", "SV4DModel", "SV4DParts", "SV4DSettings",
            "euler_step", "guidance_for", "load_sv4d_checkpoint", "sample_grid", "spatiotemporal_scales",
-           "split_sv4d_state_dict", "sv4d_conditioning", "sv4d_novel_views", "write_novel_view_videos"]
+           "settings_from_options", "split_sv4d_state_dict", "sv4d_conditioning", "sv4d_novel_views",
+           "sv4d_run_img2vid", "write_novel_view_videos"]
