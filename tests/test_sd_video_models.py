@@ -142,3 +142,23 @@ def test_sampler_matches_original_ddim_loop(tmp_path, tiny_modelscope_folder):
     assert ts == [999, 667, 334, 1]  # ModelScope: 1 + arange(0, 1000, 333), clamped to 999
     ours = ms.denoise(noise.clone(), sched, ts, cond, uncond, 9.0)
     assert _report("DDIM x CFG 9.0, 3 steps", ref, ours) <= 1e-3 * max(1.0, ref.abs().max().item())
+
+
+def test_open_clip_bpe_file_gives_the_same_tokens_as_the_tokenizer_folder(tmp_path):
+    import gzip
+
+    from sd_video_tiny import tiny_merges, write_tiny_tokenizer
+
+    from ezvtb.sd_video.tokenizer import OPEN_CLIP_BPE, find_tokenizer, load_tokenizer_folder, tokenize
+
+    n = write_tiny_tokenizer(tmp_path / "folder" / "tokenizer")
+    with gzip.open(tmp_path / OPEN_CLIP_BPE, "wt", encoding="utf-8") as f:
+        f.write("\"bpe_simple_vocab_16e6.txt#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in tiny_merges()))
+    from_gz = find_tokenizer(tmp_path)  # no tokenizer/ here: the open_clip file is used
+    from_folder = load_tokenizer_folder(tmp_path / "folder" / "tokenizer")
+    texts = ["A cat eating a giant burger!", "very wrinkly and old man", ""]
+    a, b = tokenize(from_gz, texts), tokenize(from_folder, texts)
+    assert a.shape == (3, 77) and torch.equal(a, b)
+    assert a[0, 0].item() == n - 2 and (a[2, 1].item(), a[2, 2].item()) == (n - 1, 0)  # start, end, pad id 0
+    with pytest.raises(FileNotFoundError, match="open_clip"):
+        find_tokenizer(tmp_path / "folder" / "tokenizer")

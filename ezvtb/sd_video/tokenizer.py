@@ -56,7 +56,7 @@ def clip_tokenizer_from_bpe_gz(path: str | os.PathLike) -> Any:
     from transformers import CLIPTokenizer
 
     vocab, merges = vocab_and_merges_from_bpe_gz(path)
-    return CLIPTokenizer(vocab=vocab, merges=merges, pad_token="!", model_max_length=77)
+    return CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in merges], pad_token="!", model_max_length=77)
 
 
 def load_tokenizer_folder(folder: str | os.PathLike) -> Any:
