@@ -230,3 +230,56 @@ def test_run_img2vid_semantics(eager):
         sv4d_run_img2vid({"T": 40}, eager, None, 23, [1.4] * 6, [0.3] * 6, v[:3], v[3:5], progress=False)
     with pytest.raises(ValueError, match="cond_motion"):
         sv4d_run_img2vid(vd, eager, v[:1], 23, [1.4] * 6, [0.3] * 6)
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("EZVTB_SGM_PATH"),
+                    reason="needs the upstream generative-models checkout on EZVTB_SGM_PATH (not on PyPI)")
+def test_euler_step_matches_upstream_denoiser_guider_and_discretization():
+    """One guided Euler step: ours vs upstream's Denoiser(VScalingWithEDMcNoise) around OpenAIWrapper(upstream
+    SpatialUNetModelWithTime), SpatiotemporalPredictionGuider (prepare_inputs + mixing), EDMDiscretization and
+    to_d, composed as EulerEDMSampler.sampler_step (s_churn 0) does; the same random weights on both sides."""
+    import os
+
+    sys.path.insert(0, os.environ["EZVTB_SGM_PATH"])
+    from sgm.modules.diffusionmodules.denoiser import Denoiser
+    from sgm.modules.diffusionmodules.discretizer import EDMDiscretization
+    from sgm.modules.diffusionmodules.guiders import SpatiotemporalPredictionGuider
+    from sgm.modules.diffusionmodules.sampling_utils import to_d
+    from sgm.modules.diffusionmodules.wrappers import OpenAIWrapper
+    from test_sv4d_unet import _upstream_unet, randomise_
+
+    from ezvtb.diffusion.schedulers import edm_sigmas
+    from ezvtb.models.sgm_video.sv4d_unet import build_sv4d_unet
+    from ezvtb.novel_view.sv4d import SV4DConditioning, euler_step, spatiotemporal_scales
+
+    ref_unet = randomise_(_upstream_unet(False), 12).eval()
+    ours = build_sv4d_unet(ref_unet.state_dict(), num_head_channels=16)
+    T, V = 3, 4
+    sig_up = EDMDiscretization(sigma_min=0.002, sigma_max=700.0, rho=7.0)(4)
+    sigmas = edm_sigmas(4, 0.002, 700.0, 7.0)
+    assert torch.allclose(sig_up.double(), sigmas, rtol=1e-5, atol=1e-9), (sig_up, sigmas)
+    g = torch.Generator().manual_seed(8)
+    cond = SV4DConditioning(torch.randn(T * V, 4, 8, 8, generator=g), torch.randn(1, T, 32, generator=g),
+                            torch.randn(T * V, 96, generator=g), torch.randn(V, 4, 8, 8, generator=g))
+    uncond = SV4DConditioning(torch.zeros_like(cond.concat), torch.zeros_like(cond.context),
+                              torch.randn(T * V, 96, generator=g), torch.zeros_like(cond.cond_view))
+    guider = SpatiotemporalPredictionGuider(max_scale=2.0, num_frames=T * V, num_views=V, min_scale=1.0,
+                                            additional_cond_keys=["cond_view", "cond_motion"])
+    assert torch.allclose(guider.scale[0], spatiotemporal_scales(T, V, 2.0, 1.0), atol=1e-6)
+    denoiser = Denoiser({"target": "sgm.modules.diffusionmodules.denoiser_scaling.VScalingWithEDMcNoise"})
+    wrapped = OpenAIWrapper(ref_unet)
+    as_dict = lambda c: {"concat": c.concat, "crossattn": c.context, "vector": c.vector,  # noqa: E731
+                         "cond_view": c.cond_view, "cond_motion": torch.zeros(T, 4, 8, 8)}
+    x = torch.randn(T * V, 4, 8, 8, generator=g) * float(sigmas[1])
+    for i in (1, 2):
+        s, s_next = float(sig_up[i]), float(sig_up[i + 1])
+        with torch.no_grad():
+            xin, sin, c_in = guider.prepare_inputs(x, torch.full((T * V,), s), as_dict(cond), as_dict(uncond))
+            denoised = guider(denoiser(wrapped, xin, sin, c_in, num_video_frames=T * V,
+                                       image_only_indicator=torch.ones(2, T * V)), sin)
+            ref = x + to_d(x, torch.full((T * V,), s)[:, None, None, None], denoised) * (s_next - s)
+            got = euler_step(ours, x, s, s_next, cond, uncond, spatiotemporal_scales(T, V, 2.0))
+        err = ((got - ref).abs().max() / ref.abs().max()).item()
+        print(f"Euler step {s:.3f} -> {s_next:.3f}: ours vs upstream sgm, relative {err:.2e}")
+        assert err <= 1e-5
+        x = ref
