@@ -98,6 +98,8 @@ def test_checkpoint_file_detects_sv4d2(tmp_path):
     save_file(tiny_sv4d_checkpoint(sv4d2=True, seed=3), str(p))
     m = SV4DModel.from_checkpoint(p, **KW)
     assert m.variant.name == "sv4d2" and m.model.hp.use_3d_attention and m.model.hp.camera_embedding
+    with pytest.raises(ValueError, match="num_frames"):
+        SV4DModel.from_checkpoint(p, **dict(KW, num_frames=40))
     with pytest.raises(FileNotFoundError, match="ckpt_path"):
         SV4DModel.from_checkpoint(tmp_path / "missing.safetensors")
     sv3d = tmp_path / "sv3d.safetensors"

@@ -176,7 +176,7 @@ class SV4DModel(VideoModel):
                  backend: str = "torch", device: str = "cpu", num_head_channels: int = 64,
                  clip_head_width: int | None = None, use_3d_attention: bool | None = None,
                  frames_per_sample: int | None = None, views_per_sample: int | None = None,
-                 **session_options: Any) -> None:
+                 num_frames: int | None = None, **session_options: Any) -> None:
         nn.Module.__init__(self)
         variant = variant or parts.variant
         if variant not in SETTINGS:
@@ -187,6 +187,9 @@ class SV4DModel(VideoModel):
         self.frames_per_sample = int(frames_per_sample or s.frames_per_sample)
         self.views_per_sample = int(views_per_sample or s.views_per_sample)
         self.num_frames = self.frames_per_sample * self.views_per_sample
+        if num_frames is not None and int(num_frames) != self.num_frames:
+            raise ValueError(f"num_frames: {variant} denoises T*V = {self.frames_per_sample}*{self.views_per_sample}"
+                             f" = {self.num_frames} latents per call, got {num_frames}")
         self.num_steps = int(num_steps or s.num_steps)
         self.backend = backend
         self.device_name = device
