@@ -144,7 +144,8 @@ def test_exported_graph_matches_torch(sv4d2, tmp_path, monkeypatch):
                 ref = model(x, ts, ctx, y, cv)
             out = runner(x, ts, ctx, y, cv)
             err = (out - ref).abs().max().item()
-            print(f"{'sv4d2' if sv4d2 else 'sv4d'} step {step}: ORT vs torch {err:.2e} (|out| max {ref.abs().max():.2f})")
+            print(f"{'sv4d2' if sv4d2 else 'sv4d'} step {step}: ORT vs torch {err:.2e} "
+                  f"(|out| max {ref.abs().max():.2f})")
             assert out.shape == ref.shape and err <= TOL
         assert len(runner._sessions) == 1
     finally:

@@ -380,7 +380,8 @@ def sv4d_novel_views(sv4d: SV4DModel, frames: torch.Tensor, *, sv3d=None, views_
 
     The frame-0 orbit comes from `sv3d` (an SV3D `VideoModel`; its frame count is the orbit length, 21 upstream)
     or is given as `views_t0` (orbit frames in [-1, 1], input view LAST, as SV3D returns them). F must be
-    1 + T*(T-1) (21 with T = 5: the T anchor frames are every T-1 frames). Deterministic for a `seed` (SV3D's noise is seeded with it as well).
+    1 + T*(T-1) (21 with T = 5: the T anchor frames are every T-1 frames). Deterministic for a `seed` (SV3D's
+    noise is seeded with it as well).
     """
     from tqdm import tqdm
 

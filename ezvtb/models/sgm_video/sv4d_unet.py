@@ -317,7 +317,8 @@ class SV4DUNet(nn.Module):
                 if lv and i == hp.num_res_blocks:
                     layers.append(_Upsample(ch))
                 self.output_blocks.append(nn.ModuleList(layers))
-        self.out = nn.Sequential(nn.GroupNorm(32, ch, eps=1e-5), nn.SiLU(), nn.Conv2d(mc, hp.out_channels, 3, padding=1))
+        self.out = nn.Sequential(nn.GroupNorm(32, ch, eps=1e-5), nn.SiLU(),
+                                 nn.Conv2d(mc, hp.out_channels, 3, padding=1))
 
     @staticmethod
     def _run(block, h, emb, context, cond_view, ioi, b, t, v):
