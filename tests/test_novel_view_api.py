@@ -126,3 +126,26 @@ def test_cli_orbit_runs_and_reports_clear_errors(ckpts, tmp_path, caplog):
         rc = main(argv)
         err = caplog.text
         assert rc == 2 and re.search(msg, err), (argv, err)
+
+
+def test_load_model_from_an_upstream_yaml(ckpts, tmp_path):
+    from ezvtb.novel_view import load_model
+
+    cfg = tmp_path / "my_config.yaml"
+    cfg.write_text(f"""model:
+  target: sgm.models.diffusion.DiffusionEngine
+  params:
+    ckpt_path: {ckpts['sv3d_p']}
+    network_config:
+      target: sgm.modules.diffusionmodules.video_model.VideoUNet
+      params:
+        adm_in_channels: 1280
+""")
+    model, _ = load_model(str(cfg), "cpu", 3, 1)
+    assert model.variant.name == "sv3d_p" and model.num_steps == 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {params: {}}\n")
+    with pytest.raises(ValueError, match="not an sgm sampling YAML"):
+        load_model(str(bad), "cpu", 3, 1)
+    with pytest.raises(ValueError, match="config: expected a model name"):
+        load_model("sv5", "cpu", 3, 1)

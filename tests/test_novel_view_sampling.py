@@ -51,6 +51,7 @@ def _closed_form(net, noise, cond, uncond, steps, scales):
     sigmas = torch.cat([(hi + i / (n - 1) * (lo - hi)) ** 7, torch.zeros(1, dtype=torch.float64)])
     x = noise.double() * math.sqrt(1 + sigmas[0] ** 2)
     s = scales.double().view(-1, 1, 1, 1)
+    xs = []
     for k in range(n):
         sg, nxt = sigmas[k], sigmas[k + 1]
         c_skip, c_out = 1 / (sg ** 2 + 1), -sg / math.sqrt(sg ** 2 + 1)
@@ -63,7 +64,8 @@ def _closed_form(net, noise, cond, uncond, steps, scales):
         d_u, d_c = outs
         denoised = d_u + s * (d_c - d_u)
         x = x + (x - denoised) / sg * (nxt - sg)
-    return x
+        xs.append(x)
+    return xs
 
 
 @pytest.mark.parametrize("guider,lo,hi", [("triangle", 1.0, 2.5), ("linear", 1.5, 3.0)])
@@ -85,10 +87,12 @@ def test_edm_euler_with_guidance_matches_the_formulas(guider, lo, hi):
     ours = sample_latents(fake, sampler, cond, uncond, T, 64, 64, noise=noise, progress=False,
                           callback=lambda i, t, x: seen.append(x.clone()))
     ref = _closed_form(net, noise, cond, uncond, steps, scales)
-    err = (ours.double() - ref).abs().max().item()
-    print(f"{guider}: {steps} Euler EDM steps vs closed form: max |diff| {err:.2e} (|x| max {ref.abs().max():.2f})")
     assert fake.calls == steps and len(seen) == steps  # one batched (uncond, cond) call per step
-    assert err <= 1e-4
+    assert torch.equal(seen[-1], ours)
+    for k, (a, b) in enumerate(zip(seen, ref)):  # x_1 is ~700 * noise: float32 resolution is ~1e-4 relative there
+        err = (a.double() - b).abs().max().item()
+        print(f"{guider} step {k}: Euler EDM vs closed form max |diff| {err:.2e} (|x| max {b.abs().max():.2f})")
+        assert err <= 1e-4 * max(1.0, float(b.abs().max()))
 
 
 def test_svd_image_to_video_matches_diffusers_pipeline():
