@@ -95,8 +95,9 @@ def main() -> None:
             f"{4 * args.channels}, {4 * args.channels}), {args.layers} res blocks per level, cross-attention 1024: "
             f"{params / 1e6:.0f} M parameters (fp32). One subprocess per row; peak = VmHWM after resetting it "
             "(clear_refs) once the model is built, so it counts the export only. TorchScript exporter (static "
-            "shapes, 1x4x2x8x8 latent); the exporter's own function-search re-parse is skipped and the weights "
-            "are moved to the external file one tensor at a time through a memory map.")
+            "shapes, 1x4x2x8x8 latent). The exporter is handed an empty initializer map (its ModelProto and bytes "
+            "hold no weights) and the graph is written from the tensors' own memory, inline or to one external "
+            "file.")
     publish("export_module peak memory (UNet3D)", text, note, args.append)
 
 
