@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -307,6 +308,10 @@ def _check_outputs(wrapper: Any, args: tuple, spec: GraphSpec) -> None:
                              f"the spec declares {list(t.shape)}")
 
 
+# The two exporter hooks below are process-wide attributes: one export at a time.
+_EXPORT_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _no_function_reparse() -> Iterator[None]:
     """Skip the TorchScript exporter's search for custom onnxscript functions.
@@ -367,7 +372,7 @@ def _run_exporter(wrapper: Any, args: tuple, raw: Path, spec: GraphSpec, opset: 
 
     import torch
 
-    with warnings.catch_warnings(record=True) as caught, torch.no_grad(), _no_function_reparse(), \
+    with _EXPORT_LOCK, warnings.catch_warnings(record=True) as caught, torch.no_grad(), _no_function_reparse(), \
             _capture_initializers(weights):
         warnings.simplefilter("always")
         try:
