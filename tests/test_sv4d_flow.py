@@ -168,10 +168,11 @@ def test_flow_from_the_sv3d_orbit_and_videos(eager, tmp_path):
 
     sv3d = VideoModel(split_state_dict(tiny_sv3d_checkpoint("sv3d_u", seed=7), "sv3d_u"), "sv3d_u",
                       num_frames=4, num_steps=2, num_head_channels=16, clip_head_width=32)
-    out = run_flow(eager, sv3d=sv3d, views_t0=None)
-    assert out.shape == (7, 3, 3, 64, 64)
+    out, t0 = run_flow(eager, sv3d=sv3d, views_t0=None, return_t0_views=True)
+    assert out.shape == (7, 3, 3, 64, 64) and t0.shape == (3, 3, 64, 64)
+    assert torch.equal(t0[0], out[0, 0])  # view 0 of the orbit is the input frame (rolled first)
     assert torch.equal(run_flow(eager, sv3d=sv3d, views_t0=None), out)
-    paths = write_novel_view_videos(tmp_path, out, base_count=3)
+    paths = write_novel_view_videos(tmp_path, out, base_count=3, t0_views=t0)
     assert [p.name for p in paths] == ["000003_t000.mp4", "000003_v001.mp4", "000003_v002.mp4", "000003_diag.mp4"]
     assert len(read_frames(str(paths[1]))) == 7
 

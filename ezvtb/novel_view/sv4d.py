@@ -374,14 +374,16 @@ def _to_unit(images: torch.Tensor) -> torch.Tensor:
 def sv4d_novel_views(sv4d: SV4DModel, frames: torch.Tensor, *, sv3d=None, views_t0: torch.Tensor | None = None,
                      elevation_deg=10.0, azimuths_deg=None, num_steps: int | None = None,
                      sv3d_steps: int | None = None, seed: int = 23, decoding_t: int | None = 4,
-                     subsampled_views: Sequence[int] = SV3D_SUBSAMPLED_VIEWS, progress: bool = True) -> torch.Tensor:
+                     subsampled_views: Sequence[int] = SV3D_SUBSAMPLED_VIEWS, progress: bool = True,
+                     return_t0_views: bool = False):
     """SV4D: `frames` (F, 3, H, W) in [-1, 1] (the preprocessed input video, view 0) -> (F, V+1, 3, H, W) in
     [0, 1]: every frame from the input view and the V novel views.
 
     The frame-0 orbit comes from `sv3d` (an SV3D `VideoModel`; its frame count is the orbit length, 21 upstream)
     or is given as `views_t0` (orbit frames in [-1, 1], input view LAST, as SV3D returns them). F must be
     1 + T*(T-1) (21 with T = 5: the T anchor frames are every T-1 frames). Deterministic for a `seed` (SV3D's
-    noise is seeded with it as well).
+    noise is seeded with it as well). `return_t0_views=True` also returns the V+1 frame-0 views taken from the
+    orbit (V+1, 3, H, W) in [0, 1] (upstream writes those as `_t000.mp4` before sampling).
     """
     from tqdm import tqdm
 
@@ -417,6 +419,7 @@ def sv4d_novel_views(sv4d: SV4DModel, frames: torch.Tensor, *, sv3d=None, views_
         grid[0][i] = orbit[v:v + 1]
     for t in range(n_frames):
         grid[t][0] = frames[t:t + 1].float()
+    t0_views = _to_unit(torch.cat(grid[0], 0))
     view_idx = list(range(1, n_views))
     polar_tv = np.tile(polars[sub[1:]], T)
     azim_tv = (np.tile(azimuths[sub[1:]], T) - azimuths[0]) % (2 * np.pi)
@@ -465,13 +468,15 @@ def sv4d_novel_views(sv4d: SV4DModel, frames: torch.Tensor, *, sv3d=None, views_
         for i, t in enumerate(window):
             for j, v in enumerate(view_idx):
                 grid[t][v] = _to_unit(imgs[i, j][None]) * 2 - 1
-    return _to_unit(torch.stack([torch.cat(row, 0) for row in grid]))
+    views = _to_unit(torch.stack([torch.cat(row, 0) for row in grid]))
+    return (views, t0_views) if return_t0_views else views
 
 
 def write_novel_view_videos(out_dir: str | os.PathLike, views: torch.Tensor, base_count: int = 0,
-                            fps: float = 10.0) -> list[Path]:
-    """Upstream's outputs from (F, V+1, 3, H, W) in [0, 1]: `{base:06d}_t000.mp4` (all views at frame 0), one
-    `{base:06d}_v{v:03d}.mp4` per novel view, and `{base:06d}_diag.mp4` (the view advancing with time)."""
+                            fps: float = 10.0, t0_views: torch.Tensor | None = None) -> list[Path]:
+    """Upstream's outputs from (F, V+1, 3, H, W) in [0, 1]: `{base:06d}_t000.mp4` (the views at frame 0:
+    `t0_views` when given, as upstream's orbit views, else `views[0]`), one `{base:06d}_v{v:03d}.mp4` per novel
+    view, and `{base:06d}_diag.mp4` (the view advancing with time)."""
     from ezvtb.novel_view.video_io import tensor_to_uint8, write_mp4
 
     if not isinstance(views, torch.Tensor) or views.dim() != 5 or views.shape[2] != 3:
@@ -479,7 +484,8 @@ def write_novel_view_videos(out_dir: str | os.PathLike, views: torch.Tensor, bas
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n_frames, n_views = views.shape[:2]
-    paths = [write_mp4(out / f"{base_count:06d}_t000.mp4", tensor_to_uint8(views[0]), fps)]
+    first = views[0] if t0_views is None else t0_views
+    paths = [write_mp4(out / f"{base_count:06d}_t000.mp4", tensor_to_uint8(first), fps)]
     for v in range(1, n_views):
         paths.append(write_mp4(out / f"{base_count:06d}_v{v:03d}.mp4", tensor_to_uint8(views[:, v]), fps))
     step = max(1, n_frames // n_views)
