@@ -270,7 +270,16 @@ def _SpecModule(module: Any, spec: GraphSpec, precision: str):  # noqa: N802 - b
     inner = module
     compute = None
     if precision == "fp16":
-        inner = copy.deepcopy(module).to(torch.float16).eval()
+        # deepcopy with every floating parameter/buffer pre-mapped to its half version: the copy
+        # never holds a second fp32 set (peak = the module + half of it)
+        memo: dict[int, Any] = {}
+        for p in module.parameters():
+            if p.is_floating_point():
+                memo[id(p)] = torch.nn.Parameter(p.detach().to(torch.float16), requires_grad=False)
+        for b in module.buffers():
+            if b.is_floating_point():
+                memo[id(b)] = b.detach().to(torch.float16)
+        inner = copy.deepcopy(module, memo).to(torch.float16).eval()
         compute = torch.float16
     out_dtypes = [getattr(torch, t.dtype) for t in spec.outputs]
 
