@@ -191,10 +191,10 @@ def test_cli_run_trace_to_raw_file_with_real_core(tmp_path, capsys):
 @pytest.mark.slow
 @needs_core
 def test_cli_run_shm_sigterm_stops_cleanly(tmp_path):
-    # Deterministic on a fresh clone's first run: the sink's segment exists before the core is built,
-    # so a first-run export (minutes on a loaded 2-core CPU) used to fall inside the 60 s wait for a
-    # frame. The frame window now starts when the child logs "core ready". stderr is drained by a
-    # thread, so the child can never block on a full pipe (stats every second, export progress).
+    # Deterministic on a fresh clone's first run: the shm segment appears with the first frame, after
+    # the weights fetch and the first-run export (minutes on a loaded 2-core CPU), which used to fall
+    # inside the fixed wait for the segment. The frame window now starts when the child logs "core
+    # ready". stderr is drained by a thread, so the child can never block on a full pipe.
     name = f"ezvtb_run_{os.getpid()}"
     p = subprocess.Popen([sys.executable, "-m", "ezvtb", "run", "--input", "trace://", "--output", f"shm://{name}",
                           "--fps", "30", "--stats-interval", "1", *CPU], stderr=subprocess.PIPE, text=True)
@@ -214,7 +214,14 @@ def test_cli_run_shm_sigterm_stops_cleanly(tmp_path):
         while time.monotonic() < deadline and p.poll() is None and not ready.wait(0.2):
             pass
         assert ready.is_set(), "".join(lines)[-3000:] if p.poll() is not None else "core not ready in 900 s"
-        reader = ShmFrameReader(name)
+        reader = None
+        deadline = time.monotonic() + 120  # the first frame: one inference
+        while reader is None and time.monotonic() < deadline and p.poll() is None:
+            try:
+                reader = ShmFrameReader(name)
+            except FileNotFoundError:
+                time.sleep(0.2)
+        assert reader is not None, "".join(lines)[-3000:]
         got = reader.read(timeout=60)
         assert got is not None and got[0].shape == (512, 512, 4) and got[0][..., 3].max() == 255
         reader.close()
