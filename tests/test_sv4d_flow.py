@@ -286,3 +286,35 @@ def test_euler_step_matches_upstream_denoiser_guider_and_discretization():
         print(f"Euler step {s:.3f} -> {s_next:.3f}: ours vs upstream sgm, relative {err:.2e}")
         assert err <= 1e-5
         x = ref
+
+
+@pytest.mark.slow
+def test_sv4d2_flow():
+    """SV4D 2.0's window schedule on a small 2.0-layout model (its camera embedding reads the 4 x 320 = 1280-wide
+    UNet embedding, so the ADM width 1280 forces 320 channels: one level)."""
+    from ezvtb.models.sgm_video.sv4d_unet import SV4DHyper, SV4DUNet
+    from ezvtb.novel_view.sv4d import SV4DModel, split_sv4d_state_dict, sv4d2_novel_views, sv4d_novel_views
+    from test_sv4d_unet import randomise_
+
+    hp = SV4DHyper(in_channels=8, out_channels=4, model_channels=320, channel_mult=(1,), num_res_blocks=1,
+                   attention_levels=(True,), transformer_depth=(1,), transformer_depth_middle=1, context_dim=32,
+                   adm_in_channels=1280, motion_context_dim=4, camera_embedding=True, separate_motion_mixer=True,
+                   use_3d_attention=True, num_head_channels=64)
+    with torch.device("meta"):
+        unet = SV4DUNet(hp)
+    unet = randomise_(unet.to_empty(device="cpu"), 9)
+    sd = {k: v for k, v in tiny_sv4d_checkpoint(seed=4).items() if not k.startswith("model.diffusion_model.")}
+    sd.update({"model.diffusion_model." + k: v.clone() for k, v in unet.sgm_state_dict().items()})
+    model = SV4DModel(split_sv4d_state_dict(sd), num_steps=2, clip_head_width=32, frames_per_sample=3,
+                      views_per_sample=4)
+    assert model.variant.name == "sv4d2" and model.settings.guider == "linear"
+    v = video(5)
+    out = sv4d2_novel_views(model, v, seed=3, decoding_t=4, progress=False)  # windows [0, 1, 2] and [2, 3, 4]
+    assert out.shape == (5, 5, 3, 64, 64) and 0 <= out.min() and out.max() <= 1
+    assert torch.equal(out[:, 0], torch.clamp((v + 1) / 2, 0, 1)) and out[:, 1:].std() > 0.01
+    assert torch.equal(sv4d2_novel_views(model, v, seed=3, decoding_t=4, progress=False), out)
+    assert (sv4d2_novel_views(model, v, seed=4, decoding_t=4, progress=False) - out).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="own"):
+        sv4d_novel_views(model, video(7), views_t0=orbit(), subsampled_views=(0, 1, 2, 3, 3), progress=False)
+    with pytest.raises(ValueError, match="at least"):
+        sv4d2_novel_views(model, v[:2], progress=False)

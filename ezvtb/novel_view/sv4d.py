@@ -69,6 +69,8 @@ SETTINGS = {
     "sv4d": SV4DSettings(5, 8, 20, "spatiotemporal", 2.0, 1.0),
     # simple_video_sample_4d2.py: LinearPredictionGuider with cfg 2.0 (its min_cfg is not passed on: min 1.0)
     "sv4d2": SV4DSettings(12, 4, 50, "linear", 2.0, 1.0),
+    # sv4d2_8views.safetensors: the SV4D 2.0 layout at T 5 x V 8 (not tellable from the tensors: views_per_sample=8)
+    "sv4d2_8views": SV4DSettings(5, 8, 50, "spatiotemporal", 2.5, 1.5),
 }
 
 
@@ -100,8 +102,11 @@ class SV4DParts:
     variant: str
 
 
-def split_sv4d_state_dict(sd: dict, variant: str = "sv4d") -> SV4DParts:
-    """Group an official SV4D checkpoint's tensors by part; raise on any tensor no part claims."""
+def split_sv4d_state_dict(sd: dict, variant: str | None = None) -> SV4DParts:
+    """Group an official SV4D checkpoint's tensors by part; raise on any tensor no part claims. `variant` None:
+    "sv4d2" when the UNet has SV4D 2.0's separate motion mixers, else "sv4d"."""
+    if variant is None:
+        variant = "sv4d2" if any(k.endswith("time_mixer_motion.mix_factor") for k in sd) else "sv4d"
     parts = SV4DParts({}, {}, {i: ({}, {}) for i in ENCODER_EMBEDDERS.values()}, {}, variant)
     unknown = []
     for k, v in sd.items():
@@ -156,10 +161,7 @@ def load_sv4d_checkpoint(path: str | os.PathLike, name: str | None = None) -> SV
     else:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
         sd = sd.get("state_dict", sd)
-    parts = split_sv4d_state_dict(sd, name or "sv4d")
-    if name is None and any(k.endswith("time_mixer_motion.mix_factor") for k in parts.unet):
-        parts.variant = "sv4d2"
-    return parts
+    return split_sv4d_state_dict(sd, name)
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -183,6 +185,8 @@ class SV4DModel(VideoModel):
             raise ValueError(f"variant: expected one of {sorted(SETTINGS)}, got {variant!r}")
         self.variant = VARIANTS[variant]
         s = SETTINGS[variant]
+        if variant == "sv4d2" and views_per_sample == 8:
+            s = SETTINGS["sv4d2_8views"]
         self.settings = s
         self.frames_per_sample = int(frames_per_sample or s.frames_per_sample)
         self.views_per_sample = int(views_per_sample or s.views_per_sample)
@@ -389,6 +393,8 @@ def sv4d_novel_views(sv4d: SV4DModel, frames: torch.Tensor, *, sv3d=None, views_
 
     from ezvtb.novel_view.helpers import orbit_cameras, sv3d_orbit
 
+    if sv4d.variant.name != "sv4d":
+        raise ValueError(f"sv4d: this is SV4D's flow; {sv4d.variant.name} has its own (sv4d2_novel_views)")
     T, V = sv4d.frames_per_sample, sv4d.views_per_sample
     _check_images("frames", frames)
     n_frames = frames.shape[0]
@@ -472,6 +478,60 @@ def sv4d_novel_views(sv4d: SV4DModel, frames: torch.Tensor, *, sv3d=None, views_
     return (views, t0_views) if return_t0_views else views
 
 
+def sv4d2_novel_views(model: SV4DModel, frames: torch.Tensor, *, elevation_deg=0.0, azimuths_deg=None,
+                      num_steps: int | None = None, seed: int = 23, decoding_t: int | None = 4,
+                      progress: bool = True) -> torch.Tensor:
+    """SV4D 2.0 (`simple_video_sample_4d2.py`): no SV3D stage; windows of T frames, each one `run_img2vid` call,
+    the first without view conditioning (`cond_mv=False`), later ones conditioned on the views of the window's
+    first frame from the previous window. 4-view model: windows at 0, T, ... (the last one moved back to end at
+    the last frame); 8-view model: every T-1 frames. Polar angles relative to view 0 plus pi/2, azimuths relative
+    to view 0; default azimuths [0, 60, 120, 180, 240] (4 views) or [0, 30, 75, ..., 330] (8 views), elevation 0.
+    `frames` (F, 3, H, W) in [-1, 1] -> (F, V+1, 3, H, W) in [0, 1]. Window k's noise is seeded with seed + k.
+    """
+    from tqdm import tqdm
+
+    if model.variant.name != "sv4d2":
+        raise ValueError(f"model: sv4d2_novel_views needs an SV4D 2.0 model, got {model.variant.name}")
+    T, V = model.frames_per_sample, model.views_per_sample
+    _check_images("frames", frames)
+    n_frames = frames.shape[0]
+    if n_frames < T:
+        raise ValueError(f"frames: expected at least T={T} frames, got {n_frames}")
+    n_views = V + 1
+    elev = [float(elevation_deg)] * n_views if np.isscalar(elevation_deg) else [float(e) for e in elevation_deg]
+    if azimuths_deg is None:
+        azimuths_deg = {4: [0, 60, 120, 180, 240], 8: [0, 30, 75, 120, 165, 210, 255, 300, 330]}.get(
+            V, list(np.linspace(0, 360, n_views, endpoint=False)))
+    az = np.asarray(azimuths_deg, dtype=np.float64)
+    if len(elev) != n_views or az.size != n_views:
+        raise ValueError(f"elevation_deg, azimuths_deg: expected 1 or {n_views} elevations and {n_views} azimuths")
+    polars_rad = np.deg2rad(90 - np.asarray(elev))
+    azimuths_rad = np.deg2rad((az - az[-1]) % 360)
+    polars = (np.tile(polars_rad[1:], T) - polars_rad[0] + np.pi / 2) % (2 * np.pi)
+    azims = (np.tile(azimuths_rad[1:], T) - azimuths_rad[0]) % (2 * np.pi)
+    H, W = frames.shape[-2:]
+    grid: list[list[torch.Tensor | None]] = [[None] * n_views for _ in range(n_frames)]
+    for v in range(1, n_views):
+        grid[0][v] = torch.zeros(1, 3, H, W)
+    for t in range(n_frames):
+        grid[t][0] = frames[t:t + 1].float()
+    starts = range(0, n_frames, T) if V == 4 else range(0, n_frames - T + 1, T - 1)
+    options = {"num_steps": int(num_steps or model.num_steps)}
+    for k, t0 in enumerate(tqdm(starts, desc="sv4d2", unit="window", disable=not progress)):
+        t0 = min(t0, n_frames - T)
+        window = list(range(t0, t0 + T))
+        samples = sv4d_run_img2vid({"options": options}, model, None, seed + k, polars, azims,
+                                   torch.cat([grid[t][0] for t in window]), torch.cat(grid[t0][1:]), decoding_t,
+                                   cond_mv=t0 != 0, progress=False).reshape(T, V, 3, H, W)
+        for i, t in enumerate(window):
+            for j in range(V):
+                grid[t][j + 1] = samples[i, j][None] * 2 - 1
+    missing = [t for t in range(n_frames) if any(x is None for x in grid[t])]
+    if missing:
+        raise ValueError(f"frames: {n_frames} frames leave frames {missing[:5]} outside every window of T={T}")
+    return _to_unit(torch.stack([torch.cat(row, 0) for row in grid]))
+
+
 def write_novel_view_videos(out_dir: str | os.PathLike, views: torch.Tensor, base_count: int = 0,
                             fps: float = 10.0, t0_views: torch.Tensor | None = None) -> list[Path]:
     """Upstream's outputs from (F, V+1, 3, H, W) in [0, 1]: `{base:06d}_t000.mp4` (the views at frame 0:
@@ -497,4 +557,4 @@ def write_novel_view_videos(out_dir: str | os.PathLike, views: torch.Tensor, bas
 __all__ = ["SETTINGS", "SV3D_SUBSAMPLED_VIEWS", "SV4DConditioning", "SV4DModel", "SV4DParts", "SV4DSettings",
            "euler_step", "guidance_for", "load_sv4d_checkpoint", "sample_grid", "spatiotemporal_scales",
            "settings_from_options", "split_sv4d_state_dict", "sv4d_conditioning", "sv4d_novel_views",
-           "sv4d_run_img2vid", "write_novel_view_videos"]
+           "sv4d_run_img2vid", "sv4d2_novel_views", "write_novel_view_videos"]
