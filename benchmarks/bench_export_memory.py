@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -55,6 +56,7 @@ path = export_module(step, spec, name="unet3d_mem", out_dir=out, external_data=e
 seconds = time.perf_counter() - t0
 peak = status("VmHWM")
 files = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
+import shutil; shutil.rmtree(out, ignore_errors=True)
 print(json.dumps({"params": parameter_count(step), "weights": weights, "before": before, "peak": peak,
                   "seconds": seconds, "files": files}))
 """
@@ -62,9 +64,11 @@ print(json.dumps({"params": parameter_count(step), "weights": weights, "before":
 
 def measure(channels: int, mode: str, layers: int, threads: int) -> dict:
     env = dict(os.environ)
-    env.setdefault("EZVTB_HOME", tempfile.mkdtemp(prefix="ezvtb_mem_home_"))
+    home = tempfile.mkdtemp(prefix="ezvtb_mem_home_")
+    env["EZVTB_HOME"] = home
     r = subprocess.run([sys.executable, "-c", CHILD, str(channels), mode, str(layers), str(threads)],
                        capture_output=True, text=True, env=env)
+    shutil.rmtree(home, ignore_errors=True)
     if r.returncode != 0:
         raise SystemExit(f"export subprocess failed ({mode}):\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
