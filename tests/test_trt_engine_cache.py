@@ -345,3 +345,29 @@ def test_without_onnx_the_io_decides_with_a_warning(tmp_path, monkeypatch, caplo
     with caplog.at_level(logging.WARNING, logger="ezvtb.engines.trt"):
         assert not precision.strongly_typed_for(p, spec)
     assert "`onnx` package is missing" in caplog.text
+
+
+def _external_data_graph(folder, weight: float):
+    """A one-MatMul ONNX graph whose weight lives in an external data file next to it."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.full((64, 64), weight, np.float32), "W")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [w])
+    folder.mkdir()
+    onnx.save(helper.make_model(graph), str(folder / "m.onnx"), save_as_external_data=True, location="m.data",
+              size_threshold=0)
+    return folder / "m.onnx"
+
+
+def test_engine_key_covers_external_data_weights(tmp_path, onnx_file):
+    """Same .onnx bytes, other weights in the external data file: another key (no stale engine)."""
+    a = _external_data_graph(tmp_path / "a", 1.0)
+    b = _external_data_graph(tmp_path / "b", 2.0)
+    assert ec.file_sha256(a) == ec.file_sha256(b)  # the graph file alone cannot tell them apart
+    assert ec.external_data_files(a) == [str(tmp_path / "a" / "m.data")]
+    assert ec.model_sha256(a) != ec.model_sha256(b)
+    assert ec.external_data_files(onnx_file) == [] and ec.model_sha256(onnx_file) == ec.file_sha256(onnx_file)

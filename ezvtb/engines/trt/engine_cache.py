@@ -3,7 +3,7 @@
 An engine is only valid for the exact ONNX graph, TensorRT version, GPU and build flags it was
 built with, so the cache key is the sha256 of all of them:
 
-    onnx sha256 | graph name | TensorRT version | GPU name | compute capability | build flags
+    onnx sha256 (+ its external data files) | graph name | TensorRT version | GPU name | compute capability | build flags
 
 File ``<cache_dir>/<graph>-<key[:16]>.engine``:
 
@@ -87,6 +87,50 @@ class EngineKey:
 
 
 _digests: dict[tuple[str, int, int], str] = {}
+
+
+def model_sha256(path: str | os.PathLike) -> str:
+    """sha256 identifying an ONNX model: its .onnx file and, when it keeps weights as ONNX external
+    data (graphs over 2 GB), every data file it references, so new weights never reuse an engine."""
+    files = [os.fspath(path), *external_data_files(path)]
+    if len(files) == 1:
+        return file_sha256(files[0])
+    return hashlib.sha256("|".join(file_sha256(f) for f in files).encode()).hexdigest()
+
+
+def external_data_files(path: str | os.PathLike) -> list[str]:
+    """Paths of the external-data files an ONNX model references (sorted; [] for inline weights).
+
+    A cheap byte scan for the protobuf field name "location" decides whether the graph needs parsing
+    (with onnx, weights not loaded); ValueError naming the file when onnx is needed and missing."""
+    p = os.fspath(path)
+    tail = b""
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            if b"location" in tail + block:
+                break
+            tail = block[-8:]
+        else:
+            return []
+    try:
+        import onnx
+    except ImportError:
+        raise ValueError(f"model {p!r} keeps its weights as ONNX external data: the engine cache key needs the "
+                         "onnx package to find them (pip install onnx)") from None
+    names: set[str] = set()
+
+    def scan(graph: Any) -> None:  # initializers, constant attributes, subgraphs
+        tensors = list(graph.initializer)
+        for node in graph.node:
+            for a in node.attribute:
+                tensors += ([a.t] if a.HasField("t") else []) + list(a.tensors)
+                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    scan(g)
+        names.update(e.value for t in tensors for e in t.external_data if e.key == "location")
+
+    scan(onnx.load(p, load_external_data=False).graph)
+    folder = os.path.dirname(os.path.abspath(p))
+    return sorted(os.path.join(folder, n) for n in names)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

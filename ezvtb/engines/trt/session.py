@@ -42,7 +42,7 @@ from ezvtb.engines.memory import DeviceBuffer
 from ezvtb.engines.trt.engine_cache import (
     BuildFlags,
     EngineKey,
-    file_sha256,
+    model_sha256,
     load_or_build,
     load_timing_cache,
     save_timing_cache,
@@ -152,7 +152,7 @@ class TrtSession(Session):
         self.cache_dir = Path(cache_dir)
         gpu = device_info(device_id)
         self.gpu = gpu
-        self.key = EngineKey(file_sha256(path), spec.name, trt.__version__, gpu["name"], gpu["compute_capability"],
+        self.key = EngineKey(model_sha256(path), spec.name, trt.__version__, gpu["name"], gpu["compute_capability"],
                              self.flags)
         self._logger = _Logger()
         self._runtime = trt.Runtime(self._logger)
