@@ -58,7 +58,7 @@ def test_load_model_sv3d_orbit_and_seed_helpers(ckpts, tmp_path):
     vd = {"H": 64, "W": 64, "T": 3, "C": 4, "f": 8, "options": {"num_steps": 1}}
     vid = run_img2vid(vd, model, img, seed=2, polar_rad=[1.4] * 3, azim_rad=[2.0, 4.0, 0.0])
     assert vid.shape == (3, 3, 64, 64)
-    with pytest.raises(NotImplementedError, match="SV4D"):
+    with pytest.raises(ValueError, match="cond_motion, cond_view: SV4D conditioning"):
         run_img2vid(vd, model, img, cond_motion=torch.zeros(1, 3, 64, 64))
     with pytest.raises(ValueError, match="multiples of 64"):
         sv3d_orbit(model, load_image(tmp_path / "obj.png", 80, 64), num_steps=1, progress=False)

@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from sgm_video_fixtures import tiny_checkpoint  # noqa: E402
 
 TOL = 1e-4
+pytestmark = pytest.mark.slow  # ONNX export of four networks (~1-2 min on 2 loaded cores)
 
 
 @pytest.fixture(scope="module")

@@ -229,11 +229,11 @@ def test_temporal_decoder_matches_upstream_sgm_video_decoder():
 @pytest.mark.parametrize("name", ["sv4d", "sv4d2"])
 def test_sv4d_layout_is_recognised_and_refused_clearly(name):
     """SV4D's key layout (manifest from the upstream SpatialUNetModelWithTime on the meta device) is detected;
-    building it says plainly that its UNet is not implemented yet."""
+    the SV3D/SVD VideoModel refuses it and names the SV4D model class."""
     from ezvtb.novel_view.model import VideoModel
 
     manifest = json.loads((MANIFESTS / f"{name}.json").read_text())
     assert detect_variant({k: tuple(v) for k, v in manifest.items()}) == "sv4d"
     assert any(".motion_blocks." in k for k in manifest) and manifest["model.diffusion_model.label_emb.0.0.weight"] == [1280, 1280]
-    with pytest.raises(NotImplementedError, match="SV4D UNet"):
+    with pytest.raises(ValueError, match="SV4DModel"):
         VideoModel(None, name)

@@ -95,6 +95,7 @@ def test_edm_euler_with_guidance_matches_the_formulas(guider, lo, hi):
         assert err <= 1e-4 * max(1.0, float(b.abs().max()))
 
 
+@pytest.mark.slow  # two full tiny SVD runs (~30 s idle, ~100 s at load avg 15)
 def test_svd_image_to_video_matches_diffusers_pipeline():
     """Our SVD flow (CLIP and VAE conditioning, ADM vector, Euler EDM loop, linear guidance, chunked decoding)
     vs diffusers' StableVideoDiffusionPipeline run on the same tiny random networks, image, noise and settings.

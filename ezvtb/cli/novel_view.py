@@ -1,14 +1,17 @@
 """`ezvtb novel-view`: a video of an object -> one video per view (SV4D flow, SV3D orbit of the first frame).
 
-The inputs are checked first (weights present and of the named models, the video long enough, sizes). The SV3D
-stage runs and writes the orbit of the first frame; the SV4D stage needs the SV4D UNet (motion attention), which
-is not implemented yet: the command then stops with that error.
+The inputs are checked first (weights present and of the named models, the video long enough, sizes); then the
+video is preprocessed (object cropped, centred on white), SV3D makes the orbit of its first frame, and SV4D
+(`ezvtb.novel_view.sv4d.sv4d_novel_views`: anchor frames, then dense frames) writes one video per view plus the
+frame-0 views and a diagonal video, as upstream.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 from pathlib import Path
+
+import torch
 
 from ezvtb.cli.orbit import BACKENDS, check_common, check_sv3d, load_sv3d
 
@@ -34,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ezvtb.models.sgm_video.checkpoint import detect_variant, read_shapes
-    from ezvtb.novel_view import load_image, preprocess_video, save_frames_mp4, sv3d_orbit
+    from ezvtb.novel_view import preprocess_video
     from ezvtb.novel_view.video_io import read_frames
 
     check_common(args)
@@ -47,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--sv4d: {sv4d} is not a readable SV4D checkpoint ({e})") from None
     if v4 != "sv4d":
         raise ValueError(f"--sv4d: {sv4d} is a {v4} checkpoint, not SV4D")
+    v4 = "sv4d2" if any("time_mixer_motion" in k for k in read_shapes(sv4d)) else "sv4d"
     check_sv3d(args.sv3d, "--sv3d")
     if not Path(args.video).exists() and "*" not in args.video:
         raise FileNotFoundError(f"VIDEO: no file or folder at {args.video}")
@@ -56,13 +60,24 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir)
     processed = preprocess_video(args.video, remove_bg=args.remove_bg, n_frames=args.frames, W=args.size,
                                  H=args.size, output_folder=out_dir)
-    model = load_sv3d(args.sv3d, 21, args.steps, args.backend, what="--sv3d")
-    first = read_frames(processed, 1)[0]
-    tmp = out_dir / "first_frame.png"
-    first.save(tmp)
-    frames = sv3d_orbit(model, load_image(tmp, args.size, args.size), elevation_deg=args.elevation,
-                        num_steps=args.steps, seed=args.seed, decoding_t=args.decoding_t)
-    orbit = save_frames_mp4(out_dir / "sv3d_orbit_frame0.mp4", frames)
-    log.info("wrote %s", orbit)
-    raise NotImplementedError("--sv4d: the SV4D UNet (SpatialUNetModelWithTime with motion attention) is not "
-                              f"implemented yet; the SV3D orbit of the first frame is in {orbit}")
+    from ezvtb.novel_view import load_model
+    from ezvtb.novel_view.sv4d import sv4d_novel_views, write_novel_view_videos
+
+    sv3d = load_sv3d(args.sv3d, 21, args.steps, args.backend, what="--sv3d")
+    sv4d, _ = load_model(v4, "cpu", None, args.steps, ckpt_path=str(sv4d), backend=args.backend)
+    frames = torch.cat([load_image_array(f, args.size) for f in read_frames(processed, args.frames)])
+    views, t0 = sv4d_novel_views(sv4d, frames, sv3d=sv3d, elevation_deg=args.elevation, seed=args.seed,
+                                 decoding_t=args.decoding_t, return_t0_views=True)
+    paths = write_novel_view_videos(out_dir, views, t0_views=t0)
+    for p in paths:
+        print(p)
+    log.info("wrote %d videos to %s", len(paths), out_dir)
+    return 0
+
+
+def load_image_array(image, size: int) -> "torch.Tensor":
+    """A PIL frame -> (1, 3, size, size) in [-1, 1]."""
+    import numpy as np
+
+    a = np.asarray(image.convert("RGB").resize((size, size))).astype(np.float32) / 127.5 - 1.0
+    return torch.from_numpy(a).permute(2, 0, 1)[None]

@@ -92,6 +92,12 @@ def load_model(config, device: str = "cpu", num_frames: int | None = None, num_s
     ckpt_path = ckpt_path or yaml_ckpt
     if ckpt_path is None:
         raise ValueError(f"ckpt_path: no checkpoint given for {name} (the official {name}.safetensors)")
+    if name.startswith("sv4d"):
+        from ezvtb.novel_view.sv4d import SV4DModel
+
+        model = SV4DModel.from_checkpoint(ckpt_path, name, num_frames=num_frames, num_steps=num_steps,
+                                          backend=backend, device=device, **kw)
+        return model, None
     model = VideoModel.from_checkpoint(ckpt_path, name, num_frames=num_frames, num_steps=num_steps,
                                        backend=backend, device=device, **kw)
     model.sampler = default_sampler(model, num_steps, verbose)
@@ -161,11 +167,16 @@ def run_img2vid(version_dict, model, image, seed=23, polar_rad=[10] * 21,  # noq
                 azim_rad=np.linspace(0, 360, 21 + 1)[1:], cond_motion=None, cond_view=None, decoding_t=None,
                 cond_mv=True):
     """Upstream's `run_img2vid`: one image -> T frames with the model's camera inputs (`polar_rad`, `azim_rad`
-    per frame; SV3D_p). `cond_motion` / `cond_view` / `cond_mv` drive SV4D's motion/view conditioning, which
-    needs the SV4D UNet (not implemented: a clear error)."""
-    if cond_motion is not None or cond_view is not None or model.variant.name.startswith("sv4d"):
-        raise NotImplementedError("run_img2vid: cond_motion / cond_view need the SV4D UNet, which is not "
-                                  "implemented yet (SV3D and SVD models run)")
+    per frame; SV3D_p). With an SV4D model (`load_model("sv4d", ...)`) it is SV4D's: `cond_motion` /
+    `cond_view` / `cond_mv` drive the motion/view conditioning (`ezvtb.novel_view.sv4d.sv4d_run_img2vid`)."""
+    if model.variant.name.startswith("sv4d"):
+        from ezvtb.novel_view.sv4d import sv4d_run_img2vid
+
+        return sv4d_run_img2vid(version_dict, model, image, seed=seed, polar_rad=polar_rad, azim_rad=azim_rad,
+                                cond_motion=cond_motion, cond_view=cond_view, decoding_t=decoding_t, cond_mv=cond_mv)
+    if cond_motion is not None or cond_view is not None:
+        raise ValueError(f"cond_motion, cond_view: SV4D conditioning, but the model is {model.variant.name} "
+                         "(load an SV4D checkpoint)")
     H, W = version_dict.get("H", 576), version_dict.get("W", 576)
     T = version_dict.get("T", model.num_frames)
     C, F = version_dict.get("C", 4), version_dict.get("f", 8)

@@ -68,8 +68,8 @@ class VideoModel(nn.Module):
         if variant not in VARIANTS:
             raise ValueError(f"variant: expected one of {sorted(VARIANTS)}, got {variant!r}")
         if variant.startswith("sv4d"):
-            raise NotImplementedError("sv4d: the SV4D UNet (SpatialUNetModelWithTime with motion attention) is not "
-                                      "implemented yet; SV3D and SVD checkpoints load")
+            raise ValueError(f"variant: {variant} has its own UNet and conditioning: use "
+                             "ezvtb.novel_view.sv4d.SV4DModel (or load_model)")
         self.variant: Variant = VARIANTS[variant]
         self.num_frames = int(num_frames or self.variant.num_frames)
         self.num_steps = int(num_steps or self.variant.num_steps)
