@@ -60,6 +60,7 @@ def test_video_to_video_t_start_zero_is_a_vae_round_trip_and_full_t_start_ignore
     assert (v1 - rt).abs().max().item() > 1e-4
 
 
+@pytest.mark.slow  # exports the tiny graphs (tens of seconds on 2 cores)
 def test_seed_examples_run_with_only_their_imports_changed(tmp_path, monkeypatch, tiny_modelscope_folder,
                                                            tiny_diffusers_folder):
     monkeypatch.setenv("EZVTB_HOME", str(tmp_path / "home"))

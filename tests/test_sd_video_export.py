@@ -33,6 +33,7 @@ def _cmp(name, ref, out, tol):
     return err
 
 
+@pytest.mark.slow  # exports the tiny graphs (tens of seconds on 2 cores)
 def test_each_graph_matches_torch(models):
     ort, eager = models
     g = torch.Generator().manual_seed(0)
@@ -52,6 +53,7 @@ def test_each_graph_matches_torch(models):
     assert all(p.suffix == ".onnx" and p.is_file() for p in ort.unet.paths.values())
 
 
+@pytest.mark.slow  # exports the tiny graphs (tens of seconds on 2 cores)
 def test_sampled_video_matches_eager(models):
     ort, eager = models
     kw = dict(timesteps=2, image_size=(32, 32), num_frames=2, seed=5)

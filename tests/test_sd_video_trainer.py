@@ -28,6 +28,7 @@ def dataset(tmp_path):
     return MiniTestSet(folder)
 
 
+@pytest.mark.slow  # exports the tiny graphs (tens of seconds on 2 cores)
 def test_training_lowers_the_loss_and_checkpoints_reload_and_resume(tiny_modelscope_folder, dataset, tmp_path,
                                                                     monkeypatch):
     from torch.utils.data import DataLoader
