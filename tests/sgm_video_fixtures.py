@@ -65,7 +65,9 @@ def clip_visual_tensors(seed: int = 2, width: int = 64, layers: int = 2, patch: 
                         embed: int = 32) -> dict:
     """OpenCLIP VisionTransformer tensors (keys after `visual.`)."""
     g = torch.Generator().manual_seed(seed)
-    r = lambda *s, sc=None: torch.randn(*s, generator=g) * (sc if sc is not None else 1 / math.sqrt(s[-1]))  # noqa: E731
+    def r(*s, sc=None):
+        return torch.randn(*s, generator=g) * (sc if sc is not None else 1 / math.sqrt(s[-1]))
+
     grid = image // patch
     t = {"conv1.weight": r(width, 3, patch, patch, sc=1 / math.sqrt(3 * patch * patch)),
          "class_embedding": r(width, sc=0.5), "positional_embedding": r(grid * grid + 1, width, sc=0.5),

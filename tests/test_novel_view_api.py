@@ -107,7 +107,8 @@ def test_cli_orbit_runs_and_reports_clear_errors(ckpts, tmp_path, caplog):
     cases = [
         (["orbit", str(img), "--model", str(tmp_path / "none.safetensors")], "--model: no checkpoint"),
         (["orbit", str(img), "--model", str(ckpts["svd"])], "is a svd checkpoint, not SV3D"),
-        (["orbit", str(img), "--model", str(ckpts["sv3d_p"]), "--size", "100"], "--size: expected a positive multiple of 64"),
+        (["orbit", str(img), "--model", str(ckpts["sv3d_p"]), "--size", "100"],
+         "--size: expected a positive multiple of 64"),
     ]
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")

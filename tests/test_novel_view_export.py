@@ -39,7 +39,7 @@ def test_each_stage_ort_matches_torch_and_sessions_are_released(models, monkeypa
     from ezvtb.export import generic
 
     eager, ort = models
-    opened, closed = [], []
+    closed = []
     real_close = generic.GraphRunner.close
 
     def spy_close(self):
@@ -64,7 +64,6 @@ def test_each_stage_ort_matches_torch_and_sessions_are_released(models, monkeypa
     # one runner per stage, closed when the stage ended; the decoder made 2 chunk shapes (2 and 1 frames)
     assert [n for n, _ in closed] == ["sv3d_p-clip", "sv3d_p-encoder", "sv3d_p-decoder", "sv3d_p-unet"]
     assert dict(closed)["sv3d_p-decoder"] == 2 and dict(closed)["sv3d_p-unet"] == 1
-    del opened
 
 
 def test_sampling_steps_ort_match_torch(models):

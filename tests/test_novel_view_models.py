@@ -18,7 +18,8 @@ from sgm_video_fixtures import (  # noqa: E402
 from ezvtb.models.sgm_video.checkpoint import detect_variant, load_checkpoint, split_state_dict  # noqa: E402
 from ezvtb.models.sgm_video.unet import (  # noqa: E402
     UNetHyper, VideoUNet, build_video_unet, convert_unet_state_dict)
-from ezvtb.models.sgm_video.vae import VAEDecode, VAEEncodeMode, VAEHyper, build_vae, convert_vae_state_dict  # noqa: E402
+from ezvtb.models.sgm_video.vae import (  # noqa: E402
+    VAEDecode, VAEEncodeMode, VAEHyper, build_vae, convert_vae_state_dict)
 
 MANIFESTS = Path(__file__).resolve().parents[1] / "ezvtb" / "models" / "sgm_video" / "manifests"
 TOL = 1e-4
@@ -234,6 +235,7 @@ def test_sv4d_layout_is_recognised_and_refused_clearly(name):
 
     manifest = json.loads((MANIFESTS / f"{name}.json").read_text())
     assert detect_variant({k: tuple(v) for k, v in manifest.items()}) == "sv4d"
-    assert any(".motion_blocks." in k for k in manifest) and manifest["model.diffusion_model.label_emb.0.0.weight"] == [1280, 1280]
+    assert any(".motion_blocks." in k for k in manifest)
+    assert manifest["model.diffusion_model.label_emb.0.0.weight"] == [1280, 1280]
     with pytest.raises(ValueError, match="SV4DModel"):
         VideoModel(None, name)

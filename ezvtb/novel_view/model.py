@@ -36,7 +36,8 @@ def vector_embedding(variant: Variant, values: dict, num_frames: int) -> torch.T
     parts = []
     for key, width in variant.vector_inputs:
         if key not in values:
-            raise ValueError(f"value_dict: {variant.name} needs {key!r} (keys: {[k for k, _ in variant.vector_inputs]})")
+            names = [k for k, _ in variant.vector_inputs]
+            raise ValueError(f"value_dict: {variant.name} needs {key!r} (keys: {names})")
         v = torch.as_tensor(values[key], dtype=torch.float32).reshape(-1)
         if v.numel() == 1:
             v = v.repeat(num_frames)

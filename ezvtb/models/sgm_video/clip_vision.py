@@ -66,7 +66,8 @@ def convert_clip_visual(visual: dict, expected: dict) -> dict:
         raise ValueError(f"checkpoint: CLIP image tower layout mismatch: unexpected {extra[:5]}, missing {missing[:5]}")
     for k, v in out.items():
         if tuple(v.shape) != tuple(expected[k].shape):
-            raise ValueError(f"checkpoint: CLIP tensor {k}: shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}")
+            raise ValueError(f"checkpoint: CLIP tensor {k}: shape {tuple(v.shape)}, "
+                             f"expected {tuple(expected[k].shape)}")
     return out
 
 

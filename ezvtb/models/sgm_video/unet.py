@@ -183,7 +183,8 @@ def sgm_to_diffusers_key(key: str, pairs: list[tuple[str, str, str]]) -> str | N
 def diffusers_config(hp: UNetHyper, num_frames: int = 14) -> dict:
     """Keyword arguments for `UNetSpatioTemporalConditionModel` equal to the sgm hyperparameters."""
     down = tuple("CrossAttnDownBlockSpatioTemporal" if a else "DownBlockSpatioTemporal" for a in hp.attention_levels)
-    up = tuple("CrossAttnUpBlockSpatioTemporal" if a else "UpBlockSpatioTemporal" for a in reversed(hp.attention_levels))
+    up = tuple("CrossAttnUpBlockSpatioTemporal" if a else "UpBlockSpatioTemporal"
+               for a in reversed(hp.attention_levels))
     return dict(
         in_channels=hp.in_channels,
         out_channels=hp.out_channels,
