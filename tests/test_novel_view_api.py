@@ -121,6 +121,8 @@ def test_cli_orbit_runs_and_reports_clear_errors(ckpts, tmp_path, caplog):
                    "--frames", "5", "--size", "64"], "has 3 frames, fewer than --frames 5"))
     cases.append((["novel-view", str(folder), "--sv3d", str(ckpts["sv3d_p"]), "--sv4d", str(ckpts["svd"])],
                   "--sv4d: .* is a svd checkpoint, not SV4D"))
+    cases.append((["novel-view", str(folder), "--sv4d", str(ckpts["sv4d"]), "--frames", "3", "--size", "64"],
+                  "--sv3d: SV4D needs an SV3D checkpoint"))
     import re
     for argv, msg in cases:
         caplog.clear()

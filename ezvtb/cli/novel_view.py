@@ -21,14 +21,14 @@ log = logging.getLogger("ezvtb.novel_view")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("novel-view", help="SV4D: a video of an object -> one video per camera view")
     p.add_argument("video", help="input mp4 / gif / folder of images / glob")
-    p.add_argument("--sv3d", required=True, help="official sv3d_u.safetensors (or sv3d_p)")
-    p.add_argument("--sv4d", required=True, help="official sv4d.safetensors")
+    p.add_argument("--sv3d", help="official sv3d_u.safetensors (or sv3d_p); needed by SV4D, not by SV4D 2.0")
+    p.add_argument("--sv4d", required=True, help="official sv4d.safetensors or sv4d2.safetensors (SV4D 2.0)")
     p.add_argument("--frames", type=int, default=21, help="video frames to use")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--decoding-t", type=int, default=4)
     p.add_argument("--seed", type=int, default=23)
     p.add_argument("--size", type=int, default=576)
-    p.add_argument("--elevation", type=float, default=10.0)
+    p.add_argument("--elevation", type=float, default=None, help="degrees (default: 10 for SV4D, 0 for SV4D 2.0)")
     p.add_argument("--remove-bg", action="store_true", help="remove the background with rembg")
     p.add_argument("--backend", choices=BACKENDS, default="torch")
     p.add_argument("--out-dir", default="novel_view_out")
@@ -51,7 +51,10 @@ def run(args: argparse.Namespace) -> int:
     if v4 != "sv4d":
         raise ValueError(f"--sv4d: {sv4d} is a {v4} checkpoint, not SV4D")
     v4 = "sv4d2" if any("time_mixer_motion" in k for k in read_shapes(sv4d)) else "sv4d"
-    check_sv3d(args.sv3d, "--sv3d")
+    if v4 == "sv4d":
+        if args.sv3d is None:
+            raise ValueError("--sv3d: SV4D needs an SV3D checkpoint for the frame-0 orbit (sv3d_u.safetensors)")
+        check_sv3d(args.sv3d, "--sv3d")
     if not Path(args.video).exists() and "*" not in args.video:
         raise FileNotFoundError(f"VIDEO: no file or folder at {args.video}")
     n = len(read_frames(args.video, args.frames))
@@ -61,13 +64,19 @@ def run(args: argparse.Namespace) -> int:
     processed = preprocess_video(args.video, remove_bg=args.remove_bg, n_frames=args.frames, W=args.size,
                                  H=args.size, output_folder=out_dir)
     from ezvtb.novel_view import load_model
-    from ezvtb.novel_view.sv4d import sv4d_novel_views, write_novel_view_videos
+    from ezvtb.novel_view.sv4d import sv4d2_novel_views, sv4d_novel_views, write_novel_view_videos
 
-    sv3d = load_sv3d(args.sv3d, 21, args.steps, args.backend, what="--sv3d")
-    sv4d, _ = load_model(v4, "cpu", None, args.steps, ckpt_path=str(sv4d), backend=args.backend)
+    model, _ = load_model(v4, "cpu", None, args.steps, ckpt_path=str(sv4d), backend=args.backend)
     frames = torch.cat([load_image_array(f, args.size) for f in read_frames(processed, args.frames)])
-    views, t0 = sv4d_novel_views(sv4d, frames, sv3d=sv3d, elevation_deg=args.elevation, seed=args.seed,
-                                 decoding_t=args.decoding_t, return_t0_views=True)
+    if v4 == "sv4d2":  # SV4D 2.0: no SV3D stage, windows conditioned on the previous window's views
+        views = sv4d2_novel_views(model, frames, elevation_deg=0.0 if args.elevation is None else args.elevation,
+                                  seed=args.seed, decoding_t=args.decoding_t)
+        t0 = None
+    else:
+        sv3d = load_sv3d(args.sv3d, 21, args.steps, args.backend, what="--sv3d")
+        views, t0 = sv4d_novel_views(model, frames, sv3d=sv3d, seed=args.seed, decoding_t=args.decoding_t,
+                                     elevation_deg=10.0 if args.elevation is None else args.elevation,
+                                     return_t0_views=True)
     paths = write_novel_view_videos(out_dir, views, t0_views=t0)
     for p in paths:
         print(p)
