@@ -3,7 +3,8 @@
 The mouth follows the speech (`ezvtb.live.lipsync`: vowel shapes and openness, no downloaded weights; a voice
 profile from `VowelEstimator.save_profile` with --profile); the rest of the pose is neutral, with optional
 breathing; with ``--sadtalker SadTalker_V0.0.2_*.safetensors`` Audio2Coeff's speech-driven head pose also moves the
-head (head_x, head_y, neck_z; approximate axis mapping). The video is rendered by the same core as `ezvtb run`; when ffmpeg is on PATH the speech is muxed in
+head (head_x, head_y, neck_z; approximate axis mapping), and with ``--bfm BFM_model_front.mat`` too its expression
+coefficients drive the mouth instead of the vowel estimator (`ezvtb.audio2coeff.mouth`). The video is rendered by the same core as `ezvtb run`; when ffmpeg is on PATH the speech is muxed in
 as an AAC track (otherwise the mp4 is silent and a warning says so). The output appears atomically.
 """
 from __future__ import annotations
@@ -33,6 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sadtalker", metavar="CHECKPOINT",
                    help="SadTalker_V0.0.2_*.safetensors: Audio2Coeff's speech-driven head motion also moves the head "
                         "(head_x, head_y, neck_z; approximate axis mapping)")
+    p.add_argument("--bfm", metavar="BFM_model_front.mat",
+                   help="with --sadtalker: the BFM face of SadTalker's checkpoint download (checkpoints/BFM_Fitting/);"
+                        " Audio2Coeff's expression coefficients then drive the mouth instead of the vowel estimator")
+    p.add_argument("--exp-profile", metavar="JSON",
+                   help="with --bfm: mouth ranges (ExpressionMouth.save_profile) for this voice")
     p.add_argument("--pose-style", type=int, default=0, help="SadTalker pose style 0..45 (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="SadTalker pose draws (default: %(default)s)")
     add_core_arguments(p)
@@ -55,15 +61,14 @@ def mux_audio(video: Path, audio: Path, out: Path) -> bool:
     return True
 
 
-def sadtalker_head(args: argparse.Namespace, frames: int):
-    """(frames, 3) head_x, head_y, neck_z from Audio2Coeff's pose (first-frame coefficients all zero)."""
+def sadtalker_coefficients(args: argparse.Namespace):
+    """Audio2Coeff's (T, 70) 25 fps coefficients of `args.speech` (first-frame coefficients all zero)."""
     import tempfile
 
     import numpy as np
     from scipy.io import savemat
 
     from ezvtb.audio2coeff import Audio2Coeff
-    from ezvtb.audio2coeff.pipeline import head_pose_track
 
     a2c = Audio2Coeff({"use_safetensor": True, "checkpoint": args.sadtalker}, "cpu", backend="auto")
     try:
@@ -73,10 +78,39 @@ def sadtalker_head(args: argparse.Namespace, frames: int):
             coeffs = a2c.from_wav(args.speech, first, pose_style=args.pose_style, seed=args.seed)
     finally:
         a2c.close()
-    head = head_pose_track(coeffs, args.fps)
-    if len(head) < frames:
-        head = np.concatenate([head, np.repeat(head[-1:], frames - len(head), axis=0)])
-    return head[:frames]
+    return coeffs
+
+
+def _hold_last(track, frames: int):
+    import numpy as np
+
+    if len(track) < frames:
+        track = np.concatenate([track, np.repeat(track[-1:], frames - len(track), axis=0)])
+    return track[:frames]
+
+
+def sadtalker_head(args: argparse.Namespace, frames: int, coeffs=None):
+    """(frames, 3) head_x, head_y, neck_z from Audio2Coeff's pose (first-frame coefficients all zero)."""
+    from ezvtb.audio2coeff.pipeline import head_pose_track
+
+    if coeffs is None:
+        coeffs = sadtalker_coefficients(args)
+    return _hold_last(head_pose_track(coeffs, args.fps), frames)
+
+
+def expression_mouth(args: argparse.Namespace):
+    """The `ExpressionMouth` of --bfm (and --exp-profile); clear errors before any network runs."""
+    from ezvtb.audio2coeff.mouth import BfmLandmarks, ExpressionMouth
+
+    if not args.sadtalker:
+        raise ValueError("--bfm: needs --sadtalker CHECKPOINT (the expression coefficients come from Audio2Coeff)")
+    bfm = BfmLandmarks.load(args.bfm, "--bfm")
+    return ExpressionMouth.load_profile(bfm, args.exp_profile) if args.exp_profile else ExpressionMouth(bfm)
+
+
+def sadtalker_mouth(mouth, coeffs, fps: float, frames: int):
+    """(frames, 5) a/i/u/e/o weights from Audio2Coeff's expression coefficients."""
+    return _hold_last(mouth.track(coeffs, fps), frames)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ezvtb import get_core
     from ezvtb.audio2coeff.frontend import load_wav
-    from ezvtb.live.lipsync import RATE, VowelEstimator, mouth_track
+    from ezvtb.live.lipsync import MOUTH, RATE, VOWELS, VowelEstimator, mouth_track
     from ezvtb.live.mapping import breathing_value
     from ezvtb.pose import index
     from ezvtb.video import VideoWriter, parse_color
@@ -95,6 +129,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".mp4":
         raise ValueError(f"--out: expected a path ending in .mp4, got {args.out!r}")
+    if args.exp_profile and not args.bfm:
+        raise ValueError("--exp-profile: needs --bfm (and --sadtalker)")
+    mouth = expression_mouth(args) if args.bfm else None
     samples = load_wav(args.speech, RATE, "speech")
     est = VowelEstimator.load_profile(args.profile) if args.profile else VowelEstimator()
     poses = mouth_track(samples, args.fps, est)
@@ -102,7 +139,13 @@ def run(args: argparse.Namespace) -> int:
     for i in range(len(poses)):
         poses[i, breathing] = breathing_value(i / args.fps, args.breathing)
     if args.sadtalker:
-        head = sadtalker_head(args, len(poses))
+        coeffs = sadtalker_coefficients(args)
+        head = sadtalker_head(args, len(poses), coeffs)
+        if mouth is not None:
+            weights = sadtalker_mouth(mouth, coeffs, args.fps, len(poses))
+            for k, v in enumerate(VOWELS):
+                poses[:, MOUTH[v]] = weights[:, k]
+            log.info("mouth from Audio2Coeff's expression coefficients (BFM %s)", args.bfm)
         for k, name in enumerate(("head_x", "head_y", "neck_z")):
             poses[:, index(name)] = head[:, k]
     kwargs = core_kwargs(args)
