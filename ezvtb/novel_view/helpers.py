@@ -84,11 +84,18 @@ def _remove_background(image):
 
 
 def load_model(config, device: str = "cpu", num_frames: int | None = None, num_steps: int | None = None,
-               verbose: bool = False, ckpt_path=None, *, backend: str = "torch", **kw: Any):
+               verbose: bool = False, ckpt_path=None, *, backend: str = "torch", filter_weights=None, **kw: Any):
     """(model, filter): `config` is a model name (sv3d_u, sv3d_p, svd, svd_xt, sv4d, sv4d2) or an upstream
     sampling YAML (its `model.params.ckpt_path` is used when `ckpt_path` is None). The checkpoint is loaded
-    strictly and must be that model. `filter` is None: the DeepFloyd safety filter's weights are not bundled."""
+    strictly and must be that model. `filter` is upstream's safety filter (`safety_filter.SafetyFilter`) when
+    `filter_weights` is given (a folder or {"clip", "p_head", "w_head"} paths, see `load_safety_filter`), else
+    None: its weights are not bundled."""
     name, yaml_ckpt = _resolve_config(config)
+    filt = None
+    if filter_weights is not None:
+        from ezvtb.novel_view.safety_filter import load_safety_filter
+
+        filt = load_safety_filter(filter_weights, verbose=verbose)
     ckpt_path = ckpt_path or yaml_ckpt
     if ckpt_path is None:
         raise ValueError(f"ckpt_path: no checkpoint given for {name} (the official {name}.safetensors)")
@@ -97,14 +104,14 @@ def load_model(config, device: str = "cpu", num_frames: int | None = None, num_s
 
         model = SV4DModel.from_checkpoint(ckpt_path, name, num_frames=num_frames, num_steps=num_steps,
                                           backend=backend, device=device, **kw)
-        return model, None
+        return model, filt
     model = VideoModel.from_checkpoint(ckpt_path, name, num_frames=num_frames, num_steps=num_steps,
                                        backend=backend, device=device, **kw)
     model.sampler = default_sampler(model, num_steps, verbose)
     if verbose:
         log.info("loaded %s from %s: %d frames, %d steps, backend %s", name, ckpt_path, model.num_frames,
                  model.num_steps, backend)
-    return model, None
+    return model, filt
 
 
 def _resolve_config(config) -> tuple[str, str | None]:
@@ -213,9 +220,10 @@ def orbit_cameras(num_frames: int = 21, elevation_deg=10.0, azimuths_deg=None) -
 
 
 def sv3d_orbit(model, image: torch.Tensor, *, elevation_deg=10.0, azimuths_deg=None, num_steps: int | None = None,
-               seed: int = 23, decoding_t: int | None = None, progress: bool = True) -> torch.Tensor:
+               seed: int = 23, decoding_t: int | None = None, progress: bool = True, filter=None) -> torch.Tensor:
     """SV3D: one (1, 3, H, W) image in [-1, 1] -> (T, 3, H, W) orbit frames in [0, 1]; the last frame is the
-    input view and, as upstream, is replaced by the input image."""
+    input view and, as upstream, is replaced by the input image. `filter` (load_model's) is applied to the
+    sampled frames."""
     if not model.variant.name.startswith("sv3d"):
         raise ValueError(f"model: sv3d_orbit needs an SV3D model, got {model.variant.name}")
     if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[:2] != (1, 3) or image.numel() == 0:
@@ -231,7 +239,8 @@ def sv3d_orbit(model, image: torch.Tensor, *, elevation_deg=10.0, azimuths_deg=N
                   "polars_rad": polars, "azimuths_rad": azimuths}
     sampler = default_sampler(model, num_steps)
     frames = do_sample(model, sampler, value_dict, 1, H, W, 4, 8, T=T, seed=seed, decoding_t=decoding_t,
-                       force_uc_zero_embeddings=["cond_frames", "cond_frames_without_noise"], progress=progress)
+                       force_uc_zero_embeddings=["cond_frames", "cond_frames_without_noise"], progress=progress,
+                       filter=filter)
     frames[-1:] = to_unit_range(image)
     return frames
 
