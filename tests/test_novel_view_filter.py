@@ -158,6 +158,7 @@ def test_bad_weights_and_frames_raise_clear_errors(setup, tmp_path):
     assert filt(frames).shape == frames.shape  # still usable
 
 
+@pytest.mark.slow  # builds the tiny SV3D model twice and samples (~30 s on 2 loaded cores)
 def test_load_model_returns_the_filter_and_do_sample_applies_it(setup, tmp_path):
     from safetensors.torch import save_file
 
