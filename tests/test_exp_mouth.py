@@ -166,6 +166,20 @@ def test_bad_bfm_files(tmp_path, bfm_file):
         BfmLandmarks.from_arrays(mat["meanshape"], mat["exBase"], mat["keypoints"] - mat["keypoints"].min())
 
 
+def test_live_source_option_errors(tmp_path, bfm_file):
+    import soundfile
+
+    from ezvtb.live import open_source
+
+    soundfile.write(str(tmp_path / "s.wav"), np.zeros(1600, np.float32), 16000)
+    with pytest.raises(ValueError, match="need a file"):
+        open_source(f"audio://mic?sadtalker=x.safetensors&bfm={bfm_file[0]}")
+    with pytest.raises(ValueError, match="both sadtalker"):
+        open_source(f"audio://{tmp_path / 's.wav'}?bfm={bfm_file[0]}")
+    with pytest.raises(FileNotFoundError, match="BFM_Fitting"):
+        open_source(f"audio://{tmp_path / 's.wav'}?sadtalker=x.safetensors&bfm={tmp_path / 'none.mat'}")
+
+
 def test_speak_cli_errors_before_running_networks(tmp_path, bfm_file, caplog):
     from ezvtb.cli import main
 
@@ -199,16 +213,25 @@ def _random_sadtalker(path) -> None:
     save_file(bundle, str(path))
 
 
+@pytest.fixture(scope="module")
+def sadtalker(tmp_path_factory):
+    """Random Audio2Coeff weights in the bundled safetensors layout, with a module-wide graph cache."""
+    d = tmp_path_factory.mktemp("sadtalker")
+    ckpt = d / "SadTalker_V0.0.2_256.safetensors"
+    _random_sadtalker(ckpt)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EZVTB_HOME", str(d / "home"))
+        yield ckpt
+
+
 @pytest.mark.slow
-def test_speak_sadtalker_expression_mouth(tmp_path, bfm_file, monkeypatch):
+def test_speak_sadtalker_expression_mouth(tmp_path, bfm_file, sadtalker):
     """The CLI path's pieces on random Audio2Coeff weights: coefficients -> BFM mouth -> poses' mouth columns."""
     import soundfile
 
     from ezvtb.cli.speak import expression_mouth, sadtalker_coefficients, sadtalker_head, sadtalker_mouth
 
-    monkeypatch.setenv("EZVTB_HOME", str(tmp_path / "home"))
-    ckpt = tmp_path / "SadTalker_V0.0.2_256.safetensors"
-    _random_sadtalker(ckpt)
+    ckpt = sadtalker
     rng = np.random.default_rng(3)
     soundfile.write(str(tmp_path / "s.wav"), (0.2 * rng.standard_normal(16000)).astype(np.float32), 16000)
     args = argparse.Namespace(sadtalker=str(ckpt), speech=str(tmp_path / "s.wav"), pose_style=1, seed=0, fps=10.0,
@@ -226,7 +249,39 @@ def test_speak_sadtalker_expression_mouth(tmp_path, bfm_file, monkeypatch):
 
 
 @pytest.mark.slow
-def test_speak_cli_renders_with_bfm_mouth(tmp_path, bfm_file, monkeypatch):
+def test_live_audio_source_expression_mouth(tmp_path, bfm_file, sadtalker):
+    """``audio://speech.wav?step=1&fps=25&sadtalker=CKPT&bfm=PATH``: each tick's mouth is that 25 fps frame's
+    expression-mouth weights (Audio2Coeff run on the file when the source opens)."""
+    import soundfile
+
+    from ezvtb.audio2coeff.mouth import ExpressionMouth
+    from ezvtb.cli.speak import sadtalker_coefficients
+    from ezvtb.live import open_source
+    from ezvtb.pose import index
+
+    rng = np.random.default_rng(5)
+    wav = tmp_path / "s.wav"
+    soundfile.write(str(wav), (0.2 * rng.standard_normal(12800)).astype(np.float32), 16000)  # 0.8 s, 20 frames
+    args = argparse.Namespace(sadtalker=str(sadtalker), speech=str(wav), pose_style=2, seed=1)
+    coeffs = sadtalker_coefficients(args)
+    mouth = ExpressionMouth(BfmLandmarks.load(bfm_file[0]))
+    mouth.calibrate(coeffs)  # this (random) voice's ranges
+    prof = tmp_path / "p.json"
+    mouth.save_profile(prof)
+    want = mouth.weights(coeffs)
+    src = open_source(f"audio://{wav}?step=1&fps=25&sadtalker={sadtalker}&bfm={bfm_file[0]}&exp_profile={prof}"
+                      f"&pose_style=2&seed=1")
+    try:
+        got = np.array([src.latest().pose[[index(f"mouth_{v * 3}") for v in "aiueo"]] for _ in range(19)])
+    finally:
+        src.close()
+    err = np.abs(got - want[1:20]).max()  # tick k has consumed k frames of audio: frame k's weights
+    assert err <= 1e-6, err
+    assert np.ptp(got, axis=0).max() > 0.3  # the mouth moves
+
+
+@pytest.mark.slow
+def test_speak_cli_renders_with_bfm_mouth(tmp_path, bfm_file, sadtalker, monkeypatch):
     """`ezvtb speak --sadtalker CKPT --bfm PATH` end to end on the real THA3 core (skipped without it)."""
     pytest.importorskip("ezvtb.export.tha3", reason="the THA3 export is not in the tree")
     import soundfile
@@ -234,9 +289,7 @@ def test_speak_cli_renders_with_bfm_mouth(tmp_path, bfm_file, monkeypatch):
     from ezvtb.cli import main
     from ezvtb.cli import speak as speak_cli
 
-    monkeypatch.setenv("EZVTB_HOME", str(tmp_path / "home"))
-    ckpt = tmp_path / "SadTalker_V0.0.2_256.safetensors"
-    _random_sadtalker(ckpt)
+    ckpt = sadtalker
     rng = np.random.default_rng(4)
     soundfile.write(str(tmp_path / "s.wav"), (0.2 * rng.standard_normal(8000)).astype(np.float32), 16000)
     seen = {}

@@ -210,3 +210,57 @@ class ExpressionMouth:
         src_t, t = np.arange(c.shape[0]) / FPS, np.arange(n) / fps
         exp = np.stack([np.interp(t, src_t, c[:, j]) for j in range(EXP_DIM)], axis=1)
         return self.weights(exp)
+
+
+class ExpressionMouthPlayer:
+    """The estimator interface of `ezvtb.live.lipsync.AudioFilePoseSource` (`push`, `mouth`, `reset`) over a
+    precomputed 25 fps weight track: `push` advances the 16 kHz sample position, `mouth` returns the weights at
+    it (linear between frames). For ``audio://speech.wav?sadtalker=CKPT&bfm=PATH``: the whole file is run through
+    Audio2Coeff when the source opens (its mel windows look 0.2 s ahead, so this path is not causal; no microphone)."""
+
+    RATE = 16000
+
+    def __init__(self, weights: np.ndarray) -> None:
+        w = np.asarray(weights, np.float64)
+        if w.ndim != 2 or w.shape[1] != 5 or len(w) < 1:
+            raise ValueError(f"weights: expected (T >= 1, 5) a/i/u/e/o weights, got {list(w.shape)}")
+        self.weights = w
+        self._pos = 0
+
+    def reset(self) -> None:
+        self._pos = 0
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        self._pos += int(np.asarray(samples).reshape(-1).shape[0])
+        return self.mouth()
+
+    def mouth(self) -> np.ndarray:
+        f = self._pos / self.RATE * FPS
+        i = int(f) % len(self.weights)
+        j = (i + 1) % len(self.weights)
+        a = f - int(f)
+        return (1 - a) * self.weights[i] + a * self.weights[j]
+
+
+def expression_player(audio_path: str | os.PathLike, checkpoint: str | os.PathLike, bfm_path: str | os.PathLike,
+                      *, profile: str | os.PathLike | None = None, pose_style: int = 0,
+                      seed: int = 0) -> ExpressionMouthPlayer:
+    """Audio2Coeff (`checkpoint`: SadTalker_V0.0.2_*.safetensors) on `audio_path`, mapped through the BFM at
+    `bfm_path`, as an `ExpressionMouthPlayer`. The BFM is checked before the networks load."""
+    import tempfile
+
+    from scipy.io import savemat
+
+    from ezvtb.audio2coeff.pipeline import Audio2Coeff
+
+    bfm = BfmLandmarks.load(bfm_path, "bfm")
+    mouth = ExpressionMouth.load_profile(bfm, profile) if profile else ExpressionMouth(bfm)
+    a2c = Audio2Coeff({"use_safetensor": True, "checkpoint": str(checkpoint)}, "cpu", backend="auto")
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            first = Path(d) / "neutral.mat"
+            savemat(str(first), {"coeff_3dmm": np.zeros((1, 73), np.float32)})
+            coeffs = a2c.from_wav(audio_path, first, pose_style=pose_style, seed=seed)
+    finally:
+        a2c.close()
+    return ExpressionMouthPlayer(mouth.weights(coeffs))

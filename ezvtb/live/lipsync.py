@@ -23,6 +23,9 @@ Sources (`open_source`): ``audio://PATH.wav`` plays a file by wall clock (``step
 `latest` call; ``loop=1``), ``audio://mic`` reads the default microphone through `sounddevice` (``device=`` picks
 one). Options: ``profile=voice.json``, ``silence_db``, ``loud_db``, ``attack``, ``release``, ``temperature``,
 ``breathing`` (period, s). Only the mouth parameters (and breathing) are set; the rest of the pose is neutral.
+With ``sadtalker=SadTalker_V0.0.2_*.safetensors&bfm=BFM_model_front.mat`` (files only; ``exp_profile``,
+``pose_style``, ``seed``) the mouth comes from Audio2Coeff's expression coefficients instead
+(`ezvtb.audio2coeff.mouth`, precomputed for the whole file when the source opens).
 
 numpy only (scipy is imported lazily, to resample a file or build the default templates); no torch.
 """
@@ -406,7 +409,8 @@ class MouthOverlaySource(PoseSource):
 
 
 AUDIO_KEYS = {"fps", "loop", "step", "profile", "silence_db", "loud_db", "attack", "release", "temperature",
-              "breathing", "device"}
+              "breathing", "device", "sadtalker", "bfm", "exp_profile", "pose_style", "seed"}
+SADTALKER_KEYS = ("sadtalker", "bfm", "exp_profile", "pose_style", "seed")  # ezvtb.audio2coeff.mouth
 
 
 def open_audio_source(url: str, rest: str, q: dict[str, str]) -> PoseSource:
@@ -420,6 +424,8 @@ def open_audio_source(url: str, rest: str, q: dict[str, str]) -> PoseSource:
     est = VowelEstimator.load_profile(q["profile"], **kw) if q.get("profile") else VowelEstimator(**kw)
     breathing = _num("breathing", q.get("breathing", "0"))
     target = urllib.parse.unquote(rest)
+    if any(k in q for k in SADTALKER_KEYS):
+        est = _expression_player(url, target, q)
     if target in ("mic", "microphone"):
         dev: str | int | None = q.get("device") or None
         if isinstance(dev, str) and dev.isdigit():
@@ -431,6 +437,24 @@ def open_audio_source(url: str, rest: str, q: dict[str, str]) -> PoseSource:
     return AudioFilePoseSource(url, samples, est, fps=_num("fps", q.get("fps", "30")),
                                loop=_bool("loop", q.get("loop", "0")), step=_bool("step", q.get("step", "0")),
                                breathing_period=breathing).start()
+
+
+def _expression_player(url: str, target: str, q: dict[str, str]) -> Any:
+    """``sadtalker=CKPT&bfm=PATH[&exp_profile=JSON&pose_style=N&seed=N]``: the mouth from Audio2Coeff's
+    expression coefficients (`ezvtb.audio2coeff.mouth`), precomputed for the whole file."""
+    from ezvtb.live.sources import _num
+
+    if target in ("mic", "microphone"):
+        raise ValueError(f"input: {url!r}: sadtalker=/bfm= need a file (Audio2Coeff looks 0.2 s ahead); "
+                         f"use audio://mic without them")
+    if not q.get("sadtalker") or not q.get("bfm"):
+        raise ValueError(f"input: {url!r}: the expression mouth needs both sadtalker=SadTalker_V0.0.2_*.safetensors "
+                         f"and bfm=BFM_model_front.mat")
+    from ezvtb.audio2coeff.mouth import expression_player
+
+    return expression_player(target, q["sadtalker"], q["bfm"], profile=q.get("exp_profile") or None,
+                             pose_style=int(_num("pose_style", q.get("pose_style", "0"))),
+                             seed=int(_num("seed", q.get("seed", "0"))))
 
 
 def mouth_track(samples: np.ndarray, fps: float, estimator: VowelEstimator | None = None) -> np.ndarray:
