@@ -37,7 +37,7 @@ from torch import nn
 from ezvtb.diffusion.guidance import apply_guidance
 from ezvtb.diffusion.schedulers import edm_sigmas, v_scalings
 from ezvtb.models.sgm_video import spec as specs
-from ezvtb.models.sgm_video.checkpoint import UNET_PREFIX, VARIANTS, read_shapes
+from ezvtb.models.sgm_video.checkpoint import UNET_PREFIX, VARIANTS, read_state_dict
 from ezvtb.models.sgm_video.clip_vision import ImageEmbedder, build_clip_vision
 from ezvtb.models.sgm_video.sv4d_unet import SV4DUNet, build_sv4d_unet, sv4d_unet_spec
 from ezvtb.models.sgm_video.vae import VAEDecode, VAEEncodeMode, build_vae
@@ -149,19 +149,12 @@ def split_sv4d_state_dict(sd: dict, variant: str | None = None) -> SV4DParts:
 
 def load_sv4d_checkpoint(path: str | os.PathLike, name: str | None = None) -> SV4DParts:
     """Read an official SV4D `.safetensors` (or weights-only `.ckpt`) and split it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path: no checkpoint at {path} (download the official sv4d.safetensors)")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
 
-        if not any(".motion_blocks." in k for k in read_shapes(path) if k.startswith(UNET_PREFIX)):
+    def check(shapes: dict[str, tuple[int, ...]]) -> None:
+        if not any(".motion_blocks." in k for k in shapes if k.startswith(UNET_PREFIX)):
             raise ValueError(f"ckpt_path: {path} is not an SV4D checkpoint (no motion_blocks in its UNet)")
-        sd = load_file(str(path))
-    else:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
-        sd = sd.get("state_dict", sd)
-    return split_sv4d_state_dict(sd, name)
+
+    return split_sv4d_state_dict(read_state_dict(path, check), name)
 
 
 def _same(a: dict, b: dict) -> bool:

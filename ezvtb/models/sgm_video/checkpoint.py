@@ -9,8 +9,10 @@ tensor must be claimed by a part; unknown keys are an error naming them.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 UNET_PREFIX = "model.diffusion_model."
 CLIP_PREFIX = "conditioner.embedders.0.open_clip.model."
@@ -125,25 +127,38 @@ def split_state_dict(sd: dict, variant: str) -> CheckpointParts:
     return parts
 
 
-def load_checkpoint(path: str | os.PathLike, name: str | None = None) -> CheckpointParts:
-    """Read an official `.safetensors` (or `.ckpt` with ["state_dict"], loaded weights-only) and split it."""
+def read_state_dict(path: str | os.PathLike, check: Callable[[dict[str, tuple[int, ...]]], None] | None = None
+                    ) -> dict[str, Any]:
+    """The tensors of an official `.safetensors` or of a `.ckpt` (["state_dict"], loaded weights-only).
+
+    `check(shapes)` sees every name -> shape first (for safetensors from the header, before any weight is read)
+    and raises to refuse the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path: no checkpoint at {path} (download the official .safetensors)")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        shapes = read_shapes(path)
-        detected = detect_variant(shapes)
-        if name is not None:
-            check_variant(name, detected, path)
-        sd = load_file(str(path))
-    else:
-        import torch
+        if check is not None:
+            check(read_shapes(path))
+        return load_file(str(path))
+    import torch
 
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
-        sd = sd.get("state_dict", sd)
-        detected = detect_variant({k: tuple(v.shape) for k, v in sd.items()})
+    sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    sd = sd.get("state_dict", sd)
+    if check is not None:
+        check({k: tuple(v.shape) for k, v in sd.items()})
+    return sd
+
+
+def load_checkpoint(path: str | os.PathLike, name: str | None = None) -> CheckpointParts:
+    """Read an official `.safetensors` (or `.ckpt` with ["state_dict"], loaded weights-only) and split it."""
+    detected: list[str] = []
+
+    def check(shapes: dict[str, tuple[int, ...]]) -> None:
+        detected.append(detect_variant(shapes))
         if name is not None:
-            check_variant(name, detected, path)
-    return split_state_dict(sd, name or detected)
+            check_variant(name, detected[0], path)
+
+    sd = read_state_dict(path, check)
+    return split_state_dict(sd, name or detected[0])
