@@ -4,8 +4,9 @@ The mouth follows the speech (`ezvtb.live.lipsync`: vowel shapes and openness, n
 profile from `VowelEstimator.save_profile` with --profile); the rest of the pose is neutral, with optional
 breathing; with ``--sadtalker SadTalker_V0.0.2_*.safetensors`` Audio2Coeff's speech-driven head pose also moves the
 head (head_x, head_y, neck_z; approximate axis mapping), and with ``--bfm BFM_model_front.mat`` too its expression
-coefficients drive the mouth instead of the vowel estimator (`ezvtb.audio2coeff.mouth`). The video is rendered by the same core as `ezvtb run`; when ffmpeg is on PATH the speech is muxed in
-as an AAC track (otherwise the mp4 is silent and a warning says so). The output appears atomically.
+coefficients drive the mouth instead of the vowel estimator (`ezvtb.audio2coeff.mouth`). The video is rendered by
+the same core as `ezvtb run`; when ffmpeg is on PATH the speech is muxed in as an AAC track (otherwise the mp4 is
+silent and a warning says so). The output appears atomically.
 """
 from __future__ import annotations
 
