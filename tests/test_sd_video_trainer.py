@@ -50,6 +50,7 @@ def test_training_lowers_the_loss_and_checkpoints_reload_and_resume(tiny_modelsc
                              gradient_accumulation_steps=2)
 
     def fixed_loss():
+        torch.manual_seed(0)  # the same dropout masks (train mode) each time
         with torch.no_grad():
             return trainer.loss(batch, torch.Generator().manual_seed(123)).item()
 
@@ -103,3 +104,82 @@ def test_trainer_rejects_bad_options(tiny_modelscope_folder, tmp_path):
     (tmp_path / "d").mkdir()
     with pytest.raises(ValueError, match="no <name>.gif"):
         MiniTestSet(tmp_path / "d")
+
+
+def _fixed_batch() -> dict:
+    g = torch.Generator().manual_seed(7)
+    return {"pixel_values": torch.rand((1, 2, 3, 16, 16), generator=g) * 2 - 1, "text": ["a cat"]}
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_modelscope_folder, tmp_path):
+    """One forward+backward with block checkpointing on vs off, in train mode (dropout active)."""
+    from ezvtb.sd_video import SDVideo
+    from ezvtb.sd_video.trainer import SDVideoTrainer, checkpoint_unet_blocks
+
+    trainer = SDVideoTrainer(SDVideo(tiny_modelscope_folder, backend="torch"), [], tmp_path, device="cpu")
+    unet, batch = trainer.unet, _fixed_batch()
+    blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+    calls = [0]
+    for b in blocks:  # the first resnet of each block: runs again when the block is recomputed
+        b.resnets[0].register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+
+    def loss_and_grads():
+        unet.zero_grad(set_to_none=True)
+        calls[0] = 0
+        torch.manual_seed(0)  # the dropout masks
+        loss = trainer.loss(batch, torch.Generator().manual_seed(123))
+        loss.backward()
+        return loss.item(), {k: p.grad.clone() for k, p in unet.named_parameters()}, calls[0]
+
+    assert unet.training
+    loss_off, grads_off, calls_off = loss_and_grads()
+    assert checkpoint_unet_blocks(unet) == len(blocks)
+    loss_on, grads_on, calls_on = loss_and_grads()
+    assert (calls_off, calls_on) == (len(blocks), 2 * len(blocks))  # checkpointing recomputes every block
+    err = max((grads_on[k] - grads_off[k]).abs().max().item() for k in grads_off)
+    scale = max(g.abs().max().item() for g in grads_off.values())
+    print(f"checkpointing on vs off: loss {loss_on:.6f} vs {loss_off:.6f}, {len(grads_off)} gradients, "
+          f"max abs difference {err:.2e} (largest gradient {scale:.2e}), block runs {calls_on} vs {calls_off}")
+    assert grads_on.keys() == grads_off.keys() and scale > 0
+    assert loss_on == pytest.approx(loss_off, abs=1e-6)
+    assert err <= 1e-6
+    with torch.no_grad():  # the wrapper runs the blocks once outside autograd
+        calls[0] = 0
+        trainer.loss(batch, torch.Generator().manual_seed(123))
+    assert calls[0] == len(blocks)
+
+
+def test_trainer_applies_modelscope_resnet_dropout_only_in_train_mode(tiny_modelscope_folder, tmp_path):
+    """diffusers builds UNet3D's ResnetBlock2Ds with dropout 0.0; training uses ModelScope's 0.1, eval does not."""
+    from diffusers.models.resnet import ResnetBlock2D
+
+    from ezvtb.sd_video import SDVideo
+    from ezvtb.sd_video.trainer import SDVideoTrainer
+
+    model = SDVideo(tiny_modelscope_folder, backend="torch")
+    unet = model.components.unet
+    resnets = [m for m in unet.modules() if isinstance(m, ResnetBlock2D)]
+    assert resnets and all(m.dropout.p == 0.0 for m in resnets) and model.components.unet_dropout == 0.1
+    x = torch.randn((1, 4, 2, 4, 4), generator=torch.Generator().manual_seed(1))
+    ctx = torch.randn((1, 3, unet.config.cross_attention_dim), generator=torch.Generator().manual_seed(2))
+
+    @torch.no_grad()
+    def run(resnet_p: float) -> torch.Tensor:
+        for m in resnets:
+            m.dropout.p = resnet_p
+        torch.manual_seed(0)  # the dropout masks
+        return unet(x, torch.tensor([500]), encoder_hidden_states=ctx).sample
+
+    with pytest.raises(ValueError, match="dropout"):
+        SDVideoTrainer(model, [], tmp_path, device="cpu", dropout=1.5)
+    assert all(m.dropout.p == 0.0 for m in resnets)  # the bad value changed nothing
+    trainer = SDVideoTrainer(model, [], tmp_path, device="cpu")
+    assert trainer.dropout == 0.1 and all(m.dropout.p == 0.1 for m in resnets) and unet.training
+    # train mode: the resnet dropout alone changes the output (the temporal convs keep diffusers' 0.1 in both)
+    train_diff = (run(0.1) - run(0.0)).abs().max().item()
+    unet.eval()  # eval (sampling, export): the 0.1 has no effect at all
+    eval_diff = (run(0.1) - run(0.0)).abs().max().item()
+    print(f"resnet dropout 0.1 vs 0.0: train-mode output max abs difference {train_diff:.3f}, eval {eval_diff}")
+    assert train_diff > 1e-3 and eval_diff == 0.0
+    assert SDVideoTrainer(model, [], tmp_path, device="cpu", dropout=0.0).dropout == 0.0
+    assert all(m.dropout.p == 0.0 for m in resnets)

@@ -55,6 +55,7 @@ class T2VComponents:
     tokenizer: Any  # transformers CLIPTokenizer
     max_frames: int = DEFAULT_MAX_FRAMES
     num_train_timesteps: int = 1000
+    unet_dropout: float = 0.1  # ModelScope's ResBlock dropout; the trainer applies it (diffusers builds 0.0)
     layout: str = "diffusers"
     path: Path | None = None
 
@@ -155,7 +156,8 @@ def _load_modelscope(p: Path) -> T2VComponents:
     _check_tokenizer(tokenizer, text_encoder)
     return T2VComponents(unet, vae, text_encoder, tokenizer,
                          max_frames=int(args.get("max_frames", DEFAULT_MAX_FRAMES)),
-                         num_train_timesteps=int(mcfg.get("num_timesteps", 1000)), layout="modelscope", path=p)
+                         num_train_timesteps=int(mcfg.get("num_timesteps", 1000)),
+                         unet_dropout=float(mcfg.get("unet_dropout", 0.1)), layout="modelscope", path=p)
 
 
 def _weights_file(folder: Path, part: str) -> Path:
@@ -198,7 +200,8 @@ def _load_diffusers(p: Path) -> T2VComponents:
     steps = json.loads(sched.read_text()).get("num_train_timesteps", 1000) if sched.is_file() else 1000
     return T2VComponents(unet, vae, text_encoder, tokenizer,
                          max_frames=int(index.get("max_frames", DEFAULT_MAX_FRAMES)),
-                         num_train_timesteps=int(steps), layout="diffusers", path=p)
+                         num_train_timesteps=int(steps), unet_dropout=float(index.get("unet_dropout", 0.1)),
+                         layout="diffusers", path=p)
 
 
 def _check_tokenizer(tokenizer: Any, text_encoder: Any) -> None:
@@ -241,7 +244,7 @@ def save_diffusers_folder(comps: T2VComponents, folder: str | os.PathLike, *, un
         index = {"_class_name": "TextToVideoSDPipeline", "scheduler": ["diffusers", "DDIMScheduler"],
                  "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
                  "unet": ["diffusers", "UNet3DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-                 "max_frames": comps.max_frames}
+                 "max_frames": comps.max_frames, "unet_dropout": comps.unet_dropout}
         (tmp / "model_index.json").write_text(json.dumps(index, indent=1))
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)

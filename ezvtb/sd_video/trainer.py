@@ -110,6 +110,24 @@ def checkpoint_unet_blocks(unet: torch.nn.Module) -> int:
     return len(blocks)
 
 
+def set_resnet_dropout(unet: torch.nn.Module, p: float) -> int:
+    """Set the dropout probability of every ResnetBlock2D of a UNet3DConditionModel; returns their count.
+
+    ModelScope's UNetSD applies ``unet_dropout`` (0.1) in each ResBlock before its second conv;
+    diffusers' UNet3DConditionModel builds the same blocks (ResnetBlock2D, dropout at the same place)
+    but does not pass a dropout, so they have 0.0. Dropout acts only in train mode: eval outputs,
+    sampling and export are unchanged. Its temporal convolutions already use 0.1, as upstream.
+    """
+    from diffusers.models.resnet import ResnetBlock2D
+
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout: expected a number in [0, 1), got {p!r}")
+    resnets = [m for m in unet.modules() if isinstance(m, ResnetBlock2D)]
+    for m in resnets:
+        m.dropout.p = float(p)
+    return len(resnets)
+
+
 class SDVideoTrainer:
     """Trains ``model.components.unet`` of an `SDVideo` on eps-prediction MSE.
 
@@ -119,6 +137,8 @@ class SDVideoTrainer:
     lr, weight_decay, betas, eps: AdamW. max_grad_norm: clipping (None: off).
     gradient_accumulation_steps: batches per optimizer step.
     gradient_checkpointing: recompute activations in the backward pass (less memory).
+    dropout: of the UNet's ResnetBlock2Ds while training (None: the model's ``unet_dropout``,
+        ModelScope's 0.1); diffusers builds them with 0.0. Eval/sampling/export are unaffected.
     mixed_precision: "no", "fp16" or "bf16" autocast of the UNet forward.
     resume_from: None, "latest" (the newest checkpoint in output_dir) or a checkpoint folder.
     device: where to train (default: "cuda" if available, else "cpu").
@@ -128,7 +148,7 @@ class SDVideoTrainer:
     def __init__(self, model: Any, dataloader: Iterable[dict], output_dir: str | os.PathLike, *, lr: float = 1e-5,
                  weight_decay: float = 1e-2, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  max_grad_norm: float | None = 1.0, gradient_accumulation_steps: int = 1,
-                 gradient_checkpointing: bool = False, mixed_precision: str = "no",
+                 gradient_checkpointing: bool = False, dropout: float | None = None, mixed_precision: str = "no",
                  resume_from: str | os.PathLike | None = None, device: str | torch.device | None = None,
                  seed: int = 0) -> None:
         from ezvtb.sd_video.pipeline import make_scheduler
@@ -151,6 +171,8 @@ class SDVideoTrainer:
         self.mixed_precision = mixed_precision
         c = self.components
         self.unet = c.unet
+        self.dropout = float(getattr(c, "unet_dropout", 0.1)) if dropout is None else dropout
+        set_resnet_dropout(self.unet, self.dropout)
         self.unet.to(self.device, torch.float32).train().requires_grad_(True)
         if gradient_checkpointing:
             checkpoint_unet_blocks(self.unet)
