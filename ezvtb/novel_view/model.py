@@ -79,9 +79,14 @@ class VideoModel(nn.Module):
         self.session_options = session_options
         self.model: VideoUNet = build_video_unet(parts.unet, num_head_channels, self.num_frames)
         vae = build_vae(parts.encoder, parts.quant_conv, parts.decoder)
-        tower = build_clip_vision(parts.clip_visual, clip_head_width)
+        self._set_networks(build_clip_vision(parts.clip_visual, clip_head_width), vae)
+
+    def _set_networks(self, tower: nn.Module, vae: nn.Module, **encoders: nn.Module) -> None:
+        """The conditioner (CLIP image embedder, cond-frame VAE encoder, extra `encoders` by stage name), the
+        decoder and the sizes derived from them; eval mode."""
         self.conditioner = nn.ModuleDict({"image_embedder": ImageEmbedder(tower, resize=False),
-                                          "cond_encoder": VAEEncodeMode(vae)})
+                                          "cond_encoder": VAEEncodeMode(vae),
+                                          **{name: VAEEncodeMode(e) for name, e in encoders.items()}})
         self.first_stage_model = VAEDecode(vae)
         self.embed_dim = tower.config.projection_dim
         self.clip_size = tower.config.image_size

@@ -38,9 +38,9 @@ from ezvtb.diffusion.guidance import apply_guidance
 from ezvtb.diffusion.schedulers import edm_sigmas, v_scalings
 from ezvtb.models.sgm_video import spec as specs
 from ezvtb.models.sgm_video.checkpoint import UNET_PREFIX, VARIANTS, read_state_dict
-from ezvtb.models.sgm_video.clip_vision import ImageEmbedder, build_clip_vision
+from ezvtb.models.sgm_video.clip_vision import build_clip_vision
 from ezvtb.models.sgm_video.sv4d_unet import SV4DUNet, build_sv4d_unet, sv4d_unet_spec
-from ezvtb.models.sgm_video.vae import VAEDecode, VAEEncodeMode, build_vae
+from ezvtb.models.sgm_video.vae import build_vae
 from ezvtb.novel_view.model import VideoModel, _Stage
 
 log = logging.getLogger("ezvtb.novel_view")
@@ -196,15 +196,7 @@ class SV4DModel(VideoModel):
         vae = build_vae(enc, quant, parts.decoder)
         venc, vquant = parts.encoders[ENCODER_EMBEDDERS["cond_view"]]
         view_vae = vae if _same(enc, venc) and _same(quant, vquant) else build_vae(venc, vquant, parts.decoder)
-        tower = build_clip_vision(parts.clip_visual, clip_head_width)
-        self.conditioner = nn.ModuleDict({"image_embedder": ImageEmbedder(tower, resize=False),
-                                          "cond_encoder": VAEEncodeMode(vae),
-                                          "view_encoder": VAEEncodeMode(view_vae)})
-        self.first_stage_model = VAEDecode(vae)
-        self.embed_dim = tower.config.projection_dim
-        self.clip_size = tower.config.image_size
-        self.temporal_decoder = self.first_stage_model.temporal
-        self.eval()
+        self._set_networks(build_clip_vision(parts.clip_visual, clip_head_width), vae, view_encoder=view_vae)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, name: str | None = None, **kw: Any) -> "SV4DModel":
