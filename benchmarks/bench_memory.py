@@ -25,7 +25,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import pct, publish, table  # noqa: E402
+from _common import publish, table  # noqa: E402
 
 MB = 1024**2
 

@@ -13,7 +13,10 @@ two calls (half the activation memory).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # annotations only: torch is imported where a function needs it
+    import torch
 
 GUIDANCE_KINDS = ("constant", "linear", "triangle")
 

@@ -275,8 +275,6 @@ class SDVideo:
         input, in [0, timesteps] (default: timesteps; ``round(timesteps * strength)`` in sd-video).
         seed: makes the noise reproducible.
         """
-        from tqdm import tqdm
-
         if not isinstance(text, str):
             raise ValueError(f"text: expected a string, got {type(text).__name__}")
         if not isinstance(text_neg, str):
