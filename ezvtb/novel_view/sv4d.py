@@ -37,7 +37,7 @@ from torch import nn
 from ezvtb.diffusion.guidance import apply_guidance
 from ezvtb.diffusion.schedulers import edm_sigmas, v_scalings
 from ezvtb.models.sgm_video import spec as specs
-from ezvtb.models.sgm_video.checkpoint import UNET_PREFIX, VARIANTS, read_state_dict
+from ezvtb.models.sgm_video.checkpoint import UNET_PREFIX, VARIANTS, claim_shared_key, read_state_dict
 from ezvtb.models.sgm_video.clip_vision import build_clip_vision
 from ezvtb.models.sgm_video.sv4d_unet import SV4DUNet, build_sv4d_unet, sv4d_unet_spec
 from ezvtb.models.sgm_video.vae import build_vae
@@ -45,7 +45,6 @@ from ezvtb.novel_view.model import VideoModel, _Stage
 
 log = logging.getLogger("ezvtb.novel_view")
 
-CLIP_PREFIX = "conditioner.embedders.0.open_clip.model."
 ENCODER_EMBEDDERS = {"cond_frames": 1, "cond_view": 4, "cond_motion": 5}  # conditioner positions (sv4d*.yaml)
 SV3D_SUBSAMPLED_VIEWS = (0, 2, 5, 7, 9, 12, 14, 16, 19)  # of the 21 rolled SV3D views; 0 = input view
 
@@ -110,12 +109,8 @@ def split_sv4d_state_dict(sd: dict, variant: str | None = None) -> SV4DParts:
     parts = SV4DParts({}, {}, {i: ({}, {}) for i in ENCODER_EMBEDDERS.values()}, {}, variant)
     unknown = []
     for k, v in sd.items():
-        if k.startswith(UNET_PREFIX):
-            parts.unet[k[len(UNET_PREFIX):]] = v
-        elif k.startswith(CLIP_PREFIX + "visual."):
-            parts.clip_visual[k[len(CLIP_PREFIX) + 7:]] = v
-        elif k.startswith(CLIP_PREFIX):
-            pass  # OpenCLIP text-tower leftovers
+        if claim_shared_key(k, v, parts.unet, parts.clip_visual, parts.decoder):
+            pass
         elif k.startswith("conditioner.embedders."):
             i_str, _, rest = k[len("conditioner.embedders."):].partition(".")
             i = int(i_str) if i_str.isdigit() else -1
@@ -127,11 +122,6 @@ def split_sv4d_state_dict(sd: dict, variant: str | None = None) -> SV4DParts:
                 pass  # the embedders' unused decoder halves
             else:
                 unknown.append(k)
-        elif k.startswith("first_stage_model.decoder."):
-            parts.decoder[k[len("first_stage_model.decoder."):]] = v
-        elif k.startswith("first_stage_model.encoder.") or k in ("denoiser.sigmas", "denoiser.log_sigmas") \
-                or k.startswith("model_ema."):
-            pass
         else:
             unknown.append(k)
     if unknown:

@@ -92,6 +92,22 @@ class CheckpointParts:
     variant: str
 
 
+def claim_shared_key(k: str, v: Any, unet: dict, clip_visual: dict, decoder: dict) -> bool:
+    """Put tensor `k` into the part every sgm video checkpoint has (UNet, CLIP image tower, first-stage
+    decoder), or skip what no model uses (OpenCLIP text leftovers, SVD's first-stage encoder copy, sigma
+    tables, EMA weights). False: the key is not one of these (the caller's own parts, or unknown)."""
+    if k.startswith(UNET_PREFIX):
+        unet[k[len(UNET_PREFIX):]] = v
+    elif k.startswith(CLIP_PREFIX + "visual."):
+        clip_visual[k[len(CLIP_PREFIX) + 7:]] = v
+    elif k.startswith(FIRST_STAGE + "decoder."):
+        decoder[k[len(FIRST_STAGE) + 8:]] = v
+    elif not (k.startswith((CLIP_PREFIX, FIRST_STAGE + "encoder.", "model_ema."))
+              or k in ("denoiser.sigmas", "denoiser.log_sigmas")):
+        return False
+    return True
+
+
 def split_state_dict(sd: dict, variant: str) -> CheckpointParts:
     """Group the tensors by part; raise on any tensor no part claims."""
     enc_i = VARIANTS[variant].encoder_index
@@ -99,24 +115,14 @@ def split_state_dict(sd: dict, variant: str) -> CheckpointParts:
     parts = CheckpointParts({}, {}, {}, {}, {}, variant)
     unknown = []
     for k, v in sd.items():
-        if k.startswith(UNET_PREFIX):
-            parts.unet[k[len(UNET_PREFIX):]] = v
-        elif k.startswith(CLIP_PREFIX + "visual."):
-            parts.clip_visual[k[len(CLIP_PREFIX) + 7:]] = v
-        elif k.startswith(CLIP_PREFIX):
-            pass  # OpenCLIP text leftovers (token/positional embedding, ln_final, projections, logit_scale)
+        if claim_shared_key(k, v, parts.unet, parts.clip_visual, parts.decoder):
+            pass
         elif k.startswith(enc_prefix + "encoder."):
             parts.encoder[k[len(enc_prefix) + 8:]] = v
         elif k.startswith(enc_prefix + "quant_conv."):
             parts.quant_conv[k[len(enc_prefix) + 11:]] = v
         elif k.startswith(enc_prefix + "decoder.") or k.startswith(enc_prefix + "post_quant_conv."):
             pass  # the embedder's unused decoder half (AutoencoderKLModeOnly holds both)
-        elif k.startswith(FIRST_STAGE + "decoder."):
-            parts.decoder[k[len(FIRST_STAGE) + 8:]] = v
-        elif k.startswith(FIRST_STAGE + "encoder."):
-            pass  # SVD's first stage repeats the encoder; the conditioner's copy is the one used
-        elif k in ("denoiser.sigmas", "denoiser.log_sigmas") or k.startswith("model_ema."):
-            pass
         else:
             unknown.append(k)
     if unknown:
