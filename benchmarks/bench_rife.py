@@ -4,8 +4,8 @@ keeps of its quality (default mode); or RifeStage against PyTorch eager (``--vs-
 Default mode (issue 14): real THA3 frame pairs. For each sample image, consecutive poses (k, k+1)
 of the realistic tracker trace (`ezvtb.traces`, 20 fps) are rendered by the THA3 core (ORT CPU,
 separable fp32, no caches), and so is the midpoint pose (p_k + p_k+1) / 2: the true frame half-way,
-against which every interpolation is scored. Per setting (RIFE HDv3 x2, flow estimated at 1, 1/2,
-1/4 of the frame size; plus a plain 50/50 blend as the no-flow baseline): ms per interpolated frame
+against which every interpolation is scored. Per setting (RIFE HDv3 x2, flow estimated at 1, 3/4,
+5/8, 1/2, 1/4 of the frame size; plus a plain 50/50 blend as the no-flow baseline): ms per interpolated frame
 (RifeStage.run of the second frame of the pair) relative to a THA frame timed in the same loop
 (settings and THA frames interleaved per pair), PSNR against the rendered midpoint and its delta
 from full-resolution flow, and PSNR against the full-resolution-flow result. PSNR is over
@@ -135,7 +135,7 @@ def flow_scales(args: argparse.Namespace) -> int:
                     use_cacher=False, backend="cpu", threads=args.threads)
     # (flow_scale, flow kept at block resolution): the product graphs (rife_graph) and RIFE reference
     # inference's scale=0.5 as such (warps at full size), exported here with the same exact rewrites.
-    modes = [(1.0, False), (0.5, False), (0.5, True), (0.25, True)]
+    modes = [(1.0, False), (0.75, True), (0.625, True), (0.5, False), (0.5, True), (0.25, True)]
     stages = {}
     tmp = tempfile.mkdtemp(prefix="bench_rife_")
     for fs, low in modes:
@@ -230,7 +230,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vs-eager", action="store_true", help="RifeStage vs PyTorch eager instead")
     ap.add_argument("--pairs", type=int, default=6, help="pose pairs per image (default: %(default)s)")
-    ap.add_argument("--images", default="crypko_00,crypko_03", help="sample images (comma-separated)")
+    ap.add_argument("--images", default="crypko_00,crypko_03,lambda_00", help="sample images (comma-separated)")
     ap.add_argument("--gap", type=int, default=8, help="trace frames between the two frames of a pair (default: "
                     "%(default)s = 0.4 s, the THA frame period on a 2-core CPU)")
     ap.add_argument("--rounds", type=int, default=5, help="--vs-eager: timed rounds")

@@ -218,7 +218,7 @@ def get_core(
     model_use_eyebrow: False skips eyebrow morphing (combiner runs once per image).
     use_interpolation / interpolation_scale / interpolation_half: RIFE stage (see ezvtb.stages.rife).
     interpolation_flow_scale (keyword-only): RIFE estimates flow at this fraction of the frame size
-        (1.0, 0.5, 0.25: the ``scale`` of RIFE's reference inference); None (auto) = the measured CPU
+        (1.0, 0.75, 0.625, 0.5, 0.25: the ``scale`` of RIFE's reference inference); None (auto) = the measured CPU
         default `ezvtb.stages.rife.CPU_FLOW_SCALE` on the CPU, 1.0 on GPU backends.
     use_cacher / cacher_quality / cacher_ram_size: output cache of THA frames (see ezvtb.cache):
         JPEG quality 1..99 (colour 4:4:4 + alpha planes), 100 = lossless (QOI, else lz4, else raw);

@@ -107,3 +107,28 @@ def test_carry_at_block_resolution_is_close_at_full_flow(pair):
         d = (ref(a, b) - low(a, b)).abs()
     print(f"flow 1, carried at block resolution vs reference: max {d.max():.3f}, mean {d.mean():.5f} ([0, 1] RGBA)")
     assert 0 < float(d.mean()) < 2e-3
+
+
+@pytest.mark.parametrize("flow_scale", [0.75, 0.625])
+def test_fractional_flow_scales_export_and_sit_between(home, pair, flow_scale):
+    """Flow at 3/4 and 5/8 of the frame (block sizes stay whole numbers): the product graph is
+    verified against torch on export, and its result lies closer to full-resolution flow than flow
+    1/2's does (real character, large motion, 256x256)."""
+    a, b = (np.ascontiguousarray(cv2.resize(x, (256, 256), interpolation=cv2.INTER_AREA)) for x in pair)
+    if flow_scale == 0.625:  # 128 x 5/8 = 80: HDv3's coarsest block would not divide evenly
+        with pytest.raises(ValueError, match=r"size: RIFE hdv3 with flow_scale 0.625 .* multiple of 32, got 128"):
+            ex.rife_graph(2, "fp32", size=128, flow_scale=flow_scale)
+    g = ex.rife_graph(2, "fp32", size=256, flow_scale=flow_scale)
+    assert g.flow_scale == flow_scale and g.path.name == f"rife_hdv3_x2_fp32_256_flow{flow_scale:g}.onnx"
+    w = rw.hdv3_weights()
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    with torch.no_grad():
+        ref = {fs: ex.build_interpolator(w, 2, "fp32", flow_scale=fs)(ta, tb)[0].numpy() for fs in (1.0, 0.5, flow_scale)}
+    got = _run(g.path, a, b)[0]
+    err = int(np.abs(got.astype(np.int16) - ref[flow_scale]).max())
+    to_full = premultiplied_psnr(got, ref[1.0])
+    half_to_full = premultiplied_psnr(ref[0.5], ref[1.0])
+    print(f"flow {flow_scale}: ORT vs torch max {err} grey levels; vs full-resolution flow {to_full:.2f} dB "
+          f"(flow 0.5: {half_to_full:.2f} dB)")
+    assert err <= 1
+    assert to_full > half_to_full

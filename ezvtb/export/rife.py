@@ -42,9 +42,9 @@ from ezvtb.export.quiet import progress_logging, quiet_export
 from ezvtb.models.rife.spec import (
     PRECISIONS,
     SIZE,
-    VERSION_ALIGN,
     VERSIONS,
     check_flow_scale,
+    check_flow_size,
     check_scale,
     graph_spec,
     onnx_file_name,
@@ -209,7 +209,7 @@ def rife_graph(scale: int, precision: str = "fp32", rife_model: str | os.PathLik
     ``flownet.pkl``. Raises ValueError for a bad scale/precision (`UnsupportedScaleError` for x3
     with HDv3 weights), `RifeCheckpointError` for an unsupported file, `ExportError` when the
     exported graph fails `verify_export`. flow_scale: flow estimated at this fraction of the frame
-    size (`FLOW_SCALES`; the size must be a multiple of the version's alignment / flow_scale).
+    size (`FLOW_SCALES`; size x flow_scale must be a multiple of the version's alignment).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
@@ -219,9 +219,7 @@ def rife_graph(scale: int, precision: str = "fp32", rife_model: str | os.PathLik
     check_scale(version, scale)
     folder = paths.subdir("onnx", "rife", digest[:16], export_tag())
     flow_scale = check_flow_scale(flow_scale, "flow_scale")
-    align = int(VERSION_ALIGN[version] / flow_scale)
-    if size % align:
-        raise ValueError(f"size: RIFE {version} with flow_scale {flow_scale:g} needs a multiple of {align}, got {size}")
+    check_flow_size(version, size, flow_scale)
     path = folder / onnx_file_name(version, scale, precision, size, flow_scale)
     if path.is_file() and not force:
         return RifeGraph(path, version, scale, precision, spec, flow_scale)

@@ -74,7 +74,7 @@ class IFNetHDv3(nn.Module):
     flow_scale (attribute, default 1): the resolution at which flow is estimated, as the ``scale``
     of RIFE's reference inference: every block sees its inputs at 1/(block scale / flow_scale)
     and its flow and mask are upsampled back; the warps and the final blend stay at full size.
-    0.5 estimates flow on a 4x smaller grid. H and W must then be multiples of 32 / flow_scale.
+    0.5 estimates flow on a 4x smaller grid. H x flow_scale and W x flow_scale must be multiples of 32.
 
     Export-time options (attributes, `ezvtb.export.rife.optimize_for_export`):
     batch_orders: each block's two passes (frames in both orders) run as one batch of 2: the same

@@ -31,12 +31,13 @@ INPUT_NAMES = ("prev_frame", "frame")
 OUTPUT_NAME = "frames"
 
 # Per version: sizes must be multiples of this at full-resolution flow (HDv3's coarsest block
-# works at 1/4, then /4 inside; v4.25.lite's at 1/32). A flow scale f divides it by f.
+# works at 1/4, then /4 inside; v4.25.lite's at 1/32). With a flow scale f, size * f must be
+# (`check_flow_size`).
 VERSION_ALIGN = {"hdv3": 32, "v4.25.lite": ALIGN}
 
 # Flow resolutions (RIFE reference inference's ``scale``): flow estimated at this fraction of the
 # frame size, then upsampled (`ezvtb.models.rife.hdv3.IFNetHDv3`). The I/O does not change.
-FLOW_SCALES = (1.0, 0.5, 0.25)
+FLOW_SCALES = (1.0, 0.75, 0.625, 0.5, 0.25)  # all exact in binary: block sizes are exact integers
 
 # Scales each version can produce in one graph.
 VERSION_SCALES = {"hdv3": (2, 4), "v4.25.lite": (2, 3, 4)}
@@ -87,6 +88,15 @@ def check_flow_scale(flow_scale: object, name: str = "interpolation_flow_scale")
     if isinstance(flow_scale, bool) or not isinstance(flow_scale, (int, float)) or float(flow_scale) not in FLOW_SCALES:
         raise ValueError(f"{name}: expected one of {list(FLOW_SCALES)}, got {flow_scale!r}")
     return float(flow_scale)
+
+
+def check_flow_size(version: str, size: int, flow_scale: float) -> None:
+    """ValueError naming `size` unless size * flow_scale is a multiple of the version's alignment."""
+    align = VERSION_ALIGN[version]
+    scaled = size * float(flow_scale)
+    if scaled != int(scaled) or int(scaled) % align:
+        raise ValueError(f"size: RIFE {version} with flow_scale {float(flow_scale):g} needs size x {float(flow_scale):g} "
+                         f"to be a multiple of {align}, got {size} (x {float(flow_scale):g} = {scaled:g})")
 
 
 def onnx_file_name(version: str, scale: int, precision: str, size: int = SIZE, flow_scale: float = 1.0) -> str:
