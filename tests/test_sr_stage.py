@@ -116,9 +116,9 @@ def test_stage_checks_its_arguments(up, x4, tmp_path):
 
 def test_check_sr_options():
     assert check_sr_options(True, True, 1) == {"model": "animevideov3", "precision": "fp16", "noise": 0,
-                                               "region": (0, 128), "alpha": "model"}
+                                               "region": (0, 128), "alpha": "model", "size": None}
     assert check_sr_options(False, False, -1, None, "bicubic") == {
-        "model": "upconv7", "precision": "fp32", "noise": -1, "region": None, "alpha": "bicubic"}
+        "model": "upconv7", "precision": "fp32", "noise": -1, "region": None, "alpha": "bicubic", "size": None}
     assert check_sr_options(True, 0, 3, (256, 0))["region"] == (256, 0)
     for kwargs, msg in [
         ({"sr_noise": 4}, r"sr_noise: expected -1 \(no denoising\) or a noise level 0, 1, 2, 3, got 4"),
@@ -129,6 +129,10 @@ def test_check_sr_options():
         ({"sr_x4": False, "sr_region": (0, 0)}, "sr_region: only used with sr_x4=True"),
         ({"sr_x4": True, "sr_region": (0, 300)}, r"sr_region: expected \(top, left\)"),
         ({"sr_alpha": "lanczos"}, "sr_alpha: expected one of"),
+        ({"sr_x4": True, "sr_region_size": 100}, "sr_region_size: expected a multiple of 32 from 64 to 512, got 100"),
+        ({"sr_x4": True, "sr_region_size": True}, "sr_region_size: expected a multiple of 32"),
+        ({"sr_x4": True, "sr_region_size": 128, "sr_region": (0, 400)}, r"sr_region: expected .* <= 384 \(a 128x128"),
+        ({"sr_x4": False, "sr_region_size": 128}, "sr_region_size: only used with sr_x4=True"),
     ]:
         args = {"sr_x4": False, "sr_half": True, "sr_noise": 1, **kwargs}
         with pytest.raises(ValueError, match=msg):
@@ -151,6 +155,29 @@ def test_create_sr_stage_x4_product_graph(sample_bgra):
     print(f"x4 region output vs bicubic of the same region: {p:.1f} dB")
     assert p > 25  # the same picture, upscaled (not a wrong region / channel order)
     stage.close()
+
+
+def test_sr_region_size_picks_a_smaller_region(sample_bgra):
+    """sr_region_size=128: the same network exported for a 128x128 input, the default region centred
+    on the top rows, output 512x512; equal to the 256 graph's upscale of that region away from the
+    crop borders (the network is convolutional; near a border its context differs)."""
+    o = check_sr_options(True, False, 1, None, "bicubic", 128)
+    assert (o["size"], o["region"]) == (128, (0, 192))
+    assert check_sr_options(True, False, 1, None, "bicubic", 256)["size"] is None  # the default graph
+    small = create_sr_stage(sr_x4=True, sr_half=False, backend="cpu", sr_alpha="bicubic", sr_region_size=128,
+                            max_frames=1)
+    big = create_sr_stage(sr_x4=True, sr_half=False, backend="cpu", sr_alpha="bicubic", sr_region=(0, 128),
+                          max_frames=1)
+    img = sample_bgra("crypko_02")
+    out = small.run([img])[0].copy()
+    ref = big.run([img])[0]
+    assert out.shape == (512, 512, 4) and small.region == (0, 192)
+    assert small.session.spec.inputs[0].shape == (128, 128, 4) and small.stats()["output_shape"] == [512, 512, 4]
+    inner = np.abs(out[64:448, 64:448].astype(np.int16) - ref[64:448, 320:704]).max()  # region cols 192:320
+    print(f"128 region vs the same pixels of the 256 region's upscale, 16 px from the borders: max {inner} levels")
+    assert inner <= 1
+    small.close()
+    big.close()
 
 
 def test_create_sr_stage_upconv7_product_graph(sample_bgra):
@@ -176,6 +203,8 @@ def test_get_core_sr_options_are_checked_first():
         ({"sr_alpha": "box"}, "sr_alpha: expected one of"),
         ({"sr_half": "no"}, "sr_half: expected a bool"),
         ({"use_sr": "yes"}, "use_sr: expected a bool"),
+        ({"sr_region_size": 48}, "sr_region_size: expected a multiple of 32"),
+        ({"sr_x4": False, "sr_region_size": 128}, "sr_region_size: only used with sr_x4=True"),
     ]:
         with pytest.raises(ValueError, match=msg):
             get_core(use_interpolation=False, use_cacher=False, **{"use_sr": True, **kwargs})
@@ -221,3 +250,14 @@ def test_after_rife_stage(sample_bgra):
     out = sr.run(mid)
     assert len(out) == 4 and all(np.array_equal(o, w) for o, w in zip(out, want))
     assert not np.array_equal(out[0], out[3])
+
+
+def test_ipc_server_expects_the_region_sizes_output():
+    """The server sizes its frame slots from the options before the core exists."""
+    from ezvtb.ipc.server import expected_output
+
+    base = {"use_interpolation": False, "use_cacher": False, "use_sr": True}
+    assert expected_output("core", {**base, "sr_region_size": 128}) == ((512, 512, 4), 1)
+    assert expected_output("core", base) == ((1024, 1024, 4), 1)
+    assert expected_output("core", {**base, "sr_x4": False}) == ((1024, 1024, 4), 1)
+    assert expected_output("core", {**base, "use_sr": False, "sr_region_size": 128}) == ((512, 512, 4), 1)

@@ -51,6 +51,9 @@ def add_core_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sr-half", action=argparse.BooleanOptionalAction, default=None,
                    help="sr_half= (default: auto, as --half)")
     g.add_argument("--sr-noise", type=int, default=1, help="sr_noise= (x2 denoise level 0..3)")
+    g.add_argument("--sr-region-size", type=int, default=None, metavar="S",
+                   help="sr_region_size=: side of the region upscaled by --sr x4 (multiple of 32, 64..512; "
+                        "default 256, output 4x the side; 128 is about a fifth of a THA frame on a CPU)")
     g.add_argument("--pipelined", action="store_true", help="pipelined=True: render the next frame while the "
                                                              "current one is consumed (one frame of extra latency)")
 
@@ -103,6 +106,8 @@ def core_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kw["pose_quantization"] = args.pose_quantization
     if args.sr != "off":
         kw.update(sr_x4=args.sr == "x4", sr_half=args.sr_half, sr_noise=args.sr_noise)
+        if getattr(args, "sr_region_size", None) is not None:
+            kw["sr_region_size"] = args.sr_region_size
     return kw
 
 

@@ -77,7 +77,7 @@ def expected_output(engine: str, options: dict[str, Any], core: Any = None) -> t
     """(frame shape, frames per inference) that `engine` built from `options` produces.
 
     Frames per call: `interpolation_scale` with `use_interpolation`, else 1. Shape: 512x512x4, or
-    1024x1024x4 with `use_sr` (both SR models output 1024x1024); a built `core` whose last stage
+    1024x1024x4 with `use_sr` (4 x `sr_region_size` with `sr_x4`); a built `core` whose last stage
     declares its output (`out_spec`) is taken at its word. Every frame is checked at runtime too.
     """
     a = resolve_options(options)
@@ -86,7 +86,8 @@ def expected_output(engine: str, options: dict[str, Any], core: Any = None) -> t
 
         return (512, 512, 4), echo_frames(a)
     n = int(a["interpolation_scale"]) if a["use_interpolation"] else 1
-    shape = (1024, 1024, 4) if a["use_sr"] else (512, 512, 4)
+    side = 4 * int(a.get("sr_region_size") or 256) if a["sr_x4"] else 1024
+    shape = (side, side, 4) if a["use_sr"] else (512, 512, 4)
     for stage in getattr(core, "after", None) or []:
         out = getattr(stage, "out_spec", None)
         dims = tuple(getattr(out, "shape", ()) or ())

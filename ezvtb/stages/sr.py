@@ -24,7 +24,7 @@ import numpy as np
 from ezvtb.engines.base import Session
 from ezvtb.models.sr.spec import (
     ALPHA_MODE,
-    DEFAULT_REGION,
+    INPUT_SIZES,
     FRAME_SIZE,
     INPUT_NAME,
     MODELS,
@@ -32,6 +32,8 @@ from ezvtb.models.sr.spec import (
     check_alpha,
     check_noise,
     check_region,
+    check_region_size,
+    default_region,
 )
 from ezvtb.stages.timing import Timings
 
@@ -78,8 +80,8 @@ class SrStage:
             self.frame_shape = self.in_spec.shape
             self._crop = None
         else:
-            self.region = check_region(DEFAULT_REGION if region is None else region, size, frame_size,
-                                       name="sr_region")
+            self.region = check_region(default_region(size, frame_size) if region is None else region, size,
+                                       frame_size, name="sr_region")
             self.frame_shape = (frame_size, frame_size, 4)
             self._crop = session.alloc(self.in_spec.shape, np.uint8)
         self.max_frames = max_frames
@@ -126,11 +128,13 @@ class SrStage:
 
 
 def check_sr_options(sr_x4: Any, sr_half: Any, sr_noise: Any, sr_region: Any = None,
-                     sr_alpha: Any = ALPHA_MODE) -> dict[str, Any]:
-    """Validate get_core's SR options before any work; returns {model, precision, noise, region, alpha}.
+                     sr_alpha: Any = ALPHA_MODE, sr_region_size: Any = None) -> dict[str, Any]:
+    """Validate get_core's SR options before any work; returns {model, precision, noise, region,
+    alpha, size} (size: the graph's input side, None = the model's default).
 
     sr_noise must be -1 or 0..3 either way (so a typo never passes silently), but only UpConv7
-    (``sr_x4=False``) uses it. sr_region applies to ``sr_x4=True`` only (None = `DEFAULT_REGION`).
+    (``sr_x4=False``) uses it. sr_region and sr_region_size apply to ``sr_x4=True`` only (None =
+    a 256x256 region at `default_region`).
     """
     for name, v in (("sr_x4", sr_x4), ("sr_half", sr_half)):
         if name == "sr_half" and v is None:  # auto: resolved from the backend (create_sr_stage, get_core)
@@ -142,33 +146,41 @@ def check_sr_options(sr_x4: Any, sr_half: Any, sr_noise: Any, sr_region: Any = N
     noise = check_noise(sr_noise, "sr_noise")
     if x4:
         noise = 0  # animevideov3 has one model
+    size = None
     if x4:
-        region = check_region(DEFAULT_REGION if sr_region is None else sr_region, name="sr_region")
-    elif sr_region is not None:
-        raise ValueError(f"sr_region: only used with sr_x4=True (a 256x256 region upscaled 4x); "
-                         f"got {sr_region!r} with sr_x4=False")
+        side = INPUT_SIZES["animevideov3"] if sr_region_size is None else check_region_size(sr_region_size)
+        size = None if side == INPUT_SIZES["animevideov3"] else side
+        region = check_region(default_region(side) if sr_region is None else sr_region, side, name="sr_region")
     else:
+        for name, v in (("sr_region", sr_region), ("sr_region_size", sr_region_size)):
+            if v is not None:
+                raise ValueError(f"{name}: only used with sr_x4=True (a region upscaled 4x); got {v!r} with sr_x4=False")
         region = None
     return {"model": model, "precision": None if sr_half is None else "fp16" if bool(sr_half) else "fp32", "noise": noise,
-            "region": region, "alpha": check_alpha(sr_alpha, "sr_alpha")}
+            "region": region, "alpha": check_alpha(sr_alpha, "sr_alpha"), "size": size}
 
 
 def create_sr_stage(sr_x4: bool = True, sr_half: bool | None = None, sr_noise: int = 1,
                     sr_region: tuple[int, int] | None = None, backend: str = "auto", *,
-                    sr_alpha: str = ALPHA_MODE, max_frames: int = MAX_FRAMES, **session_options: Any) -> SrStage:
-    """Find (or export, which needs torch) the SR graph and open it on `backend`."""
+                    sr_alpha: str = ALPHA_MODE, sr_region_size: int | None = None, max_frames: int = MAX_FRAMES,
+                    **session_options: Any) -> SrStage:
+    """Find (or export, which needs torch) the SR graph and open it on `backend`.
+
+    sr_region_size (x4 only): side of the upscaled region (`REGION_SIZES`; None = 256, output
+    1024x1024); the output is 4x the side."""
     from ezvtb.engines import create_session
     from ezvtb.export.sr import sr_graph  # imports torch only when the graph must be exported
 
-    o = check_sr_options(sr_x4, sr_half, sr_noise, sr_region, sr_alpha)
+    o = check_sr_options(sr_x4, sr_half, sr_noise, sr_region, sr_alpha, sr_region_size)
     if o["precision"] is None:  # auto: fp16 on GPU backends, fp32 on the CPU
         from ezvtb.factory import concrete_backend, resolve_precision
 
         o["precision"] = resolve_precision(None, concrete_backend(backend))
-    graph = sr_graph(o["model"], o["noise"], o["precision"], o["alpha"])
+    graph = sr_graph(o["model"], o["noise"], o["precision"], o["alpha"], size=o["size"])
     session = create_session(graph.path, graph.spec, backend, **session_options)
-    log.info("SR %s%s %s alpha=%s on %s", o["model"], "" if sr_x4 else f" noise {o['noise']}", o["precision"],
-             o["alpha"], getattr(session, "backend", backend))
+    log.info("SR %s%s %s alpha=%s, input %s on %s", o["model"], "" if sr_x4 else f" noise {o['noise']}",
+             o["precision"], o["alpha"], "x".join(map(str, graph.spec.inputs[0].shape[:2])),
+             getattr(session, "backend", backend))
     stage = SrStage(session, o["model"], o["region"], max_frames=max_frames)
     stage.precision = o["precision"]
     return stage
