@@ -95,15 +95,22 @@ def test_end_to_end_matches_the_upstream_poser(graphs, image):
 
 
 def test_fp16_graphs_export_and_stay_close_to_fp32(graphs, image):
+    """The fp16 graphs (traced from the half-precision PyTorch modules; their eager forward costs ~50 s
+    on a 2-core CPU, so the half modules are checked here, through the product path) against fp32
+    on a pose with every parameter group set."""
+    from ezvtb.pose import POSE_MAX, POSE_MIN
+
     g16 = tha3_graphs("separable", "fp16")
     s32 = ThaStage({s: create_session(graphs[s], graph_spec(s), "cpu") for s in STAGES})
     s16 = ThaStage({s: create_session(g16[s], graph_spec(s, "fp16"), "cpu") for s in STAGES})
-    pose = np.full(45, 0.3, np.float32)
-    for st in (s32, s16):
-        st.set_image(image)
-    a = s32.run(pose).astype(np.float64)
-    b = s16.run(pose).astype(np.float64)
-    mse = ((a - b) ** 2).mean()
-    psnr = 10 * np.log10(255**2 / max(mse, 1e-12))
-    print(f"fp16 vs fp32: max {np.abs(a - b).max():.0f} grey levels, PSNR {psnr:.1f} dB")
-    assert psnr > 30
+    for pose in (np.full(45, 0.3, np.float32),
+                 np.random.default_rng(1234).uniform(POSE_MIN, POSE_MAX).astype(np.float32)):
+        for st in (s32, s16):
+            st.set_image(image)
+        a = s32.run(pose).astype(np.float64)
+        b = s16.run(pose).astype(np.float64)
+        d = np.abs(a - b)
+        psnr = 10 * np.log10(255**2 / max((d**2).mean(), 1e-12))
+        off = float((d > 1).mean())
+        print(f"fp16 vs fp32: max {d.max():.0f} grey levels, PSNR {psnr:.1f} dB, {100 * off:.3f} % off by more than 1")
+        assert d.max() <= 32 and psnr > 55 and off <= 0.005  # measured: max 4 / 20, 70.3 / 66.9 dB, 0.006 / 0.026 %

@@ -34,11 +34,6 @@ pytestmark = [
 ]
 
 PARITY_BOUND = 1e-5
-# fp16 vs fp32, final image in [-1, 1]; measured on crypko_00: max abs 0.03-0.15 (a few edge
-# pixels), mean abs ~1e-4, < 0.1 % of values off by more than one 8-bit step (2 / 255).
-HALF_MAX_BOUND = 0.25
-HALF_MEAN_BOUND = 5e-4
-HALF_OFF_BY_A_STEP_BOUND = 0.005
 IMAGES = ("crypko_00", "crypko_05", "lambda_00")
 
 # upstream poser module names, by our stage names
@@ -316,25 +311,9 @@ def test_standard_parity_with_upstream(standard_state_dicts, sample_bgra):
 
 # --- half ------------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="session")
-def ours_half(tha3_weight_paths):
-    return ThaPoser("separable", tha3_weight_paths, dtype=torch.float16)
-
-
-# fp16 convolutions run slowly on CPUs (about 50 s per pose on 2 cores): one pose with every group set.
-@pytest.mark.parametrize("pose_name", ["random"])
-def test_half_is_finite_and_close_to_fp32(pose_name, ours_half, ours_separable, sample_bgra):
-    image = image_to_tensor(sample_bgra("crypko_00"))
-    pose = torch.from_numpy(POSES[pose_name])[None]
-    with torch.inference_mode():
-        half = ours_half(image, pose)
-        full = ours_separable(image, pose)
-    assert half.dtype == torch.float16 and torch.isfinite(half).all()
-    d = (half.float() - full).abs()
-    off = (d > 2 / 255).float().mean().item()
-    print(f"half vs fp32 ({pose_name}): max abs {d.max().item():.3g}, mean abs {d.mean().item():.3g}, "
-          f"{off * 100:.3f}% of values off by more than one 8-bit step")
-    assert d.max() <= HALF_MAX_BOUND and d.mean() <= HALF_MEAN_BOUND and off <= HALF_OFF_BY_A_STEP_BOUND
+# The half-precision poser's output against fp32 is checked through the product path: the fp16
+# graphs traced from these modules, in tests/test_export_tha3.py (the eager fp16 forward costs ~50 s
+# per pose on a 2-core CPU, and the export's trace already runs it once).
 
 
 def test_half_is_a_cast_and_dtype_changes_do_not_break_the_grid(tha3_weight_paths):
