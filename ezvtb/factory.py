@@ -234,9 +234,9 @@ def get_core(
         Default None: poses are used as given (README, "Pose quantisation").
     use_sr / sr_x4 / sr_half / sr_noise: super-resolution stage (see ezvtb.stages.sr), the last stage,
         output 1024x1024 (sr_x4: 4 x sr_region_size). sr_x4=False: waifu2x UpConv7 2x of the whole
-        frame, sr_noise = denoise
-        level 0..3 or -1 for the plain scale2x model. sr_x4=True: Real-ESRGAN animevideov3 4x of a
-        256x256 region (sr_noise is validated but unused: that model has no noise levels).
+        frame, sr_noise = denoise level 0..3 or -1 for the plain scale2x model. sr_x4=True:
+        Real-ESRGAN animevideov3 4x of a square region, 256x256 by default (sr_noise is validated
+        but unused: that model has no noise levels).
     backend: ``auto | cpu | cuda | tensorrt | directml | trt``.
     threads: CPU threads per session (0 = one per physical core).
     weights_dir: folder with official THA3 weights (``separable_float/``, ``standard_half/``, ...);

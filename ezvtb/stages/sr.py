@@ -5,13 +5,14 @@ Two models (graphs declared in `ezvtb.models.sr.spec`):
 * ``sr_x4=False``: waifu2x **UpConv7** anime_style_art_rgb, the whole 512x512 frame -> 1024x1024.
   `sr_noise` picks the waifu2x model: 0..3 = denoise level N then 2x (``noiseN_scale2.0x``),
   -1 = the plain 2x model without denoising (``scale2.0x``).
-* ``sr_x4=True``: Real-ESRGAN **realesr-animevideov3** x4 on a 256x256 region of the frame ->
-  1024x1024 (the region is the output: a close-up). `sr_region` = (top, left), default (0, 128):
-  rows 0:256, cols 128:384, the head and shoulders of a THA3 character. `sr_noise` does not
+* ``sr_x4=True``: Real-ESRGAN **realesr-animevideov3** x4 on a square region of the frame, 256x256
+  -> 1024x1024 by default (the region is the output: a close-up; `sr_region_size` picks another
+  side, the graph is exported for it). `sr_region` = (top, left), default `default_region`: for
+  256, (0, 128), rows 0:256, cols 128:384, the head and shoulders of a THA3 character. `sr_noise` does not
   apply (animevideov3 has a single model, trained on degraded video: it denoises anyway); it is
   still validated.
 
-Both output uint8 (1024, 1024, 4) BGRA; alpha is upscaled by the network too (see the spec).
+Both output uint8 BGRA, (1024, 1024, 4) by default; alpha is upscaled by the network too (see the spec).
 Runtime only: one `Session` (no torch). `create_sr_stage` finds or exports the graph.
 """
 from __future__ import annotations
@@ -24,9 +25,9 @@ import numpy as np
 from ezvtb.engines.base import Session
 from ezvtb.models.sr.spec import (
     ALPHA_MODE,
-    INPUT_SIZES,
     FRAME_SIZE,
     INPUT_NAME,
+    INPUT_SIZES,
     MODELS,
     OUTPUT_NAME,
     check_alpha,

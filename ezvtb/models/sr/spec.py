@@ -32,23 +32,10 @@ SCALES = {"upconv7": 2, "animevideov3": 4}
 INPUT_SIZES = {"upconv7": 512, "animevideov3": 256}
 UPCONV7_PAD = 7
 FRAME_SIZE = 512  # THA frames
-DEFAULT_REGION = (0, 128)  # (top, left) of the x4 region in the 512x512 frame
+DEFAULT_REGION = (0, 128)  # (top, left) of the default 256x256 x4 region in the 512x512 frame
 # Sides of the x4 region (`sr_region_size`): the same network exported at that input size; the
 # output is 4x the side. Cost scales with the area (README, "Super-resolution").
 REGION_SIZES = tuple(range(64, FRAME_SIZE + 1, 32))
-
-
-def check_region_size(size: object, name: str = "sr_region_size") -> int:
-    """A side in `REGION_SIZES` (a multiple of 32 from 64 to 512); ValueError naming `name` otherwise."""
-    if isinstance(size, bool) or not isinstance(size, int) or size not in REGION_SIZES:
-        raise ValueError(f"{name}: expected a multiple of 32 from {REGION_SIZES[0]} to {REGION_SIZES[-1]}, got {size!r}")
-    return int(size)
-
-
-def default_region(size: int = INPUT_SIZES["animevideov3"], frame: int = FRAME_SIZE) -> tuple[int, int]:
-    """(top, left) of the default x4 region of side `size`: the top rows, centred (head and shoulders
-    of a THA3 character); (0, 128) for 256."""
-    return 0, (frame - size) // 2
 ALPHA_MODES = ("model", "bicubic")
 ALPHA_MODE = "model"
 NOISE_LEVELS = (-1, 0, 1, 2, 3)  # -1: waifu2x's plain scale2x model (no denoising)
@@ -74,6 +61,19 @@ def check_noise(noise: object, name: str = "sr_noise") -> int:
     if isinstance(noise, bool) or not isinstance(noise, int) or noise not in NOISE_LEVELS:
         raise ValueError(f"{name}: expected -1 (no denoising) or a noise level 0, 1, 2, 3, got {noise!r}")
     return int(noise)
+
+
+def check_region_size(size: object, name: str = "sr_region_size") -> int:
+    """A side in `REGION_SIZES` (a multiple of 32 from 64 to 512); ValueError naming `name` otherwise."""
+    if isinstance(size, bool) or not isinstance(size, int) or size not in REGION_SIZES:
+        raise ValueError(f"{name}: expected a multiple of 32 from {REGION_SIZES[0]} to {REGION_SIZES[-1]}, got {size!r}")
+    return int(size)
+
+
+def default_region(size: int = INPUT_SIZES["animevideov3"], frame: int = FRAME_SIZE) -> tuple[int, int]:
+    """(top, left) of the default x4 region of side `size`: the top rows, centred (the head and
+    shoulders of a THA3 character); `DEFAULT_REGION` for 256."""
+    return 0, (frame - size) // 2
 
 
 def check_region(region: object, size: int = INPUT_SIZES["animevideov3"], frame: int = FRAME_SIZE,
