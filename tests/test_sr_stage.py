@@ -159,10 +159,14 @@ def test_create_sr_stage_x4_product_graph(sample_bgra):
 
 def test_sr_region_size_picks_a_smaller_region(sample_bgra):
     """sr_region_size=128: the same network exported for a 128x128 input, the default region centred
-    on the top rows, output 512x512; equal to the 256 graph's upscale of that region away from the
-    crop borders (the network is convolutional; near a border its context differs)."""
+    on the face (THA3's head box), output 512x512; equal to the 256 graph's upscale of that region
+    away from the crop borders (the network is convolutional; near a border its context differs)."""
+    from ezvtb.models.sr.spec import DEFAULT_REGION, default_region
+
     o = check_sr_options(True, False, 1, None, "bicubic", 128)
-    assert (o["size"], o["region"]) == (128, (0, 192))
+    assert (o["size"], o["region"]) == (128, (64, 192))
+    assert default_region(256) == DEFAULT_REGION == (0, 128) and default_region(192) == (32, 160)
+    assert default_region(512) == (0, 0) and default_region(384) == (0, 64)
     assert check_sr_options(True, False, 1, None, "bicubic", 256)["size"] is None  # the default graph
     small = create_sr_stage(sr_x4=True, sr_half=False, backend="cpu", sr_alpha="bicubic", sr_region_size=128,
                             max_frames=1)
@@ -171,9 +175,10 @@ def test_sr_region_size_picks_a_smaller_region(sample_bgra):
     img = sample_bgra("crypko_02")
     out = small.run([img])[0].copy()
     ref = big.run([img])[0]
-    assert out.shape == (512, 512, 4) and small.region == (0, 192)
+    assert out.shape == (512, 512, 4) and small.region == (64, 192)
     assert small.session.spec.inputs[0].shape == (128, 128, 4) and small.stats()["output_shape"] == [512, 512, 4]
-    inner = np.abs(out[64:448, 64:448].astype(np.int16) - ref[64:448, 320:704]).max()  # region cols 192:320
+    # the 128 region (rows 64:192, cols 192:320) is rows 64:192, cols 64:192 of the 256 one: x4 from 256
+    inner = np.abs(out[64:448, 64:448].astype(np.int16) - ref[320:704, 320:704]).max()
     print(f"128 region vs the same pixels of the 256 region's upscale, 16 px from the borders: max {inner} levels")
     assert inner <= 1
     small.close()

@@ -7,10 +7,10 @@ Two models (graphs declared in `ezvtb.models.sr.spec`):
   -1 = the plain 2x model without denoising (``scale2.0x``).
 * ``sr_x4=True``: Real-ESRGAN **realesr-animevideov3** x4 on a square region of the frame, 256x256
   -> 1024x1024 by default (the region is the output: a close-up; `sr_region_size` picks another
-  side, the graph is exported for it). `sr_region` = (top, left), default `default_region`: for
-  256, (0, 128), rows 0:256, cols 128:384, the head and shoulders of a THA3 character. `sr_noise` does not
-  apply (animevideov3 has a single model, trained on degraded video: it denoises anyway); it is
-  still validated.
+  side, the graph is exported for it). `sr_region` = (top, left), default `default_region` (centred
+  on the face): for 256, (0, 128), rows 0:256, cols 128:384, the head and shoulders of a THA3
+  character. `sr_noise` does not apply (animevideov3 has a single model, trained on degraded
+  video: it denoises anyway); it is still validated.
 
 Both output uint8 BGRA, (1024, 1024, 4) by default; alpha is upscaled by the network too (see the spec).
 Runtime only: one `Session` (no torch). `create_sr_stage` finds or exports the graph.

@@ -36,6 +36,9 @@ DEFAULT_REGION = (0, 128)  # (top, left) of the default 256x256 x4 region in the
 # Sides of the x4 region (`sr_region_size`): the same network exported at that input size; the
 # output is 4x the side. Cost scales with the area (README, "Super-resolution").
 REGION_SIZES = tuple(range(64, FRAME_SIZE + 1, 32))
+# Default regions are centred here: the centre of THA3's face box (rows 32:224, cols 160:352), so
+# 256 gives `DEFAULT_REGION`, 192 the face box and 128 THA3's 128x128 head box.
+REGION_CENTRE = (128, 256)
 ALPHA_MODES = ("model", "bicubic")
 ALPHA_MODE = "model"
 NOISE_LEVELS = (-1, 0, 1, 2, 3)  # -1: waifu2x's plain scale2x model (no denoising)
@@ -71,9 +74,10 @@ def check_region_size(size: object, name: str = "sr_region_size") -> int:
 
 
 def default_region(size: int = INPUT_SIZES["animevideov3"], frame: int = FRAME_SIZE) -> tuple[int, int]:
-    """(top, left) of the default x4 region of side `size`: the top rows, centred (the head and
-    shoulders of a THA3 character); `DEFAULT_REGION` for 256."""
-    return 0, (frame - size) // 2
+    """(top, left) of the default x4 region of side `size`: centred on `REGION_CENTRE` (the face of a
+    THA3 character), moved inside the frame where needed; `DEFAULT_REGION` for 256."""
+    top, left = (min(max(c - size // 2, 0), frame - size) for c in REGION_CENTRE)
+    return top, left
 
 
 def check_region(region: object, size: int = INPUT_SIZES["animevideov3"], frame: int = FRAME_SIZE,
