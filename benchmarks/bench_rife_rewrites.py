@@ -93,31 +93,12 @@ def phase_heads(block, feat):
 
 
 def with_heads(module, heads):
-    """`module` (an exported Interpolator over IFNetHDv3) with every block's heads replaced."""
+    """`module` (an exported Interpolator over IFNetHDv3) with every block's `heads` replaced."""
     import types
-
-    from ezvtb.models.rife.blocks import rescale
-
-    def forward(block, x, flow, scale):
-        import torch
-        import torch.nn.functional as F
-
-        x = rescale(x, 1.0 / scale)
-        first = block.conv0[0]
-        if flow is None:
-            conv = first[0]
-            feat = first[1](F.conv2d(x, conv.weight[:, : x.shape[1]], conv.bias, conv.stride, conv.padding))
-        else:
-            feat = first(torch.cat((x, rescale(flow, 1.0 / scale) * (1.0 / scale)), 1))
-        feat = block.conv0[1](feat)
-        for j in range(block.res_blocks):
-            feat = getattr(block, f"convblock{j}")(feat) + feat
-        f, m = heads(block, feat)
-        return rescale(f, scale) * scale, rescale(m, scale)
 
     for i in range(len(module.net.channels)):
         block = getattr(module.net, f"block{i}")
-        block.forward = types.MethodType(forward, block)
+        block.heads = types.MethodType(heads, block)
     return module
 
 

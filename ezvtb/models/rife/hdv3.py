@@ -59,9 +59,12 @@ class HDv3Block(nn.Module):
         feat = self.conv0[1](feat)
         for j in range(self.res_blocks):
             feat = getattr(self, f"convblock{j}")(feat) + feat
-        flow = rescale(self.conv1(feat), scale) * scale
-        mask = rescale(self.conv2(feat), scale)
-        return flow, mask
+        flow, mask = self.heads(feat)
+        return rescale(flow, scale) * scale, rescale(mask, scale)
+
+    def heads(self, feat: Tensor) -> tuple[Tensor, Tensor]:
+        """Flow [N, 4, 4h, 4w] and mask [N, 1, 4h, 4w] residuals from the features [N, c, h, w]."""
+        return self.conv1(feat), self.conv2(feat)
 
 
 class IFNetHDv3(nn.Module):
