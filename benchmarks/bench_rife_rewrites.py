@@ -45,8 +45,8 @@ def fused_convt_heads(block, feat):
 
     f1, p1, f2 = block.conv1
     m1, q1, m2 = block.conv2
-    hidden = F.prelu(F.conv_transpose2d(feat, torch.cat((f1.weight, m1.weight), 1), torch.cat((f1.bias, m1.bias)), 2, 1),
-                     torch.cat((p1.weight, q1.weight)))
+    first = F.conv_transpose2d(feat, torch.cat((f1.weight, m1.weight), 1), torch.cat((f1.bias, m1.bias)), 2, 1)
+    hidden = F.prelu(first, torch.cat((p1.weight, q1.weight)))
     out = F.conv_transpose2d(hidden, _block_diagonal(f2.weight, m2.weight), torch.cat((f2.bias, m2.bias)), 2, 1)
     return out[:, :4], out[:, 4:5]
 

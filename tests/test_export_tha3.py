@@ -112,5 +112,9 @@ def test_fp16_graphs_export_and_stay_close_to_fp32(graphs, image):
         d = np.abs(a - b)
         psnr = 10 * np.log10(255**2 / max((d**2).mean(), 1e-12))
         off = float((d > 1).mean())
-        print(f"fp16 vs fp32: max {d.max():.0f} grey levels, PSNR {psnr:.1f} dB, {100 * off:.3f} % off by more than 1")
-        assert d.max() <= 32 and psnr > 55 and off <= 0.005  # measured: max 4 / 20, 70.3 / 66.9 dB, 0.006 / 0.026 %
+        print(f"fp16 vs fp32: max {d.max():.0f} grey levels, mean {d.mean():.4f}, PSNR {psnr:.1f} dB, "
+              f"{100 * off:.3f} % off by more than 1")
+        # the bounds of the eager half test this replaces (max 0.25 and mean 5e-4 of [-1, 1], at most 0.5 %
+        # of values off by more than one 8-bit step) in grey levels, plus PSNR;
+        # measured: max 4 / 20, 70.3 / 66.9 dB, 0.006 / 0.026 %
+        assert d.max() <= 32 and d.mean() <= 0.064 and psnr > 55 and off <= 0.005

@@ -123,7 +123,8 @@ def test_fractional_flow_scales_export_and_sit_between(home, pair, flow_scale):
     w = rw.hdv3_weights()
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
     with torch.no_grad():
-        ref = {fs: ex.build_interpolator(w, 2, "fp32", flow_scale=fs)(ta, tb)[0].numpy() for fs in (1.0, 0.5, flow_scale)}
+        ref = {fs: ex.build_interpolator(w, 2, "fp32", flow_scale=fs)(ta, tb)[0].numpy()
+               for fs in (1.0, 0.5, flow_scale)}
     got = _run(g.path, a, b)[0]
     err = int(np.abs(got.astype(np.int16) - ref[flow_scale]).max())
     to_full = premultiplied_psnr(got, ref[1.0])

@@ -43,8 +43,8 @@ def add_core_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--interpolation-half", action=argparse.BooleanOptionalAction, default=None,
                    help="interpolation_half= (default: auto, as --half)")
     g.add_argument("--interpolation-flow-scale", type=float, default=None, metavar="F",
-                   help="interpolation_flow_scale=: RIFE flow estimated at F of the frame size (1, 0.75, 0.625, 0.5, 0.25; "
-                        "default: auto, 0.5 on the CPU, 1 on GPU backends)")
+                   help="interpolation_flow_scale=: RIFE flow estimated at F of the frame size "
+                        "(1, 0.75, 0.625, 0.5, 0.25; default: auto, 0.5 on the CPU, 1 on GPU backends)")
     g.add_argument("--rife-model", help="rife_model=: Practical-RIFE v4.25.lite flownet.pkl (needed for x3)")
     g.add_argument("--sr", choices=("off", "x2", "x4"), default="off",
                    help="super-resolution: x2 (waifu2x UpConv7) or x4 (Real-ESRGAN animevideov3); default off")

@@ -155,10 +155,12 @@ def check_sr_options(sr_x4: Any, sr_half: Any, sr_noise: Any, sr_region: Any = N
     else:
         for name, v in (("sr_region", sr_region), ("sr_region_size", sr_region_size)):
             if v is not None:
-                raise ValueError(f"{name}: only used with sr_x4=True (a region upscaled 4x); got {v!r} with sr_x4=False")
+                raise ValueError(f"{name}: only used with sr_x4=True (a region upscaled 4x); "
+                                 f"got {v!r} with sr_x4=False")
         region = None
-    return {"model": model, "precision": None if sr_half is None else "fp16" if bool(sr_half) else "fp32", "noise": noise,
-            "region": region, "alpha": check_alpha(sr_alpha, "sr_alpha"), "size": size}
+    precision = None if sr_half is None else "fp16" if bool(sr_half) else "fp32"
+    return {"model": model, "precision": precision, "noise": noise, "region": region,
+            "alpha": check_alpha(sr_alpha, "sr_alpha"), "size": size}
 
 
 def create_sr_stage(sr_x4: bool = True, sr_half: bool | None = None, sr_noise: int = 1,

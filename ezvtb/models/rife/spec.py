@@ -31,8 +31,8 @@ INPUT_NAMES = ("prev_frame", "frame")
 OUTPUT_NAME = "frames"
 
 # Per version: sizes must be multiples of this at full-resolution flow (HDv3's coarsest block
-# works at 1/4, then /4 inside; v4.25.lite's at 1/32). With a flow scale f, size * f must be
-# (`check_flow_size`).
+# works at 1/4, then /4 inside; v4.25.lite's at 1/32). With a flow scale f, size * f must be a
+# multiple of it (`check_flow_size`).
 VERSION_ALIGN = {"hdv3": 32, "v4.25.lite": ALIGN}
 
 # Flow resolutions (RIFE reference inference's ``scale``): flow estimated at this fraction of the
@@ -92,11 +92,11 @@ def check_flow_scale(flow_scale: object, name: str = "interpolation_flow_scale")
 
 def check_flow_size(version: str, size: int, flow_scale: float) -> None:
     """ValueError naming `size` unless size * flow_scale is a multiple of the version's alignment."""
-    align = VERSION_ALIGN[version]
-    scaled = size * float(flow_scale)
+    align, f = VERSION_ALIGN[version], float(flow_scale)
+    scaled = size * f
     if scaled != int(scaled) or int(scaled) % align:
-        raise ValueError(f"size: RIFE {version} with flow_scale {float(flow_scale):g} needs size x {float(flow_scale):g} "
-                         f"to be a multiple of {align}, got {size} (x {float(flow_scale):g} = {scaled:g})")
+        raise ValueError(f"size: RIFE {version} with flow_scale {f:g} needs size x {f:g} to be a multiple of "
+                         f"{align}, got {size} (x {f:g} = {scaled:g})")
 
 
 def onnx_file_name(version: str, scale: int, precision: str, size: int = SIZE, flow_scale: float = 1.0) -> str:

@@ -69,7 +69,8 @@ def check_noise(noise: object, name: str = "sr_noise") -> int:
 def check_region_size(size: object, name: str = "sr_region_size") -> int:
     """A side in `REGION_SIZES` (a multiple of 32 from 64 to 512); ValueError naming `name` otherwise."""
     if isinstance(size, bool) or not isinstance(size, int) or size not in REGION_SIZES:
-        raise ValueError(f"{name}: expected a multiple of 32 from {REGION_SIZES[0]} to {REGION_SIZES[-1]}, got {size!r}")
+        raise ValueError(f"{name}: expected a multiple of 32 from {REGION_SIZES[0]} to {REGION_SIZES[-1]}, "
+                         f"got {size!r}")
     return int(size)
 
 
