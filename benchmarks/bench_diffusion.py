@@ -36,7 +36,7 @@ def main() -> None:
     import torch
 
     from ezvtb.diffusion.unet3d import UNet3DStep, parameter_count, unet3d, unet3d_step_spec
-    from ezvtb.export.generic import GraphRunner
+    from ezvtb.engines.runner import GraphRunner
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -58,13 +58,13 @@ def gpu_available(device_id: int) -> tuple[bool, str]:
 def resolve_backend(requested: str, device_id: int = 0, probe: tuple | None = None) -> tuple[str | None, str]:
     """The GPU backend to use, or (None, reason).
 
-    Opened the way get_core opens THA (`ezvtb.factory.open_first` over `backend_chain`): each
+    Opened the way get_core opens THA (`ezvtb.engines.policy.open_first` over `backend_chain`): each
     candidate in turn until a session really loads on it (onnxruntime-gpu lists the TensorRT EP
     even without libnvinfer, so a listed provider proves nothing). The probe is THA's separable
     fp16 editor graph (or `probe` = (onnx path, GraphSpec)). A backend that ends on the CPU is None.
     """
     from ezvtb.engines import create_session
-    from ezvtb.factory import FALLBACK_ERRORS, backend_chain, open_first
+    from ezvtb.engines.policy import FALLBACK_ERRORS, backend_chain, open_first
 
     if probe is None:
         from ezvtb.export import tha3_graphs

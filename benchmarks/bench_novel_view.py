@@ -42,7 +42,7 @@ def child_unet(cfg_name: str, backend: str, steps: int, threads: int) -> dict:
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
     from sgm_video_fixtures import randomise_
 
-    from ezvtb.export.generic import GraphRunner
+    from ezvtb.engines.runner import GraphRunner
     from ezvtb.models.sgm_video import spec as specs
     from ezvtb.models.sgm_video.unet import UNetHyper, VideoUNet
 

@@ -6,8 +6,16 @@ import os
 from typing import Any
 
 from ezvtb.core import Core
-from ezvtb.engines import BACKENDS, create_session
-from ezvtb.engines.errors import BackendUnavailableError
+from ezvtb.engines import create_session
+from ezvtb.engines.policy import (
+    CPU_HALF_COST,
+    backend_chain,
+    concrete_backend,
+    open_first,
+    open_stage,
+    resolve_precision,
+    session_options,
+)
 from ezvtb.models.tha3.spec import STAGES, graph_spec
 from ezvtb.stages.tha import ThaStage
 
@@ -32,125 +40,9 @@ def _check_gb(name: str, value: Any) -> float:
     return v
 
 
-def backend_chain(backend: str, use_tensorrt: bool) -> list[tuple[str, str]]:
-    """The backends to try in order, each with why it is on the list: [(name, reason), ...].
-
-    An explicit `backend` is the only candidate. Under ``auto`` with `use_tensorrt=True`: native
-    TensorRT when tensorrt imports and a CUDA device answers, then ONNX Runtime's TensorRT EP and
-    CUDA EP when this onnxruntime build offers them, then ``auto`` (DirectML, else CPU). Without
-    `use_tensorrt`: ``auto`` (CUDA EP, DirectML, CPU). `get_core` opens the THA graphs on each in
-    turn until one really loads (ORT can fall back silently; that is detected), logging why.
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: expected one of {list(BACKENDS)}, got {backend!r}")
-    if backend != "auto":
-        return [(backend, "requested")]
-    if not use_tensorrt:
-        return [("auto", "use_tensorrt=False")]
-    chain: list[tuple[str, str]] = []
-    skipped: list[str] = []
-    from ezvtb.engines.trt import available
-
-    ok, why = available()
-    if ok:
-        chain.append(("trt", "use_tensorrt=True: native TensorRT"))
-    else:
-        skipped.append(why)
-    try:
-        from ezvtb.engines.ort import resolve_providers
-
-        for b, what in (("tensorrt", "ONNX Runtime's TensorRT EP"), ("cuda", "ONNX Runtime's CUDA EP")):
-            try:
-                resolve_providers(b)
-                chain.append((b, f"use_tensorrt=True: {what}" + (f" (skipped: {'; '.join(skipped)})" if skipped else "")))
-            except BackendUnavailableError as e:
-                skipped.append(str(e))
-    except BackendUnavailableError as e:  # onnxruntime missing: the error surfaces when opening
-        skipped.append(str(e))
-    chain.append(("auto", "use_tensorrt=True but no TensorRT or CUDA backend is available here"
-                          + (f" ({'; '.join(skipped)})" if skipped else "")))
-    return chain
-
-
-# Backends that run fp16 graphs natively (tensor cores / DirectX half); the CPU provider emulates
-# most fp16 kernels by casting, so fp16 graphs are slower there (README, "get_core options").
-HALF_BACKENDS = ("cuda", "tensorrt", "trt", "directml")
-# Measured on a 2-core CPU (issue 14): fp16 vs fp32 graphs on ONNX Runtime's CPU provider.
-CPU_HALF_COST = "THA frame 758 vs 513 ms, RIFE x2 1294 vs 775 ms (fp16 vs fp32), UpConv7 2x 5270 ms in fp16"
-
-
 def _check_half(name: str, value: Any) -> bool | None:
     """None (auto) or a bool; ValueError naming the option otherwise."""
     return None if value is None else _check_bool(name, value)
-
-
-def concrete_backend(backend: str) -> str:
-    """The backend a session opened with `backend` would use: ``auto`` resolved by this
-    onnxruntime build's providers (CUDA EP, DirectML, else CPU); other names unchanged."""
-    if backend != "auto":
-        return backend
-    try:
-        from ezvtb.engines.ort import resolve_providers
-
-        return resolve_providers("auto")[0]
-    except BackendUnavailableError:
-        return "cpu"
-
-
-def resolve_precision(half: bool | None, backend: str) -> str:
-    """``fp16`` or ``fp32`` for a stage's `half` option (`model_half`, `interpolation_half`,
-    `sr_half`) on a concrete `backend`: None (auto) = fp16 on `HALF_BACKENDS` (cuda, tensorrt,
-    trt, directml), fp32 on ``cpu``; an explicit bool is honoured on every backend."""
-    if backend not in BACKENDS or backend == "auto":
-        raise ValueError(f"backend: expected a concrete backend {[b for b in BACKENDS if b != 'auto']}, got {backend!r}")
-    if half is None:
-        return "fp16" if backend in HALF_BACKENDS else "fp32"
-    return "fp16" if half else "fp32"
-
-
-def select_backend(backend: str, use_tensorrt: bool) -> str:
-    """The first backend of `backend_chain` (what get_core tries first)."""
-    return backend_chain(backend, use_tensorrt)[0][0]
-
-
-# What makes `get_core` (and `open_first`) try the next backend of the chain: a provider or library
-# that does not load (BackendUnavailableError), TensorRT's parser or builder failing (RuntimeError),
-# a CUDA call failing while setting up device memory or a stream (CudaError, a RuntimeError).
-FALLBACK_ERRORS = (BackendUnavailableError, RuntimeError)
-
-
-def _log_fallback(backend: str, reason: str, error: BaseException, next_backend: str) -> None:
-    log.warning("backend %r (%s) did not load: %s: %s; trying %r", backend, reason, type(error).__name__, error,
-                next_backend)
-
-
-def open_first(chain: list[tuple[str, str]], open_backend: Any) -> tuple[Any, str, str]:
-    """``(open_backend(name), name, reason)`` for the first (name, reason) of `chain` that opens.
-
-    The rule `get_core` applies to THA's graphs: a `FALLBACK_ERRORS` error moves on to the next
-    candidate with a warning; the last candidate's error is raised; other errors are raised at once.
-    """
-    for i, (backend, reason) in enumerate(chain):
-        try:
-            return open_backend(backend), backend, reason
-        except FALLBACK_ERRORS as e:
-            if i == len(chain) - 1:
-                raise
-            _log_fallback(backend, reason, e, chain[i + 1][0])
-    raise ValueError("chain: expected at least one backend")
-
-
-def open_stage(chain: list[tuple[str, str]], backend: str, open_on: Any, device_id: int, threads: int) -> Any:
-    """A frame stage (RIFE, SR) opened by ``open_on(name, session_options)`` on THA's `backend`; under
-    ``auto`` a `FALLBACK_ERRORS` failure there (e.g. TensorRT rejecting that graph) moves on down the rest
-    of `chain` (`open_first`); frames then cross between memories through the host."""
-    names = [b for b, _ in chain]
-    rest = chain[names.index(backend):] if backend in names else [(backend, "THA's backend")]
-
-    def options(name: str) -> dict[str, Any]:
-        return {"device_id": device_id} if name == "trt" else {"device_id": device_id, "intra_op_threads": threads}
-
-    return open_first(rest, lambda name: open_on(name, options(name)))[0]
 
 
 def link_device_stages(tha: ThaStage, cache: Any, after: list[Any]) -> list[str]:
@@ -301,18 +193,11 @@ def get_core(
         paths = tha3_graphs(variant, precision, weights_dir=weights_dir)
         return {s: create_session(paths[s], graph_spec(s, precision), backend, **options) for s in STAGES}
 
-    for i, (backend, reason) in enumerate(chain):
-        session_options: dict[str, Any] = {"device_id": device_id}
-        if backend != "trt":
-            session_options["intra_op_threads"] = threads
-        precision = resolve_precision(model_half, concrete_backend(backend))
-        try:
-            sessions = open_tha(backend, precision, session_options)
-            break
-        except FALLBACK_ERRORS as e:  # not only BackendUnavailableError: a TensorRT build, a CUDA call
-            if i == len(chain) - 1:
-                raise
-            _log_fallback(backend, reason, e, chain[i + 1][0])
+    def open_on(name: str) -> tuple[dict[str, Any], str]:
+        precision = resolve_precision(model_half, concrete_backend(name))
+        return open_tha(name, precision, session_options(name, device_id, threads)), precision
+
+    (sessions, precision), backend, reason = open_first(chain, open_on)
     actual = getattr(sessions["editor"], "backend", backend)
     resolved = "" if actual == backend else f", resolved from {backend!r}"
     if wants_tensorrt and actual not in ("trt", "tensorrt"):
@@ -324,7 +209,7 @@ def get_core(
         for sess in sessions.values():
             sess.close()
         precision = resolve_precision(model_half, actual)
-        sessions = open_tha(actual, precision, session_options)
+        sessions = open_tha(actual, precision, session_options(backend, device_id, threads))
     # RIFE and SR follow THA's backend: their auto precision is resolved from the one that loaded.
     rife_precision = resolve_precision(interpolation_half, actual) if use_interpolation else None
     sr_precision = resolve_precision(sr_half, actual) if use_sr else None

@@ -32,7 +32,7 @@ def home(tmp_path, monkeypatch):
 
 
 def test_graphs_match_torch(home):
-    from ezvtb.export.generic import GraphRunner
+    from ezvtb.engines.runner import GraphRunner
     from ezvtb.models.sadtalker.networks import ExpressionNet, PoseNet
 
     exp, pose = _randomize(ExpressionNet(), 1), _randomize(PoseNet(), 2)

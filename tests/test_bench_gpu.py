@@ -80,7 +80,7 @@ def test_resolve_backend_opens_each_candidate_like_get_core(toy_probe, monkeypat
     real = ort.get_available_providers
     monkeypatch.setattr(ort, "get_available_providers",
                         lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", *real()])
-    from ezvtb.factory import backend_chain
+    from ezvtb.engines.policy import backend_chain
 
     assert [b for b, _ in backend_chain("auto", True)] == ["tensorrt", "cuda", "auto"]  # listed, not loadable
     with caplog.at_level(logging.WARNING, logger="ezvtb"):

@@ -7,6 +7,7 @@ import sys
 
 HEAVY = ("torch", "diffusers", "transformers", "ray", "onnx", "open_clip", "einops", "safetensors")
 LIGHT = ("ezvtb.core", "ezvtb.factory", "ezvtb.stages", "ezvtb.cache", "ezvtb.ipc", "ezvtb.live", "ezvtb.engines",
+         "ezvtb.engines.policy", "ezvtb.engines.runner",
          "ezvtb.export", "ezvtb.diffusion")
 
 

@@ -219,7 +219,7 @@ def test_backend_chain_on_this_machine():
     import onnxruntime as ort
 
     from ezvtb.engines.trt import available
-    from ezvtb.factory import backend_chain, select_backend
+    from ezvtb.engines.policy import backend_chain, select_backend
 
     assert backend_chain("cuda", True) == [("cuda", "requested")]
     assert backend_chain("auto", False) == [("auto", "use_tensorrt=False")]

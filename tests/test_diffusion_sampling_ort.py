@@ -16,7 +16,7 @@ from ezvtb.diffusion import schedulers  # noqa: E402
 from ezvtb.diffusion.guidance import guidance_scales, guided_model  # noqa: E402
 from ezvtb.diffusion.sampling import denoise, initial_noise  # noqa: E402
 from ezvtb.diffusion.unet3d import UNet3DStep, parameter_count, unet3d, unet3d_step_spec  # noqa: E402
-from ezvtb.export.generic import GraphRunner  # noqa: E402
+from ezvtb.engines.runner import GraphRunner  # noqa: E402
 
 FRAMES, H, W, L, D = 4, 8, 8, 7, 32
 # one UNet3D export: ~20 s on an idle 2-core CPU (the TorchScript exporter traces ~2000 nodes)

@@ -18,7 +18,8 @@ onnx = pytest.importorskip("onnx")
 from ezvtb.engines import create_session  # noqa: E402
 from ezvtb.engines.base import GraphSpec, TensorSpec  # noqa: E402
 from ezvtb.export import generic  # noqa: E402
-from ezvtb.export.generic import GraphRunner, export_module, external_data_name  # noqa: E402
+from ezvtb.engines.runner import GraphRunner  # noqa: E402
+from ezvtb.export.generic import export_module, external_data_name  # noqa: E402
 
 
 class TinyNet(torch.nn.Module):

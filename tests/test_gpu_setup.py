@@ -132,7 +132,7 @@ def test_open_first_falls_back_on_runtime_and_cuda_errors(caplog):
 
     from ezvtb.engines.cuda import CudaError
     from ezvtb.engines.errors import BackendUnavailableError
-    from ezvtb.factory import open_first
+    from ezvtb.engines.policy import open_first
 
     chain = [("trt", "native TensorRT"), ("tensorrt", "TRT EP"), ("cuda", "CUDA EP"), ("auto", "last")]
     failures = {"trt": RuntimeError("tha3/editor: TensorRT's ONNX parser rejected editor.onnx"),

@@ -36,16 +36,16 @@ def monkeypatch_module():
 
 
 def test_each_stage_ort_matches_torch_and_sessions_are_released(models, monkeypatch_module):
-    from ezvtb.export import generic
+    from ezvtb.engines.runner import GraphRunner
 
     eager, ort = models
     closed = []
-    real_close = generic.GraphRunner.close
+    real_close = GraphRunner.close
 
     def spy_close(self):
         closed.append((self.name, len(self._sessions)))
         real_close(self)
-    monkeypatch_module.setattr(generic.GraphRunner, "close", spy_close)
+    monkeypatch_module.setattr(GraphRunner, "close", spy_close)
     g = torch.Generator().manual_seed(0)
     img = torch.rand(1, 3, 64, 64, generator=g) * 2 - 1
     z = torch.randn(3, 4, 8, 8, generator=g)

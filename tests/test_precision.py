@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from ezvtb.engines import BACKENDS
-from ezvtb.factory import HALF_BACKENDS, concrete_backend, get_core, resolve_precision
+from ezvtb.engines.policy import BACKENDS, HALF_BACKENDS, concrete_backend, resolve_precision
+from ezvtb.factory import get_core
 
 
 @pytest.mark.parametrize("backend, auto", [("cpu", "fp32"), ("cuda", "fp16"), ("tensorrt", "fp16"),

@@ -131,7 +131,7 @@ def test_strict_load_errors_name_the_keys():
 @pytest.mark.parametrize("sv4d2", [False, True])
 def test_exported_graph_matches_torch(sv4d2, tmp_path, monkeypatch):
     monkeypatch.setenv("EZVTB_HOME", str(tmp_path))
-    from ezvtb.export.generic import GraphRunner
+    from ezvtb.engines.runner import GraphRunner
 
     model = build_sv4d_unet(tiny_checkpoint(sv4d2, seed=5), num_head_channels=16)
     runner = GraphRunner(model, lambda shapes: sv4d_unet_spec("sv4d_unet_tiny", shapes), name="sv4d-unet-tiny",

@@ -1,7 +1,7 @@
 """Audio2Coeff: speech -> 3DMM expression (64) and head pose (6) coefficients per 25 fps video frame.
 
 The mel front end, chunking, the z draws and Savitzky-Golay smoothing run on the host (numpy/scipy); the two
-networks run through `ezvtb.export.generic.GraphRunner` (an ONNX graph on an `ezvtb.engines` session) or eagerly
+networks run through `ezvtb.engines.runner.GraphRunner` (an ONNX graph on an `ezvtb.engines` session) or eagerly
 (``backend="torch"``, the reference).
 
 - expression: chunks of 10 frames (the last one padded; frames are independent, so padding changes nothing),
@@ -53,7 +53,7 @@ def make_runner(module: Any, spec_for: Callable, name: str, backend: str, **opti
     if backend == "torch":
         return TorchRunner(module)
     try:
-        from ezvtb.export.generic import GraphRunner
+        from ezvtb.engines.runner import GraphRunner
     except ImportError as e:
         if backend == "auto":
             log.warning("%s: exported graphs unavailable (%s); running the torch module", name, e)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-BACKENDS = ("auto", "cpu", "cuda", "tensorrt", "directml", "trt")
+from ezvtb.engines.policy import BACKENDS
 
 
 def add_core_arguments(p: argparse.ArgumentParser) -> None:

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
           f"default database {default_db_path()}")
     from ezvtb.engines.cuda import device_count
     from ezvtb.engines.trt import available
-    from ezvtb.factory import backend_chain
+    from ezvtb.engines.policy import backend_chain, concrete_backend, resolve_precision
 
     n, why = device_count()
     print(f"  CUDA devices (cuda-python): {n}" + (f" ({why})" if why else ""))
@@ -58,7 +58,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"  TensorRT engine caches: {paths.home() / 'trt'} (native), {paths.home() / 'trt_ep'} (ORT EP)")
     chain = backend_chain("auto", True)
     print("  get_core(use_tensorrt=True) tries: " + " -> ".join(b for b, _ in chain) + f" ({chain[0][1]})")
-    from ezvtb.factory import concrete_backend, resolve_precision
     from ezvtb.stages.rife import resolve_flow_scale
 
     for b in dict.fromkeys(concrete_backend(b) for b, _ in chain):

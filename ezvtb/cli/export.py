@@ -15,9 +15,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ezvtb.engines.policy import PRECISIONS
     from ezvtb.export import tha3_graphs
 
-    precisions = ("fp32", "fp16") if args.all else (("fp16",) if args.half else ("fp32",))
+    precisions = PRECISIONS if args.all else (("fp16",) if args.half else ("fp32",))
     for prec in precisions:
         for stage, path in tha3_graphs(args.model, prec, weights_dir=args.weights_dir, out_dir=args.out).items():
             print(f"{args.model} {prec} {stage}: {path}")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from ezvtb.cli.orbit import BACKENDS, check_common, check_sv3d, load_sv3d
+from ezvtb.cli.orbit import check_common, check_sv3d, load_sv3d
+from ezvtb.engines.policy import RUNNER_BACKENDS
 
 log = logging.getLogger("ezvtb.novel_view")
 
@@ -30,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=576)
     p.add_argument("--elevation", type=float, default=None, help="degrees (default: 10 for SV4D, 0 for SV4D 2.0)")
     p.add_argument("--remove-bg", action="store_true", help="remove the background with rembg")
-    p.add_argument("--backend", choices=BACKENDS, default="torch")
+    p.add_argument("--backend", choices=RUNNER_BACKENDS, default="torch")
     p.add_argument("--out-dir", default="novel_view_out")
     p.set_defaults(func=run)
 

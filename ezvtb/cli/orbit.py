@@ -5,9 +5,9 @@ import argparse
 import logging
 from pathlib import Path
 
-log = logging.getLogger("ezvtb.novel_view")
+from ezvtb.engines.policy import RUNNER_BACKENDS
 
-BACKENDS = ("torch", "auto", "cpu", "cuda", "tensorrt", "directml", "trt")
+log = logging.getLogger("ezvtb.novel_view")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decoding-t", type=int, default=None, help="frames decoded at a time (lower = less memory)")
     p.add_argument("--seed", type=int, default=23)
     p.add_argument("--size", type=int, default=576, help="square frame size, a multiple of 64")
-    p.add_argument("--backend", choices=BACKENDS, default="torch",
+    p.add_argument("--backend", choices=RUNNER_BACKENDS, default="torch",
                    help="torch (eager) or an exported-graph backend; a session per stage")
     p.add_argument("--fps", type=float, default=10.0)
     p.add_argument("--out", default="orbit.mp4", help="output mp4")

@@ -5,9 +5,9 @@ import argparse
 import logging
 from pathlib import Path
 
-log = logging.getLogger("ezvtb.cli.t2v")
+from ezvtb.engines.policy import RUNNER_BACKENDS
 
-BACKENDS = ("auto", "torch", "cpu", "cuda", "tensorrt", "trt", "directml")
+log = logging.getLogger("ezvtb.cli.t2v")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strength", type=float, default=0.7, help="with --init: share of the steps re-run (0..1)")
     p.add_argument("--out", default="out.mp4", help="output .mp4, .gif or a folder for PNGs (default out.mp4)")
     p.add_argument("--fps", type=float, default=8.0, help="frames per second of an .mp4 (default 8)")
-    p.add_argument("--backend", choices=BACKENDS, default="auto", help="exported-graph backend or torch")
+    p.add_argument("--backend", choices=RUNNER_BACKENDS, default="auto", help="exported-graph backend or torch")
     p.add_argument("--device", default="cpu", help="torch device for --backend torch (default cpu)")
     p.set_defaults(func=run)
 

@@ -2,7 +2,7 @@
 (`guidance`), configured diffusers schedulers (`schedulers`), the denoising loop (`sampling`) and
 a diffusers UNet3DConditionModel as one exportable step with its graph spec (`unet3d`).
 
-Networks run through `ezvtb.export.generic.GraphRunner` (an exported graph on an `ezvtb.engines`
+Networks run through `ezvtb.engines.runner.GraphRunner` (an exported graph on an `ezvtb.engines`
 session, or the torch module itself). Importing this package imports nothing heavy; each
 submodule imports torch (and diffusers where it needs it).
 """

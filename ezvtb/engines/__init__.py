@@ -11,15 +11,13 @@ from typing import Any
 
 from ezvtb.engines.base import GraphSpec, Session, TensorSpec
 from ezvtb.engines.errors import BackendUnavailableError
-
-BACKENDS = ("auto", "cpu", "cuda", "tensorrt", "directml", "trt")
+from ezvtb.engines.policy import BACKENDS, check_backend
 
 
 def create_session(model_path: str | os.PathLike, spec: GraphSpec, backend: str = "auto",
                    **options: Any) -> Session:
     """Open `model_path` (an ONNX file whose I/O matches `spec`) on `backend`."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: expected one of {list(BACKENDS)}, got {backend!r}")
+    check_backend(backend)
     if backend == "trt":
         from ezvtb.engines.trt import TrtSession  # imported lazily: needs tensorrt
 

@@ -1,4 +1,4 @@
-"""Export any torch network to ONNX with a declared `GraphSpec`, and run it on an `ezvtb.engines` session.
+"""Export any torch network to ONNX with a declared `GraphSpec` (run by `ezvtb.engines.runner.GraphRunner`).
 
 Used by the generative pipelines (UNet steps, VAE encoder/decoder, text/image encoders, small nets):
 they run on the same session runtime as the realtime stages. This module imports torch only
@@ -40,6 +40,7 @@ import numpy as np
 from ezvtb import paths
 from ezvtb.atomic import atomic_write
 from ezvtb.engines.base import GraphSpec
+from ezvtb.engines.policy import check_precision
 
 log = logging.getLogger("ezvtb.export.generic")
 
@@ -48,7 +49,6 @@ GENERIC_EXPORTER_VERSION = "generic-1"
 EXTERNAL_DATA_BYTES = int(1.8e9)
 # Offsets of tensors in the external-data file are aligned to this (page size; lets runtimes map them).
 EXTERNAL_DATA_ALIGN = 4096
-PRECISIONS = ("fp32", "fp16")
 MIN_OPSET, MAX_OPSET = 14, 20  # SDPA / LayerNormalization need >= 14 (17 for LayerNormalization op)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _TORCH_DTYPES = {
@@ -101,17 +101,11 @@ def export_key(module: Any, spec: GraphSpec, precision: str = "fp32", opset: int
 
 
 # -- validation ------------------------------------------------------------------------------------
-def _check_name(name: Any) -> str:
+def check_name(name: Any) -> str:
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ValueError(f"name: expected 1-100 characters of letters, digits, '_', '.', '-' (a file name), "
                          f"got {name!r}")
     return name
-
-
-def _check_precision(precision: Any) -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
-    return precision
 
 
 def _check_spec(spec: Any) -> GraphSpec:
@@ -184,8 +178,8 @@ def export_module(module: Any, spec: GraphSpec, *, name: str, precision: str = "
     `ExportError` when the exporter fails.
     """
     spec = _check_spec(spec)
-    name = _check_name(name)
-    precision = _check_precision(precision)
+    name = check_name(name)
+    precision = check_precision(precision)
     opset = _check_opset(opset)
     if external_data not in (None, True, False):
         raise ValueError(f"external_data: expected None, True or False, got {external_data!r}")
@@ -696,107 +690,5 @@ def _set_static_io(model: Any, spec: GraphSpec, name: str) -> None:
             d.dim_value = v
 
 
-# -- running ---------------------------------------------------------------------------------------
-RUNNER_BACKENDS = ("torch", "auto", "cpu", "cuda", "tensorrt", "directml", "trt")
-
-
-class GraphRunner:
-    """One network, run eagerly (``backend="torch"``) or as exported graphs on `ezvtb.engines` sessions.
-
-    ``backend="torch"`` calls the module itself (the reference, and what training uses: no
-    ``no_grad``, no copies). Other backends ("auto" | "cpu" | "cuda" | "tensorrt" | "directml" |
-    "trt") hold one session per input-shape key: on first use of a shape, ``spec_for(shapes)`` gives
-    the `GraphSpec` for those input shapes, `export_module` exports (or finds in the cache) the graph,
-    and `ezvtb.engines.create_session` opens it with ``session_options``. Inputs are converted to the
-    spec's dtypes; outputs are fresh torch tensors on the first input's device (copied out of the
-    session-owned buffers). The weights are hashed once, at the first export: do not change them
-    afterwards (build a new runner).
-    """
-
-    def __init__(self, module: Any, spec_for: Callable[[tuple[tuple[int, ...], ...]], GraphSpec], *, name: str,
-                 backend: str = "auto", precision: str = "fp32", progress: bool = True,
-                 external_data: bool | None = None, **session_options: Any) -> None:
-        if backend not in RUNNER_BACKENDS:
-            raise ValueError(f"backend: expected one of {list(RUNNER_BACKENDS)}, got {backend!r}")
-        if not callable(spec_for):
-            raise ValueError(f"spec_for: expected a callable shapes -> GraphSpec, got {type(spec_for).__name__}")
-        self.module = module
-        self.spec_for = spec_for
-        self.name = _check_name(name)
-        self.backend = backend
-        self.precision = _check_precision(precision)
-        self.progress = progress
-        self.external_data = external_data
-        self.session_options = session_options
-        self._sessions: dict[tuple, Any] = {}
-        self._digest: str | None = None
-        self.paths: dict[tuple, Path] = {}
-
-    def __repr__(self) -> str:
-        return (f"GraphRunner({self.name!r}, backend={self.backend!r}, precision={self.precision!r}, "
-                f"{len(self._sessions)} sessions)")
-
-    def session_for(self, shapes: tuple[tuple[int, ...], ...]) -> Any:
-        """The session for these input shapes (exported and opened on first use)."""
-        sess = self._sessions.get(shapes)
-        if sess is not None:
-            return sess
-        spec = self.spec_for(shapes)
-        if not isinstance(spec, GraphSpec):
-            raise ValueError(f"spec_for: must return a GraphSpec, got {type(spec).__name__}")
-        declared = tuple(t.shape for t in spec.inputs)
-        if declared != shapes:
-            raise ValueError(f"{self.name}: spec_for({list(map(list, shapes))}) returned a spec with input shapes "
-                             f"{list(map(list, declared))}")
-        if self._digest is None:
-            self._digest = weights_digest(self.module)
-        path = export_module(self.module, spec, name=self.name, precision=self.precision,
-                             external_data=self.external_data, progress=self.progress, digest=self._digest)
-        from ezvtb.engines import create_session
-
-        sess = create_session(path, spec, self.backend, **self.session_options)
-        self._sessions[shapes] = sess
-        self.paths[shapes] = path
-        return sess
-
-    def __call__(self, *inputs: Any) -> Any:
-        """Same as ``module(*inputs)``: one tensor, or a tuple in the spec's output order."""
-        if self.backend == "torch":
-            return self.module(*inputs)
-        import torch
-
-        if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
-            raise ValueError(f"{self.name}: inputs must be torch tensors, got {[type(x).__name__ for x in inputs]}")
-        shapes = tuple(tuple(x.shape) for x in inputs)
-        sess = self.session_for(shapes)
-        spec = sess.spec
-        if len(inputs) != len(spec.inputs):
-            raise ValueError(f"{self.name}: expected {len(spec.inputs)} inputs ({list(spec.input_names)}), "
-                             f"got {len(inputs)}")
-        feeds = {}
-        for t, x in zip(spec.inputs, inputs):
-            a = x.detach().cpu()
-            if a.dtype == torch.bfloat16:
-                a = a.float()
-            feeds[t.name] = np.ascontiguousarray(a.numpy(), dtype=t.np_dtype)
-        out = sess.run(feeds)
-        device = inputs[0].device
-        ys = tuple(torch.from_numpy(np.array(sess.to_host(out[t.name]), copy=True)).to(device)
-                   for t in spec.outputs)
-        return ys[0] if len(ys) == 1 else ys
-
-    def close(self) -> None:
-        """Release every session (the exported files stay in the cache)."""
-        for s in self._sessions.values():
-            s.close()
-        self._sessions.clear()
-
-    def __enter__(self) -> "GraphRunner":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-__all__ = ["EXTERNAL_DATA_BYTES", "ExportError", "GENERIC_EXPORTER_VERSION", "GraphRunner", "export_key",
+__all__ = ["EXTERNAL_DATA_BYTES", "ExportError", "GENERIC_EXPORTER_VERSION", "export_key",
            "export_module", "external_data_name", "graph_path", "weights_digest"]

@@ -38,9 +38,9 @@ import numpy as np
 from ezvtb import paths
 from ezvtb.atomic import atomic_write
 from ezvtb.engines.base import GraphSpec
+from ezvtb.engines.policy import check_precision
 from ezvtb.export.quiet import progress_logging, quiet_export
 from ezvtb.models.rife.spec import (
-    PRECISIONS,
     SIZE,
     VERSIONS,
     check_flow_scale,
@@ -211,8 +211,7 @@ def rife_graph(scale: int, precision: str = "fp32", rife_model: str | os.PathLik
     exported graph fails `verify_export`. flow_scale: flow estimated at this fraction of the frame
     size (`FLOW_SCALES`; size x flow_scale must be a multiple of the version's alignment).
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
+    check_precision(precision)
     spec = graph_spec(scale, precision, size)  # validates scale and size
     weights, digest = rife_weights(rife_model)
     version = "hdv3" if rife_model is None else detect_version(weights, digest)

@@ -130,7 +130,7 @@ class VideoModel(nn.Module):
             finally:
                 unload_module_gpu(st.module)
             return
-        from ezvtb.export.generic import GraphRunner
+        from ezvtb.engines.runner import GraphRunner
 
         runner = GraphRunner(st.module, st.spec_fn, name=f"{self.variant.name}-{which}",
                              backend=self.backend, **self.session_options)

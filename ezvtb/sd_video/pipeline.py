@@ -11,7 +11,7 @@ The algorithm (ModelScope's, as sd-video runs it):
 
 Which runtime runs each network is decided once, here: ``backend="torch"`` runs the library
 modules eagerly; any other backend runs them as exported ONNX graphs through
-`ezvtb.export.generic.GraphRunner` (one graph per input shape, cached by weights digest).
+`ezvtb.engines.runner.GraphRunner` (one graph per input shape, cached by weights digest).
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ezvtb.engines.policy import RUNNER_BACKENDS, check_backend
 from ezvtb.models.modelscope_t2v import spec as graph_specs
 from ezvtb.sd_video.loader import T2VComponents, load_components, scheduler_config
 from ezvtb.sd_video.tokenizer import tokenize
@@ -30,7 +31,6 @@ from ezvtb.sd_video.tokenizer import tokenize
 log = logging.getLogger(__name__)
 
 DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-BACKENDS = ("auto", "torch", "cpu", "cuda", "tensorrt", "trt", "directml")
 TEXT_CACHE = 8  # prompt embeddings kept per SDVideo
 
 
@@ -102,9 +102,7 @@ def ddim_timesteps(sched: Any, steps: int) -> list[int]:
 
 
 def _check_backend(backend: Any) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: expected one of {list(BACKENDS)}, got {backend!r}")
-    return backend
+    return check_backend(backend, RUNNER_BACKENDS)
 
 
 def _check_int(name: str, v: Any, lo: int, hi: int | None = None) -> int:
@@ -185,7 +183,7 @@ class SDVideo:
 
     # -- runtime -------------------------------------------------------------------------------
     def _runner(self, module: torch.nn.Module, spec_for: Callable, name: str, precision: str) -> Callable:
-        from ezvtb.export.generic import GraphRunner
+        from ezvtb.engines.runner import GraphRunner
 
         module.eval()
         backend = "cpu" if (self.backend == "auto" and self.device.type == "cpu") else self.backend

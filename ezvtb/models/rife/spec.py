@@ -19,10 +19,10 @@ and ``v4.25.lite`` (Practical-RIFE 4.25 lite, any timestep).
 from __future__ import annotations
 
 from ezvtb.engines.base import GraphSpec, TensorSpec
+from ezvtb.engines.policy import check_precision
 
 VERSIONS = ("hdv3", "v4.25.lite")
 SCALES = (2, 3, 4)
-PRECISIONS = ("fp32", "fp16")
 SIZE = 512
 # Input sizes must be multiples of this (v4.25.lite's coarsest block works at 1/32, then /4 inside).
 ALIGN = 128
@@ -71,8 +71,7 @@ def graph_spec(scale: int, precision: str = "fp32", size: int = SIZE) -> GraphSp
     """The declared I/O of a RIFE graph producing `scale` frames per call (same for every version)."""
     if isinstance(scale, bool) or scale not in SCALES:
         raise ValueError(f"scale: expected one of {list(SCALES)}, got {scale!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
+    check_precision(precision)
     if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % ALIGN:
         raise ValueError(f"size: expected a positive multiple of {ALIGN}, got {size!r}")
     frame = (size, size, 4)

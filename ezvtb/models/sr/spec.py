@@ -25,9 +25,9 @@ the network's work. Then clamp to [0, 1], x255, round half-to-even, -> uint8 HWC
 from __future__ import annotations
 
 from ezvtb.engines.base import GraphSpec, TensorSpec
+from ezvtb.engines.policy import check_precision
 
 MODELS = ("upconv7", "animevideov3")
-PRECISIONS = ("fp32", "fp16")
 SCALES = {"upconv7": 2, "animevideov3": 4}
 INPUT_SIZES = {"upconv7": 512, "animevideov3": 256}
 UPCONV7_PAD = 7
@@ -51,12 +51,6 @@ def check_model(model: object) -> str:
     if model not in MODELS:
         raise ValueError(f"model: expected one of {list(MODELS)}, got {model!r}")
     return str(model)
-
-
-def check_precision(precision: object) -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
-    return str(precision)
 
 
 def check_noise(noise: object, name: str = "sr_noise") -> int:

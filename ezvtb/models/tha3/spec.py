@@ -22,10 +22,10 @@ inputs which are always float32. Image tensors are in model space: RGBA, linear 
 from __future__ import annotations
 
 from ezvtb.engines.base import GraphSpec, TensorSpec
+from ezvtb.engines.policy import check_precision
 
 STAGES = ("decomposer", "combiner", "morpher", "rotator", "editor")
 VARIANTS = ("separable", "standard")
-PRECISIONS = ("fp32", "fp16")
 
 # Upstream weight file name of each stage.
 WEIGHT_FILES = {
@@ -80,8 +80,7 @@ def graph_spec(stage: str, precision: str = "fp32") -> GraphSpec:
     """The declared I/O of one THA3 stage graph (`precision` 'fp32' or 'fp16')."""
     if stage not in _FP32:
         raise ValueError(f"stage: expected one of {list(STAGES)}, got {stage!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
+    check_precision(precision)
     spec = _FP32[stage]
     return spec if precision == "fp32" else spec.as_float16()
 

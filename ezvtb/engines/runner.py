@@ -1,0 +1,117 @@
+"""`GraphRunner`: one network run eagerly or as exported graphs on `ezvtb.engines` sessions.
+
+The generative pipelines run their UNets, VAEs, encoders and small nets through it, on the same
+session runtime as the realtime stages. Each input shape gets its own graph, exported on first use
+by `ezvtb.export.generic.export_module` (cached by weights digest). torch is imported only where a
+tensor is converted or a module exported; the realtime core never imports this module.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ezvtb.engines import create_session
+from ezvtb.engines.base import GraphSpec
+from ezvtb.engines.policy import RUNNER_BACKENDS, check_backend, check_precision
+from ezvtb.export.generic import check_name, export_module, weights_digest
+
+
+class GraphRunner:
+    """One network, run eagerly (``backend="torch"``) or as exported graphs on `ezvtb.engines` sessions.
+
+    ``backend="torch"`` calls the module itself (the reference, and what training uses: no
+    ``no_grad``, no copies). Other backends ("auto" | "cpu" | "cuda" | "tensorrt" | "directml" |
+    "trt") hold one session per input-shape key: on first use of a shape, ``spec_for(shapes)`` gives
+    the `GraphSpec` for those input shapes, `export_module` exports (or finds in the cache) the graph,
+    and `ezvtb.engines.create_session` opens it with ``session_options``. Inputs are converted to the
+    spec's dtypes; outputs are fresh torch tensors on the first input's device (copied out of the
+    session-owned buffers). The weights are hashed once, at the first export: do not change them
+    afterwards (build a new runner).
+    """
+
+    def __init__(self, module: Any, spec_for: Callable[[tuple[tuple[int, ...], ...]], GraphSpec], *, name: str,
+                 backend: str = "auto", precision: str = "fp32", progress: bool = True,
+                 external_data: bool | None = None, **session_options: Any) -> None:
+        check_backend(backend, RUNNER_BACKENDS)
+        if not callable(spec_for):
+            raise ValueError(f"spec_for: expected a callable shapes -> GraphSpec, got {type(spec_for).__name__}")
+        self.module = module
+        self.spec_for = spec_for
+        self.name = check_name(name)
+        self.backend = backend
+        self.precision = check_precision(precision)
+        self.progress = progress
+        self.external_data = external_data
+        self.session_options = session_options
+        self._sessions: dict[tuple, Any] = {}
+        self._digest: str | None = None
+        self.paths: dict[tuple, Path] = {}
+
+    def __repr__(self) -> str:
+        return (f"GraphRunner({self.name!r}, backend={self.backend!r}, precision={self.precision!r}, "
+                f"{len(self._sessions)} sessions)")
+
+    def session_for(self, shapes: tuple[tuple[int, ...], ...]) -> Any:
+        """The session for these input shapes (exported and opened on first use)."""
+        sess = self._sessions.get(shapes)
+        if sess is not None:
+            return sess
+        spec = self.spec_for(shapes)
+        if not isinstance(spec, GraphSpec):
+            raise ValueError(f"spec_for: must return a GraphSpec, got {type(spec).__name__}")
+        declared = tuple(t.shape for t in spec.inputs)
+        if declared != shapes:
+            raise ValueError(f"{self.name}: spec_for({list(map(list, shapes))}) returned a spec with input shapes "
+                             f"{list(map(list, declared))}")
+        if self._digest is None:
+            self._digest = weights_digest(self.module)
+        path = export_module(self.module, spec, name=self.name, precision=self.precision,
+                             external_data=self.external_data, progress=self.progress, digest=self._digest)
+        sess = create_session(path, spec, self.backend, **self.session_options)
+        self._sessions[shapes] = sess
+        self.paths[shapes] = path
+        return sess
+
+    def __call__(self, *inputs: Any) -> Any:
+        """Same as ``module(*inputs)``: one tensor, or a tuple in the spec's output order."""
+        if self.backend == "torch":
+            return self.module(*inputs)
+        import torch  # the caller's tensors are torch; imported here so creating a runner needs no torch
+
+        if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
+            raise ValueError(f"{self.name}: inputs must be torch tensors, got {[type(x).__name__ for x in inputs]}")
+        shapes = tuple(tuple(x.shape) for x in inputs)
+        sess = self.session_for(shapes)
+        spec = sess.spec
+        if len(inputs) != len(spec.inputs):
+            raise ValueError(f"{self.name}: expected {len(spec.inputs)} inputs ({list(spec.input_names)}), "
+                             f"got {len(inputs)}")
+        feeds = {}
+        for t, x in zip(spec.inputs, inputs):
+            a = x.detach().cpu()
+            if a.dtype == torch.bfloat16:
+                a = a.float()
+            feeds[t.name] = np.ascontiguousarray(a.numpy(), dtype=t.np_dtype)
+        out = sess.run(feeds)
+        device = inputs[0].device
+        ys = tuple(torch.from_numpy(np.array(sess.to_host(out[t.name]), copy=True)).to(device)
+                   for t in spec.outputs)
+        return ys[0] if len(ys) == 1 else ys
+
+    def close(self) -> None:
+        """Release every session (the exported files stay in the cache)."""
+        for s in self._sessions.values():
+            s.close()
+        self._sessions.clear()
+
+    def __enter__(self) -> "GraphRunner":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["GraphRunner"]
