@@ -48,17 +48,18 @@ import cv2
 import numpy as np
 
 from ezvtb.live.filters import OneEuroFilter
-from ezvtb.live.mapping import Mapper, MappingConfig, TrackerState, ramp
+from ezvtb.live.mapping import Mapper, MappingConfig, TrackerState, breathing_value, ramp
+from ezvtb.live.sources import PoseSample, PoseSource  # sources imports this module lazily: no cycle
 from ezvtb.models.facetrack.spec import (
     DETECTOR_SIZE,
     LANDMARK_SIZE,
-    NUM_LANDMARKS,
     anchors,
 )
-from ezvtb.pose import POSE_MAX, POSE_MIN, POSE_SIZE
+from ezvtb.pose import POSE_MAX, POSE_MIN, POSE_SIZE, index
 
 log = logging.getLogger("ezvtb.live.facetrack")
 
+BREATHING = index("breathing")
 MIN_DETECTION_SCORE = 0.5
 MIN_PRESENCE = 0.5
 NMS_IOU = 0.3
@@ -285,6 +286,17 @@ def roi_from_landmarks(lm: np.ndarray) -> Roi:
     return Roi(float(centre[0]), float(centre[1]), float(ROI_SCALE * max(hi - lo)), ang)
 
 
+# `FaceTracker.refine`: the mesh runs again on the new region when it differs from the one used by more
+# than these (angle in degrees, centre and side relative to the side).
+REFINE_ANGLE, REFINE_SHIFT, REFINE_SIZE = 3.0, 0.05, 0.08
+
+
+def _moved(a: Roi, b: Roi) -> bool:
+    d_ang = abs((math.degrees(b.angle - a.angle) + 180.0) % 360.0 - 180.0)
+    return (d_ang > REFINE_ANGLE or math.hypot(b.cx - a.cx, b.cy - a.cy) > REFINE_SHIFT * a.size
+            or abs(b.size / a.size - 1.0) > REFINE_SIZE)
+
+
 def head_pose(lm: np.ndarray, frame_size: tuple[int, int]) -> tuple[float, float, float] | None:
     """(pitch, yaw, roll) in degrees (ARKit convention: pitch > 0 looks down, yaw > 0 turns toward the viewer's
     right, roll > 0 tilts the head's top toward the viewer's left) from a PnP fit of `PNP_MODEL`; None if the
@@ -360,13 +372,15 @@ class FaceTracker:
     backend: an `ezvtb.engines` backend (default ``cpu``: the graphs are small); threads: ORT intra-op
     threads (1 leaves the other cores to the renderer). profile: a `FaceProfile`, a JSON path or None
     (defaults). mapping: the `MappingConfig` (mirror, ranges); filter_params: One-Euro parameters
-    (``{}`` = no filter; default min_cutoff 1, beta 1, d_cutoff 1 as the other live sources).
+    (``{}`` = no filter; default min_cutoff 1, beta 1, d_cutoff 1 as the other live sources). refine: run the
+    mesh a second time on the region its landmarks give when that region moved by more than `REFINE_ANGLE`
+    degrees, `REFINE_SHIFT` or `REFINE_SIZE` of its side (the detector's first region, fast head motion).
     """
 
     def __init__(self, backend: str = "cpu", threads: int = 1, profile: FaceProfile | str | os.PathLike | None = None,
                  mapping: MappingConfig | None = None, filter_params: Mapping[str, float] | None = None,
                  invert: Iterable[str] = (), min_detection: float = MIN_DETECTION_SCORE,
-                 min_presence: float = MIN_PRESENCE) -> None:
+                 min_presence: float = MIN_PRESENCE, refine: bool = True) -> None:
         from ezvtb.engines import create_session
         from ezvtb.export.facetrack import facetrack_graph
 
@@ -391,7 +405,8 @@ class FaceTracker:
         self._anchors = anchors()
         self._roi: Roi | None = None
         self._head: tuple[float, float, float] | None = None
-        self.frames = self.detections = self.lost = 0
+        self.refine = bool(refine)
+        self.frames = self.detections = self.lost = self.refined = 0
         self.last: FaceResult | None = None
 
     # networks ------------------------------------------------------------------------------------
@@ -465,7 +480,14 @@ class FaceTracker:
             if detected:
                 return None
         roi = self._roi
-        self._roi = roi_from_landmarks(lm)
+        nxt = roi_from_landmarks(lm)
+        if self.refine and _moved(roi, nxt):  # fast motion or a coarse detector region: run the mesh again
+            lm2, presence2 = self.landmarks(frame, nxt)
+            if presence2 >= self.min_presence:
+                roi, lm, presence = nxt, lm2, presence2
+                nxt = roi_from_landmarks(lm)
+                self.refined += 1
+        self._roi = nxt
         head = head_pose(lm, frame.shape[:2])
         if head is None:
             head = self._head or (0.0, 0.0, 0.0)
@@ -503,7 +525,8 @@ class FaceTracker:
         return self.profile
 
     def stats(self) -> dict[str, Any]:
-        return {"frames": self.frames, "detector_runs": self.detections, "tracking_lost": self.lost}
+        return {"frames": self.frames, "detector_runs": self.detections, "tracking_lost": self.lost,
+                "mesh_reruns": self.refined}
 
     def close(self) -> None:
         for s in (self.detector, self.mesh):
@@ -513,4 +536,201 @@ class FaceTracker:
                 pass
 
 
-assert NUM_LANDMARKS == 468
+
+# --- cam:// and video:// sources ---------------------------------------------------------------
+CAMERA_KEYS = {"width", "height", "fps", "loop", "step", "profile", "record", "backend", "threads"}
+
+
+class CameraSource(PoseSource):
+    """Frames from OpenCV (a camera index or a video file) -> `FaceTracker` -> the latest pose.
+
+    Cameras and real-time file playback run on a daemon thread and keep only the latest pose; with
+    ``step`` (files only) each `latest` call reads and tracks the next frame. Files are timed by their
+    own frame rate (or `fps`): the filter sees video time, so a file gives the same poses at any speed.
+    Frames without a face keep the previous pose. `record` writes every pose produced to an ``.npy``
+    file at `close` (atomically).
+    """
+
+    def __init__(self, url: str, target: int | str, tracker: FaceTracker, *, width: int | None = None,
+                 height: int | None = None, fps: float | None = None, loop: bool = False, step: bool = False,
+                 record: str | os.PathLike | None = None) -> None:
+        self.url = url
+        self.is_file = isinstance(target, str)
+        if step and not self.is_file:
+            raise ValueError(f"input {url}: step=1 needs a video file, not a camera")
+        self.cap = cv2.VideoCapture(target)
+        if not self.cap.isOpened():
+            self.cap.release()
+            what = f"video file {target!r}" if self.is_file else f"camera {target}"
+            raise OSError(f"input {url}: OpenCV cannot open the {what}")
+        if width:
+            self.cap.set(cv2.CAP_PROP_FRAME_WIDTH, int(width))
+        if height:
+            self.cap.set(cv2.CAP_PROP_FRAME_HEIGHT, int(height))
+        if fps and not self.is_file:
+            self.cap.set(cv2.CAP_PROP_FPS, float(fps))
+        file_fps = self.cap.get(cv2.CAP_PROP_FPS) if self.is_file else 0.0
+        self.fps = float(fps) if fps else (file_fps if file_fps and file_fps > 0 else 30.0)
+        self.tracker = tracker
+        self.loop, self.step = bool(loop), bool(step)
+        self.record_path = Path(record) if record else None
+        self.recorded: list[np.ndarray] = []
+        self._lock = threading.Lock()
+        self._sample: PoseSample | None = None
+        self._seq = 0
+        self._frame_index = 0
+        self._time_base = 0.0
+        self._ended = False
+        self._ahead: tuple[np.ndarray, float] | None = None
+        self.frames_read = self.faces = self.read_errors = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "CameraSource":
+        if self._thread is None and not self.step:
+            self._thread = threading.Thread(target=self._loop, name="ezvtb-source-camera", daemon=True)
+            self._thread.start()
+            log.info("%s: tracking at %.1f fps", self.url, self.fps)
+        return self
+
+    def _next_frame(self) -> tuple[np.ndarray, float] | None:
+        """(frame, time in s) or None at the end of a non-looping file; files: video time, cameras: wall clock."""
+        ok, frame = self.cap.read()
+        if not ok and self.is_file and self.loop and self.frames_read:
+            self._time_base += self._frame_index / self.fps
+            self._frame_index = 0
+            self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, frame = self.cap.read()
+        if not ok:
+            if self.is_file:
+                self._ended = True
+            else:
+                self.read_errors += 1
+            return None
+        t = self._time_base + self._frame_index / self.fps if self.is_file else time.perf_counter()
+        self._frame_index += 1
+        self.frames_read += 1
+        if frame.ndim == 2:
+            frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+        elif frame.shape[2] == 4:
+            frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+        return frame, t
+
+    def _track(self, frame: np.ndarray, t: float) -> None:
+        pose = self.tracker.track(frame, t)
+        if pose is None:
+            return
+        self.faces += 1
+        if self.record_path is not None:
+            self.recorded.append(pose.copy())
+        with self._lock:
+            self._seq += 1
+            self._sample = PoseSample(pose, time.perf_counter(), self._seq)
+
+    def _loop(self) -> None:
+        t0 = time.perf_counter()
+        while not self._stop.is_set():
+            got = self._next_frame()
+            if got is None:
+                if self._ended:
+                    break
+                self._stop.wait(0.01)
+                continue
+            frame, t = got
+            if self.is_file:  # real-time playback: wait for the frame's time
+                wait = t0 + t - time.perf_counter()
+                if wait > 0 and self._stop.wait(wait):
+                    break
+            try:
+                self._track(frame, t)
+            except Exception:  # noqa: BLE001 - one bad frame must not kill the source
+                log.exception("%s: tracking failed on a frame", self.url)
+
+    def latest(self) -> PoseSample | None:
+        if self.step and not self._ended:
+            got = self._ahead if self._ahead is not None else self._next_frame()
+            if got is not None:
+                self._track(*got)
+                self._ahead = self._next_frame()  # read one ahead, so `finished` is set with the last frame
+        with self._lock:
+            s = self._sample
+        if s is None:
+            return None
+        pose = s.pose.copy()
+        pose[BREATHING] = breathing_value(time.perf_counter(), self.tracker.mapper.config.breathing_period)
+        return PoseSample(pose, s.t, s.seq)
+
+    @property
+    def finished(self) -> bool:
+        """True at the end of a non-looping video file."""
+        return self._ended
+
+    def stats(self) -> dict[str, Any]:
+        return {"url": self.url, "packets": self.frames_read, "malformed": 0, "poses": self._seq,
+                "frames_with_face": self.faces, "read_errors": self.read_errors, **self.tracker.stats()}
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+            self._thread = None
+        self.cap.release()
+        self.tracker.close()
+        if self.record_path is not None:
+            from ezvtb.atomic import atomic_write
+
+            arr = np.stack(self.recorded) if self.recorded else np.zeros((0, POSE_SIZE), np.float32)
+            with atomic_write(self.record_path) as f:
+                np.save(f, arr.astype(np.float32))
+            log.info("%s: %d poses recorded to %s", self.url, len(arr), self.record_path)
+            self.record_path = None
+
+
+def open_camera_source(url: str, scheme: str, rest: str, q: Mapping[str, str]) -> CameraSource:
+    """`CameraSource` for ``cam://INDEX``, ``cam://PATH`` or ``video://PATH`` with query `q` (module docstring)."""
+    import urllib.parse
+
+    from ezvtb.live.sources import _COMMON_KEYS, _bool, _num, mapping_config
+
+    unknown = sorted(set(q) - (_COMMON_KEYS | CAMERA_KEYS))
+    if unknown:
+        raise ValueError(f"input: unknown option(s) {unknown} for {scheme}:// (allowed: "
+                         f"{sorted(_COMMON_KEYS | CAMERA_KEYS)})")
+    rest = urllib.parse.unquote(rest)
+    if not rest:
+        raise ValueError(f"input: {scheme}:// needs a camera index (cam://0) or a video file path, got {url!r}")
+    target: int | str
+    if scheme == "cam" and rest.isdigit():
+        target = int(rest)
+    else:
+        if not Path(rest).is_file():
+            raise ValueError(f"input: no video file {rest!r} in {url!r} (a camera is cam://INDEX, e.g. cam://0)")
+        target = rest
+    size = {}
+    for k in ("width", "height"):
+        if k in q:
+            v = _num(k, q[k])
+            if v < 1 or v != int(v):
+                raise ValueError(f"input: {k} expects a positive integer (pixels), got {q[k]!r}")
+            size[k] = int(v)
+    fps = _num("fps", q["fps"]) if "fps" in q else None
+    if fps is not None and fps <= 0:
+        raise ValueError(f"input: fps expects a number > 0, got {q['fps']!r}")
+    filter_params: dict[str, float] = {} if "filter" in q and not _bool("filter", q["filter"]) else \
+        {k: _num(k, q.get(k, "1.0")) for k in ("min_cutoff", "beta", "d_cutoff")}
+    invert = tuple(a.strip() for a in q.get("invert", "").split(",") if a.strip())
+    profile = q.get("profile") or None
+    if profile is not None and not Path(profile).is_file():
+        raise ValueError(f"input: profile={profile!r}: no such file (write one with FaceTracker.calibrate)")
+    record = q.get("record") or None
+    if record is not None and not Path(record).parent.resolve().is_dir():
+        raise ValueError(f"input: record={record!r}: its folder does not exist")
+    tracker = FaceTracker(backend=q.get("backend", "cpu"), threads=int(_num("threads", q.get("threads", "1"))),
+                          profile=profile, mapping=mapping_config(q), filter_params=filter_params, invert=invert)
+    try:
+        src = CameraSource(url, target, tracker, fps=fps, loop=_bool("loop", q.get("loop", "0")),
+                           step=_bool("step", q.get("step", "0")), record=record, **size)
+    except BaseException:
+        tracker.close()
+        raise
+    return src.start()

@@ -10,6 +10,7 @@ Open one with `open_source(url)`:
 | ``file://PATH`` | (N, 45) poses from a ``.npy`` or ``.json`` file, played at ``fps`` |
 | ``trace://[NAME]`` | the built-in realistic pose trace, played at ``fps`` |
 | ``audio://PATH.wav``, ``audio://mic`` | speech -> mouth shapes (`ezvtb.live.lipsync`) |
+| ``cam://0``, ``cam://PATH``, ``video://PATH`` | webcam or video file -> face tracker (`ezvtb.live.facetrack`) |
 
 Query parameters (``?a=1&b=2``): every live source takes ``min_cutoff``, ``beta``, ``d_cutoff``
 (One-Euro filter, `ezvtb.live.filters`; ``filter=0`` turns it off), ``mirror=1``, ``breathing``
@@ -653,9 +654,14 @@ def open_source(url: str) -> PoseSource:
         from ezvtb.live.lipsync import open_audio_source
 
         return open_audio_source(url, rest, q)
+    if scheme in ("cam", "video"):  # webcam or video file -> face tracker (ezvtb.live.facetrack)
+        from ezvtb.live.facetrack import open_camera_source
+
+        return open_camera_source(url, scheme, rest, q)
     live = {"ifm": IFM_PORT, "osf": OSF_PORT, "vmc": VMC_PORT}
     if scheme not in live:
-        raise ValueError(f"input: unknown scheme {scheme!r} in {url!r}; expected ifm, osf, vmc, file, trace or audio")
+        raise ValueError(f"input: unknown scheme {scheme!r} in {url!r}; expected ifm, osf, vmc, file, trace, audio, "
+                         "cam or video")
     extra = {"ifm": {"listen", "bind"}, "osf": {"face"}, "vmc": set()}[scheme]
     check_keys(_COMMON_KEYS | extra)
     host, port = _host_port(url, rest, live[scheme], "0.0.0.0" if scheme != "ifm" else "")
