@@ -99,3 +99,27 @@ def test_torch_and_onnx_match_litert(which, astronaut_bgr):
     assert err_onnx <= ONNX_VS_LITERT
     # the photograph's face is found: a confident detection and a present face
     assert got_score.max() > 0.9
+
+
+@pytest.mark.parametrize("n,k,s", [(48, 3, 2), (47, 3, 2), (64, 5, 2), (16, 3, 1), (15, 2, 1), (9, 4, 3)])
+def test_same_padding_as_symmetric_padding_and_crop(n, k, s):
+    """TFLite 'same' padding (before = total // 2) done as a symmetric convolution padding and a crop equals
+    explicit asymmetric zero padding followed by a 'valid' convolution."""
+    import torch.nn.functional as F
+
+    from ezvtb.models.facetrack.net import _Conv, _same_pad
+    from ezvtb.models.facetrack.tflite import TfliteOp
+
+    g = np.random.default_rng(n * 100 + k * 10 + s)
+    w = g.standard_normal((4, k, k, 3)).astype(np.float32)
+    b = g.standard_normal(4).astype(np.float32)
+    op = TfliteOp(0, "CONV_2D", (0, 1, 2), (3,), {"padding": "same", "stride": (s, s), "activation": None,
+                                                  "dilation": (1, 1)})
+    conv = _Conv(op, w, b, (1, n, n + 1, 3), "test")
+    x = torch.from_numpy(g.standard_normal((1, 3, n, n + 1)).astype(np.float32))
+    ph, pw = _same_pad(n, k, s, 1), _same_pad(n + 1, k, s, 1)
+    ref = F.conv2d(F.pad(x, (*pw, *ph)), torch.from_numpy(w).permute(0, 3, 1, 2), torch.from_numpy(b), s)
+    with torch.no_grad():
+        got = conv(x)
+    assert got.shape == ref.shape == (1, 4, -(-n // s), -(-(n + 1) // s))
+    assert float((got - ref).abs().max()) < 1e-5

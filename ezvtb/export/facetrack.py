@@ -34,7 +34,7 @@ from ezvtb.weights.mediapipe import model_file
 
 log = logging.getLogger("ezvtb.export")
 
-EXPORT_FORMAT = 1  # bump when the exported graphs change
+EXPORT_FORMAT = 2  # bump when the exported graphs change (2: PReLU as relus, no Pad before convolutions)
 WHICH = ("detector", "landmarks")
 # ORT vs torch on the same uint8 image: box/landmark coordinates are in input pixels (0..192),
 # probabilities in 0..1; measured ~1e-4 (tests/test_facetrack_models.py prints it).

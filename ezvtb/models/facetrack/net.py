@@ -9,7 +9,7 @@ torch ``[O, I, kh, kw]`` / ``[C*m, 1, kh, kw]``), MAX_POOL_2D, AVERAGE_POOL_2D, 
 zero padding, any axis), ADD, MUL, RELU, RELU6, PRELU (per-channel slopes), LOGISTIC, RESHAPE,
 CONCATENATION, DEQUANTIZE (float16 constants -> float32, done once at build time). ``same``
 padding follows TFLite: total ``max((ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0)``, the smaller
-half before (explicit asymmetric `F.pad` when the halves differ; pooling pads with -inf). Fused
+half before (convolutions: a symmetric padding and a crop, see `_symmetric`; pooling pads with -inf). Fused
 activations (none, relu, relu6, relu_n1_to_1, tanh) are applied after the op. Any other operator
 raises `TfliteFormatError` naming it.
 """
@@ -89,14 +89,32 @@ class _Conv(_Step):
             ph = pw = (0, 0)
         else:
             raise TfliteFormatError(f"{what}: unsupported padding {o['padding']!r}")
-        self.pad = (pw[0], pw[1], ph[0], ph[1])
+        # TFLite's asymmetric "same" padding as the convolution's own symmetric padding P (the smallest
+        # P >= both sides with (P - before) a multiple of the stride) and a crop of the first
+        # (P - before) / stride outputs: no separate Pad node, which ORT runs outside its blocked layout.
+        (self.conv.padding, self.crop) = zip(*(_symmetric(b0, b1, st) for (b0, b1), st in ((ph, sh), (pw, sw))))
+        self.out_hw = (_out_size(in_shape[1], kh, sh, dh, o["padding"]), _out_size(in_shape[2], kw, sw, dw, o["padding"]))
         self.act = o["activation"]
         self.what = what
 
     def forward(self, x: Tensor) -> Tensor:
-        if any(self.pad):
-            x = F.pad(x, self.pad)
-        return _activation(self.conv(x), self.act, self.what)
+        y = self.conv(x)
+        if any(self.crop) or tuple(y.shape[2:]) != self.out_hw:
+            (t, l), (h, w) = self.crop, self.out_hw
+            y = y[:, :, t:t + h, l:l + w]
+        return _activation(y, self.act, self.what)
+
+
+def _out_size(n: int, k: int, s: int, d: int, padding: str) -> int:
+    return math.ceil(n / s) if padding == "same" else (n - (k - 1) * d - 1) // s + 1
+
+
+def _symmetric(before: int, after: int, stride: int) -> tuple[int, int]:
+    """(symmetric padding, outputs to drop at the start) equivalent to padding (before, after)."""
+    p = max(before, after)
+    while (p - before) % stride:
+        p += 1
+    return p, (p - before) // stride
 
 
 class _Pool(_Step):
@@ -210,9 +228,10 @@ class TfliteNet(nn.Module):
             return vals[s.ins[0]].clamp(0.0, 6.0)
         if t == "LOGISTIC":
             return torch.sigmoid(vals[s.ins[0]])
-        if t == "PRELU":
+        if t == "PRELU":  # relu(x) - a relu(-x): the same values; ORT keeps it in its blocked layout (PRelu: 2x slower)
             x = vals[s.ins[0]]
-            return F.prelu(x, s.alpha) if x.ndim == 4 else torch.where(x >= 0, x, x * s.alpha)
+            a = s.alpha.view(1, -1, 1, 1) if x.ndim == 4 else s.alpha
+            return F.relu(x) - a * F.relu(-x)
         if t == "PAD":
             return F.pad(vals[s.ins[0]], s.pad)
         if t in ("ADD", "MUL"):
