@@ -339,6 +339,25 @@ def test_generate_writes_atomically(ours, tmp_path, first_coeff):
         ours.from_wav(wav, first_coeff, coeff_save_dir=tmp_path / "afile")
 
 
+def test_names_from_the_batch_never_leave_coeff_save_dir(ours, tmp_path, first_coeff):
+    """pic_name / audio_name come from data: a separator, '..' or an absolute path is refused before the
+    networks run, nothing is written outside (or inside) the folder, and the object stays usable."""
+    wav = _write_wav(tmp_path / "speech.wav", _speechlike(0.6))
+    out = tmp_path / "a" / "b" / "coeffs"
+    out.mkdir(parents=True)
+    for key, bad in [("pic_name", "../../../escaped"), ("pic_name", "/tmp/abs"), ("audio_name", ".."),
+                     ("audio_name", "x/../../y"), ("pic_name", ""), ("pic_name", 3)]:
+        batch = ours.make_batch(wav, first_coeff, seed=0)
+        batch[key] = bad
+        with pytest.raises(ValueError, match=rf"batch\['{key}'\]: .*(plain file name|expected a file name)"):
+            ours.generate(batch, out, 0)
+    with pytest.raises(ValueError, match="stem: .* not a plain file name"):
+        ours.save(np.zeros((2, 70), np.float32), out, "../x")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) \
+        == ["speech.wav"]
+    assert Path(ours.generate(ours.make_batch(wav, first_coeff, seed=0), out, 0)).parent == out
+
+
 def test_head_pose_track_maps_and_resamples():
     from ezvtb.audio2coeff.pipeline import head_pose_track
 

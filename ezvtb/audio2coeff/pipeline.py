@@ -23,6 +23,7 @@ import numpy as np
 from ezvtb.audio2coeff import frontend
 from ezvtb.audio2coeff.checkpoint import read_network_state
 from ezvtb.atomic import atomic_write
+from ezvtb.paths import name_from_data
 from ezvtb.models.sadtalker.spec import EXP_CHUNK, audio2exp_spec, audio2pose_spec
 
 log = logging.getLogger("ezvtb.audio2coeff")
@@ -113,6 +114,12 @@ def apply_reference_pose(coeffs: np.ndarray, ref_pose: np.ndarray) -> np.ndarray
     out = coeffs.copy()
     out[:, 64:70] = out[:, 64:70] + (looped[:t] - ref_pose[:1, :6])
     return out
+
+
+def _stem(pic_name: Any, audio_name: Any) -> str:
+    """``<pic_name>##<audio_name>``, each checked to be a plain file name (they come from the batch)."""
+    pic, audio = name_from_data(pic_name, "batch['pic_name']"), name_from_data(audio_name, "batch['audio_name']")
+    return f"{pic}##{audio}"
 
 
 def _read_yaml(path: Any, argument: str) -> dict:
@@ -301,15 +308,18 @@ class Audio2Coeff:
         """Writes ``<pic_name>##<audio_name>.mat`` with ``coeff_3dmm`` (T, 70) into `coeff_save_dir` (atomically)
         and returns its path. `batch` is the seed's: indiv_mels, ref, ratio_gt, num_frames, pic_name, audio_name
         (optional ``z`` (chunks, latent) fixes the pose draws)."""
+        stem = _stem(batch.get("pic_name", "image"), batch.get("audio_name", "audio")) if isinstance(batch, dict) else ""
         coeffs = self.coefficients(batch, pose_style, batch.get("z") if isinstance(batch, dict) else None)
         if ref_pose_coeff_path is not None:
             coeffs = self.using_refpose(coeffs, ref_pose_coeff_path)
-        return self.save(coeffs, coeff_save_dir, f"{batch.get('pic_name', 'image')}##{batch.get('audio_name', 'audio')}")
+        return self.save(coeffs, coeff_save_dir, stem)
 
     @staticmethod
     def save(coeffs: np.ndarray, coeff_save_dir: str | os.PathLike, stem: str) -> str:
+        """Writes ``<stem>.mat`` into `coeff_save_dir`; `stem` must be one plain file name (ValueError)."""
         from scipy.io import savemat
 
+        name_from_data(stem, "stem")
         d = Path(coeff_save_dir)
         if d.exists() and not d.is_dir():
             raise ValueError(f"coeff_save_dir: {str(d)!r} is not a folder")
@@ -371,7 +381,7 @@ class Audio2Coeff:
             coeffs = self.using_refpose(coeffs, ref_pose_coeff_path)
         if coeff_save_dir is None:
             return coeffs
-        return self.save(coeffs, coeff_save_dir, f"{batch['pic_name']}##{batch['audio_name']}")
+        return self.save(coeffs, coeff_save_dir, _stem(batch["pic_name"], batch["audio_name"]))
 
 
 HEAD_RANGE_DEG = 15.0  # THA3 head_x/head_y/neck_z = +-1 at about 15 degrees (ezvtb.live.mapping's default ranges)
