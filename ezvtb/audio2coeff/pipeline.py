@@ -308,7 +308,8 @@ class Audio2Coeff:
         """Writes ``<pic_name>##<audio_name>.mat`` with ``coeff_3dmm`` (T, 70) into `coeff_save_dir` (atomically)
         and returns its path. `batch` is the seed's: indiv_mels, ref, ratio_gt, num_frames, pic_name, audio_name
         (optional ``z`` (chunks, latent) fixes the pose draws)."""
-        stem = _stem(batch.get("pic_name", "image"), batch.get("audio_name", "audio")) if isinstance(batch, dict) else ""
+        names = (batch.get("pic_name", "image"), batch.get("audio_name", "audio")) if isinstance(batch, dict) else ()
+        stem = _stem(*names) if names else ""
         coeffs = self.coefficients(batch, pose_style, batch.get("z") if isinstance(batch, dict) else None)
         if ref_pose_coeff_path is not None:
             coeffs = self.using_refpose(coeffs, ref_pose_coeff_path)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from pathlib import Path
 
 from ezvtb.engines.policy import RUNNER_BACKENDS
@@ -36,6 +37,9 @@ def check_common(args: argparse.Namespace) -> None:
         raise ValueError(f"--steps: expected >= 1, got {args.steps}")
     if args.decoding_t is not None and args.decoding_t < 1:
         raise ValueError(f"--decoding-t: expected >= 1, got {args.decoding_t}")
+    elev = getattr(args, "elevation", None)
+    if elev is not None and not (math.isfinite(elev) and -90.0 <= elev <= 90.0):
+        raise ValueError(f"--elevation: expected finite degrees in [-90, 90], got {elev}")
 
 
 def check_sv3d(path: str, what: str = "--model") -> str:

@@ -184,6 +184,12 @@ def run_img2vid(version_dict, model, image, seed=23, polar_rad=[10] * 21,  # noq
     if cond_motion is not None or cond_view is not None:
         raise ValueError(f"cond_motion, cond_view: SV4D conditioning, but the model is {model.variant.name} "
                          "(load an SV4D checkpoint)")
+    for name, values in (("polar_rad", polar_rad), ("azim_rad", azim_rad)):
+        v = np.asarray(values, dtype=np.float64)
+        if not np.isfinite(v).all():
+            raise ValueError(f"{name}: expected finite radians, got {float(v[~np.isfinite(v)][0])!r}")
+    if isinstance(image, torch.Tensor) and not torch.isfinite(image).all():
+        raise ValueError("image: contains NaN or inf values (expected finite values in [-1, 1])")
     H, W = version_dict.get("H", 576), version_dict.get("W", 576)
     T = version_dict.get("T", model.num_frames)
     C, F = version_dict.get("C", 4), version_dict.get("f", 8)
@@ -210,10 +216,15 @@ def orbit_cameras(num_frames: int = 21, elevation_deg=10.0, azimuths_deg=None) -
     elev = ([float(elevation_deg)] * num_frames if np.isscalar(elevation_deg) else [float(e) for e in elevation_deg])
     if len(elev) != num_frames:
         raise ValueError(f"elevation_deg: expected 1 or {num_frames} values, got {len(elev)}")
+    bad = [e for e in elev if not (np.isfinite(e) and -90.0 <= e <= 90.0)]
+    if bad:
+        raise ValueError(f"elevation_deg: expected finite degrees in [-90, 90], got {bad[0]!r}")
     az = (np.linspace(0, 360, num_frames + 1)[1:] % 360 if azimuths_deg is None
-          else np.asarray(azimuths_deg, dtype=np.float64))
+          else np.asarray(azimuths_deg, dtype=np.float64).reshape(-1))
     if len(az) != num_frames:
         raise ValueError(f"azimuths_deg: expected {num_frames} values, got {len(az)}")
+    if not np.isfinite(az).all():
+        raise ValueError(f"azimuths_deg: expected finite degrees, got {float(az[~np.isfinite(az)][0])!r}")
     polars = [float(np.deg2rad(90 - e)) for e in elev]
     azimuths = [float(np.deg2rad((a - az[-1]) % 360)) for a in az]
     return polars, azimuths
@@ -228,6 +239,9 @@ def sv3d_orbit(model, image: torch.Tensor, *, elevation_deg=10.0, azimuths_deg=N
         raise ValueError(f"model: sv3d_orbit needs an SV3D model, got {model.variant.name}")
     if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[:2] != (1, 3) or image.numel() == 0:
         raise ValueError("image: expected a non-empty (1, 3, H, W) tensor in [-1, 1]")
+    if not torch.isfinite(image).all():
+        raise ValueError(f"image: contains {int((~torch.isfinite(image)).sum())} NaN or inf values "
+                         "(expected finite values in [-1, 1])")
     T = model.num_frames
     H, W = image.shape[-2:]
     check_size(H, W)
@@ -245,8 +259,12 @@ def sv3d_orbit(model, image: torch.Tensor, *, elevation_deg=10.0, azimuths_deg=N
     return frames
 
 
+_WIDE_GREY = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0}
+
+
 def load_image(path, H: int = 576, W: int = 576) -> torch.Tensor:
-    """An RGB(A) image file -> (1, 3, H, W) in [-1, 1] (alpha composited on white)."""
+    """An RGB(A) or greyscale image file -> (1, 3, H, W) in [-1, 1] (alpha composited on white). 16-bit
+    greyscale (PIL modes I;16 / I) is scaled by 1/65535, not clipped to 8 bits."""
     from PIL import Image
 
     p = Path(path)
@@ -255,6 +273,14 @@ def load_image(path, H: int = 576, W: int = 576) -> torch.Tensor:
     with Image.open(p) as im:
         if im.width == 0 or im.height == 0:
             raise ValueError(f"image: {p} is empty")
+        if im.mode in _WIDE_GREY:
+            grey = np.asarray(im, dtype=np.float32)
+            if grey.min() < 0 or grey.max() > _WIDE_GREY[im.mode]:
+                raise ValueError(f"image: {p} is a {im.mode} greyscale image with values outside "
+                                 f"[0, {_WIDE_GREY[im.mode]:.0f}]")
+            grey = Image.fromarray(grey / _WIDE_GREY[im.mode]).resize((W, H), Image.LANCZOS)
+            g = np.clip(np.asarray(grey, dtype=np.float32), 0.0, 1.0)
+            return torch.from_numpy(np.repeat(g[None], 3, axis=0))[None] * 2.0 - 1.0
         im = im.convert("RGBA").resize((W, H), Image.LANCZOS)
     a = np.asarray(im).astype(np.float32) / 255.0
     rgb = a[..., :3] * a[..., 3:] + (1.0 - a[..., 3:])

@@ -22,6 +22,7 @@ from ezvtb.models.sgm_video.checkpoint import VARIANTS, CheckpointParts, Variant
 from ezvtb.models.sgm_video.clip_vision import ImageEmbedder, build_clip_vision, resize_for_clip
 from ezvtb.models.sgm_video.unet import VideoUNet, build_video_unet
 from ezvtb.models.sgm_video.vae import VAEDecode, VAEEncodeMode, build_vae
+from ezvtb.novel_view.sampling import count_or_default
 
 log = logging.getLogger("ezvtb.novel_view")
 
@@ -72,8 +73,8 @@ class VideoModel(nn.Module):
             raise ValueError(f"variant: {variant} has its own UNet and conditioning: use "
                              "ezvtb.novel_view.sv4d.SV4DModel (or load_model)")
         self.variant: Variant = VARIANTS[variant]
-        self.num_frames = int(num_frames or self.variant.num_frames)
-        self.num_steps = int(num_steps or self.variant.num_steps)
+        self.num_frames = count_or_default("num_frames", num_frames, self.variant.num_frames)
+        self.num_steps = count_or_default("num_steps", num_steps, self.variant.num_steps)
         self.backend = backend
         self.device_name = device
         self.session_options = session_options

@@ -9,6 +9,8 @@ denoised latents (x0 is affine in v with the same c_skip, c_out for both halves)
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 import torch
 
 from ezvtb.diffusion.guidance import guidance_scales, guided_model
@@ -37,7 +39,7 @@ class EulerEDMSampler:
 
 def default_sampler(model, num_steps: int | None = None, verbose: bool = False) -> EulerEDMSampler:
     v = model.variant
-    return EulerEDMSampler(int(num_steps or model.num_steps), v.guider, v.max_scale, v.min_scale, verbose=verbose)
+    return EulerEDMSampler(count_or_default("num_steps", num_steps, model.num_steps), v.guider, v.max_scale, v.min_scale, verbose=verbose)
 
 
 @dataclass
@@ -103,11 +105,22 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     return torch.clamp((images + 1.0) / 2.0, 0.0, 1.0)
 
 
+def count_or_default(name: str, value: object, default: int) -> int:
+    """`value` as an int >= 1, or `default` when it is None; ValueError naming `name` for anything else
+    (0, a negative, a float, a bool): an explicit bad value never becomes the default."""
+    if value is None:
+        return int(default)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}: expected an int >= 1 (or None for the model's default {default}), "
+                         f"got {value!r}")
+    return int(value)
+
+
 def check_size(height: int, width: int) -> None:
     if height % 64 or width % 64 or height <= 0 or width <= 0:
         raise ValueError(f"H, W: expected positive multiples of 64, got {height}x{width}")
 
 
 __all__ = ["Conditioning", "EulerEDMSampler", "build_conditioning", "default_sampler", "sample_latents",
-           "to_unit_range", "check_size"]
+           "to_unit_range", "check_size", "count_or_default"]
 

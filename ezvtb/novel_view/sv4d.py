@@ -42,6 +42,7 @@ from ezvtb.models.sgm_video.clip_vision import build_clip_vision
 from ezvtb.models.sgm_video.sv4d_unet import SV4DUNet, build_sv4d_unet, sv4d_unet_spec
 from ezvtb.models.sgm_video.vae import build_vae
 from ezvtb.novel_view.model import VideoModel, _Stage
+from ezvtb.novel_view.sampling import count_or_default
 
 log = logging.getLogger("ezvtb.novel_view")
 
@@ -171,13 +172,13 @@ class SV4DModel(VideoModel):
         if variant == "sv4d2" and views_per_sample == 8:
             s = SETTINGS["sv4d2_8views"]
         self.settings = s
-        self.frames_per_sample = int(frames_per_sample or s.frames_per_sample)
-        self.views_per_sample = int(views_per_sample or s.views_per_sample)
+        self.frames_per_sample = count_or_default("frames_per_sample", frames_per_sample, s.frames_per_sample)
+        self.views_per_sample = count_or_default("views_per_sample", views_per_sample, s.views_per_sample)
         self.num_frames = self.frames_per_sample * self.views_per_sample
         if num_frames is not None and int(num_frames) != self.num_frames:
             raise ValueError(f"num_frames: {variant} denoises T*V = {self.frames_per_sample}*{self.views_per_sample}"
                              f" = {self.num_frames} latents per call, got {num_frames}")
-        self.num_steps = int(num_steps or s.num_steps)
+        self.num_steps = count_or_default("num_steps", num_steps, s.num_steps)
         self.backend = backend
         self.device_name = device
         self.session_options = session_options
@@ -289,7 +290,7 @@ def sample_grid(model: SV4DModel, cond: SV4DConditioning, uncond: SV4DConditioni
     """The full Euler loop for one T x V grid (upstream's `do_sample` with SV4D inputs): latents (T*V, 4, h, w)."""
     from tqdm import tqdm
 
-    n = int(num_steps or model.num_steps)
+    n = count_or_default("num_steps", num_steps, model.num_steps)
     s = settings or model.settings
     sigmas = [float(v) for v in edm_sigmas(n, s.sigma_min, s.sigma_max, s.rho)]
     T, V = cond.context.shape[1], cond.cond_view.shape[0]
@@ -383,7 +384,9 @@ def sv4d_novel_views(sv4d: SV4DModel, frames: torch.Tensor, *, sv3d=None, views_
         if sv3d is None:
             raise ValueError("sv3d: give an SV3D model (or the frame-0 orbit as views_t0)")
         orbit = sv3d_orbit(sv3d, frames[:1], elevation_deg=elevation_deg, azimuths_deg=azimuths_deg,
-                           num_steps=sv3d_steps or num_steps or sv4d.num_steps, seed=seed, decoding_t=decoding_t,
+                           num_steps=count_or_default("sv3d_steps", sv3d_steps,
+                                                      count_or_default("num_steps", num_steps, sv4d.num_steps)),
+                           seed=seed, decoding_t=decoding_t,
                            progress=progress) * 2 - 1
     else:
         _check_images("views_t0", views_t0)
@@ -423,7 +426,7 @@ def sv4d_novel_views(sv4d: SV4DModel, frames: torch.Tensor, *, sv3d=None, views_
                 grid[t][v] = _to_unit(imgs[i, j][None]) * 2 - 1
 
     # dense frames, alternating backward / forward conditioning per step
-    n = int(num_steps or sv4d.num_steps)
+    n = count_or_default("num_steps", num_steps, sv4d.num_steps)
     s = sv4d.settings
     sigmas = [float(v) for v in edm_sigmas(n, s.sigma_min, s.sigma_max, s.rho)]
     scales = guidance_for(s, T, V)
@@ -491,7 +494,7 @@ def sv4d2_novel_views(model: SV4DModel, frames: torch.Tensor, *, elevation_deg=0
     for t in range(n_frames):
         grid[t][0] = frames[t:t + 1].float()
     starts = range(0, n_frames, T) if V == 4 else range(0, n_frames - T + 1, T - 1)
-    options = {"num_steps": int(num_steps or model.num_steps)}
+    options = {"num_steps": count_or_default("num_steps", num_steps, model.num_steps)}
     for k, t0 in enumerate(tqdm(starts, desc="sv4d2", unit="window", disable=not progress)):
         t0 = min(t0, n_frames - T)
         window = list(range(t0, t0 + T))
