@@ -12,6 +12,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from sd_video_tiny import tiny_diffusers_folder, tiny_modelscope_folder  # noqa: E402,F401 - fixtures
 from sgm_video_fixtures import tiny_checkpoint  # noqa: E402
 
 
@@ -121,3 +122,147 @@ def test_16_bit_greyscale_png_is_scaled_not_clipped(tmp_path):
     assert err < 0.02, err  # was 99.6 % white: every value above 255 clipped
     Image.fromarray((ramp >> 8).astype(np.uint8)).save(tmp_path / "g8.png")
     assert (load_image(tmp_path / "g8.png", 64, 64) - x).abs().max() < 0.02  # the same picture at 8 bits
+
+
+# --- checkpoint and data files ------------------------------------------------------------------------------
+def _bad_safetensors(folder: Path, good: Path) -> dict[str, Path]:
+    """Damaged copies of the safetensors file `good`: empty, truncated, header length 2^62, header a list."""
+    import json
+    import struct
+
+    data = good.read_bytes()
+    out = {}
+    for kind, content in [("empty", b""), ("truncated", data[: len(data) // 2]), ("short", data[:5]),
+                          ("huge", struct.pack("<Q", 1 << 62) + b"{}"),
+                          ("list", struct.pack("<Q", 2) + b"[]"),
+                          ("past_end", struct.pack("<Q", 1 << 20) + b"{}")]:
+        out[kind] = folder / f"{kind}.safetensors"
+        out[kind].write_bytes(content)
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1 << 20, 1 << 20], "data_offsets": [0, 16]}}).encode()
+    out["shape"] = folder / "shape.safetensors"
+    out["shape"].write_bytes(struct.pack("<Q", len(header)) + header + bytes(16))
+    return out
+
+
+BAD_SAFETENSORS = {"empty": "shorter than the 8-byte header length", "short": "shorter than the 8-byte header",
+                   "truncated": "truncated", "huge": r"header claims 4611686018427387904 bytes",
+                   "list": "header is a JSON list, not an object", "past_end": "truncated",
+                   "shape": r"does not fit its 16 bytes"}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_SAFETENSORS))
+def test_damaged_safetensors_name_the_file_everywhere(sv3d, tmp_path, kind):
+    from safetensors.torch import save_file
+
+    from ezvtb.models.rife.loader import load_rife
+    from ezvtb.novel_view import load_model
+    from ezvtb.weights.wheel import CheckpointFileError, load_checkpoint
+
+    good = tmp_path / "good.safetensors"
+    save_file({"a": torch.zeros(64, 64), "b": torch.ones(3)}, str(good))
+    bad = _bad_safetensors(tmp_path, good)[kind]
+    why = BAD_SAFETENSORS[kind]
+    with pytest.raises(CheckpointFileError, match=rf"checkpoint: '{re.escape(str(bad))}' .*{why}"):
+        load_checkpoint(bad)
+    with pytest.raises(ValueError, match=rf"rife_model: '{re.escape(str(bad))}' .*{why}"):
+        load_rife(bad)
+    with pytest.raises(ValueError, match=rf"ckpt_path: '{re.escape(str(bad))}' .*{why}"):
+        load_model("sv3d_p", "cpu", ckpt_path=bad)
+
+
+def test_a_ckpt_holding_a_list_or_no_tensors_is_named(tmp_path):
+    from ezvtb.novel_view import load_model
+
+    listed = tmp_path / "list.ckpt"
+    torch.save([torch.zeros(2)], listed)
+    with pytest.raises(ValueError, match=rf"ckpt_path: '{re.escape(str(listed))}' holds a list, not a checkpoint"):
+        load_model("sv3d_p", "cpu", ckpt_path=listed)
+    nested = tmp_path / "nested.ckpt"
+    torch.save({"state_dict": [1, 2]}, nested)
+    with pytest.raises(ValueError, match=rf"ckpt_path: '{re.escape(str(nested))}' holds no state dict of tensors"):
+        load_model("sv3d_p", "cpu", ckpt_path=nested)
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"ckpt_path: .*empty.ckpt' is empty \(0 bytes\)"):
+        load_model("sv3d_p", "cpu", ckpt_path=empty)
+
+
+def test_npy_header_claiming_terabytes_is_refused_before_allocating(tmp_path, caplog):
+    from ezvtb.cli import main
+    from ezvtb.live.sources import load_poses
+
+    p = tmp_path / "p.npy"
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 45), np.float32))
+    header["shape"] = (1 << 40, 45)
+    with open(p, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(np.zeros(45, np.float32).tobytes())
+    with pytest.raises(ValueError, match=r"trace: .*p.npy' claims shape \(1099511627776, 45\) .* holds only 180 bytes"):
+        load_poses(p)
+    caplog.clear()
+    assert main(["bench", "--trace", str(p), "--frames", "2"]) == 2
+    assert "--trace: " in caplog.text and "claims shape" in caplog.text
+    good = tmp_path / "good.npy"
+    np.save(good, np.zeros((3, 45), np.float32))
+    assert load_poses(good).shape == (3, 45)
+
+
+def _modelscope_copy(src: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dest)
+    return dest
+
+
+@pytest.mark.parametrize("config, msg", [
+    ([1, 2], r"configuration.json': the top level must be a JSON object, got list"),
+    ({"model": {"model_args": "x"}}, r"configuration.json': model.model_args must be a JSON object, got str"),
+    ({"model": {"model_args": {"max_frames": -5}}}, r"model.model_args.max_frames must be an integer >= 1, got -5"),
+    ({"model": {"model_cfg": {"unet_head_dim": "64x"}}}, r"model.model_cfg.unet_head_dim must be an integer"),
+    ({"model": {"model_args": {"ckpt_unet": "../../elsewhere.pth"}}},
+     r"model.model_args.ckpt_unet: '../../elsewhere.pth' is not a plain file name"),
+    ({"model": {"model_args": {"ckpt_unet": "VQGAN_autoencoder.pth"}}},
+     r"VQGAN_autoencoder.pth': UNet: .*not a ModelScope UNetSD state dict \(an autoencoder"),
+])
+def test_modelscope_configuration_errors_name_the_file(tmp_path, tiny_modelscope_folder, config, msg):
+    import json
+
+    from ezvtb.sd_video import SDVideo
+
+    folder = _modelscope_copy(tiny_modelscope_folder, tmp_path / "model")
+    (folder / "configuration.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=msg):
+        SDVideo(folder, backend="torch")
+
+
+def test_diffusers_layout_damaged_safetensors_and_max_frames(tmp_path, tiny_diffusers_folder):
+    import json
+    import shutil
+
+    from ezvtb.sd_video import SDVideo
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_diffusers_folder, folder)
+    unet = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    unet.write_bytes(unet.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=rf"model_path: '{re.escape(str(unet))}' is not a valid .safetensors file"):
+        SDVideo(folder, backend="torch")
+    shutil.copy(tiny_diffusers_folder / "unet" / unet.name, unet)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "max_frames": -5}))
+    with pytest.raises(ValueError, match=r"model_index.json': max_frames must be an integer >= 1, got -5"):
+        SDVideo(folder, backend="torch")
+
+
+def test_a_model_folder_whose_path_is_not_utf8_loads(tmp_path, tiny_modelscope_folder):
+    import os
+
+    from ezvtb.sd_video import SDVideo
+
+    name = os.fsdecode(b"mod\xffel")  # a Latin-1 name on a UTF-8 system: not encodable as UTF-8
+    folder = _modelscope_copy(tiny_modelscope_folder, tmp_path / name)
+    from ezvtb.sd_video.loader import load_components
+
+    comps = load_components(folder)  # was a TypeError inside the tokenizers library
+    assert comps.tokenizer("a cat")["input_ids"][:1] == [comps.tokenizer.bos_token_id]
+    SDVideo(folder, backend="torch")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +30,9 @@ def _check_file(path: Any, argument: str) -> Path:
 def read_pickled_checkpoint(checkpoint_path: str | os.PathLike, device: str = "cpu",
                             argument: str = "checkpoint_path") -> dict:
     """The checkpoint dict, loaded weights-only. ValueError for a file that is not one."""
-    import torch
+    from ezvtb.weights.wheel import load_checkpoint
 
-    p = _check_file(checkpoint_path, argument)
-    try:
-        ckpt = torch.load(p, map_location=torch.device(device), weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(f"{argument}: {str(p)!r} refused: its pickle needs more than tensors and plain "
-                         f"containers (weights-only loading): {str(e).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise ValueError(f"{argument}: {str(p)!r} is not a readable torch checkpoint: {e}") from None
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{argument}: expected a dict checkpoint in {str(p)!r}, got {type(ckpt).__name__}")
-    return ckpt
+    return load_checkpoint(_check_file(checkpoint_path, argument), map_location=device, argument=argument)
 
 
 def load_into(model: Any, state: dict, argument: str) -> None:
@@ -78,14 +67,12 @@ def load_cpk(checkpoint_path: str | os.PathLike, model: Any = None, optimizer: A
 
 def read_safetensors_part(path: str | os.PathLike, name: str, argument: str = "checkpoint") -> dict:
     """The tensors of network `name` in a bundled SadTalker safetensors file, prefix ``name.`` stripped."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from ezvtb.weights.wheel import load_checkpoint
 
     p = _check_file(path, argument)
-    try:
-        tensors = load_file(str(p))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{argument}: {str(p)!r} is not a safetensors file: {e}") from None
+    if p.suffix != ".safetensors":
+        raise ValueError(f"{argument}: {str(p)!r} is not a .safetensors file")
+    tensors = load_checkpoint(p, argument=argument)
     prefix = name + "."
     part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     if not part:

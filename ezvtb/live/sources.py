@@ -497,6 +497,29 @@ class VmcSource(LiveSource):
 
 
 # --- playback ----------------------------------------------------------------------------------
+def _load_npy(p: Path, argument: str) -> np.ndarray:
+    """The array in a ``.npy`` file, its header checked against the file's size before anything is allocated
+    (a header claiming more data than the file holds is refused, however large the claim)."""
+    with open(p, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        except (ValueError, SyntaxError, EOFError) as e:
+            raise ValueError(f"{argument}: {str(p)!r} is not a .npy file ({e})") from None
+        if dtype.hasobject:
+            raise ValueError(f"{argument}: {str(p)!r} holds Python objects, not numbers")
+        need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        have = os.fstat(f.fileno()).st_size - f.tell()
+        if need > have:
+            raise ValueError(f"{argument}: {str(p)!r} claims shape {shape} ({need} bytes) but holds only {have} "
+                             "bytes of data (truncated or damaged)")
+        f.seek(0)
+        return np.load(f, allow_pickle=False)
+
+
 def load_poses(path: str | os.PathLike, argument: str = "trace") -> np.ndarray:
     """A float32 (N, 45) pose array from ``.npy`` or ``.json`` (a list of 45-number lists, or
     ``{"poses": [...]}``). Values are clipped to the parameter ranges; ValueError names `argument`."""
@@ -505,7 +528,7 @@ def load_poses(path: str | os.PathLike, argument: str = "trace") -> np.ndarray:
         raise ValueError(f"{argument}: no such file {str(p)!r}")
     try:
         if p.suffix.lower() == ".npy":
-            a = np.load(p, allow_pickle=False)
+            a = _load_npy(p, argument)
         elif p.suffix.lower() == ".json":
             obj = json.loads(p.read_text())
             if isinstance(obj, dict):

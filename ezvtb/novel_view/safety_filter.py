@@ -62,18 +62,17 @@ def load_clip_vision_tower(path: str | os.PathLike):
         return CLIPVisionModelWithProjection.from_pretrained(p, use_safetensors=True).eval()
     if not p.is_file():
         raise FileNotFoundError(f"filter clip: no file or folder at {p}")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from ezvtb.weights.wheel import CheckpointFileError, load_checkpoint
 
-        sd = load_file(str(p))
-    else:
-        try:
-            sd = torch.load(p, map_location="cpu", weights_only=True)
-        except RuntimeError as e:
-            raise ValueError(f"filter clip: {p} is not a plain state dict (OpenAI's ViT-L-14.pt is a TorchScript "
-                             "archive: save torch.jit.load(...).state_dict() as .safetensors first)") from e
-        if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-            sd = sd["state_dict"]
+    try:
+        sd = load_checkpoint(p, argument="filter clip")
+    except CheckpointFileError as e:
+        if p.suffix == ".safetensors":
+            raise
+        raise ValueError(f"{e} (OpenAI's ViT-L-14.pt is a TorchScript archive: save "
+                         "torch.jit.load(...).state_dict() as .safetensors first)") from None
+    if "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
     if not isinstance(sd, dict):
         raise ValueError(f"filter clip: {p} does not hold a state dict")
     visual = {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from ezvtb.paths import name_from_data
+
 log = logging.getLogger(__name__)
 
 MODELSCOPE_FILES = {"ckpt_unet": "text2video_pytorch_model.pth", "ckpt_autoencoder": "VQGAN_autoencoder.pth",
@@ -102,7 +104,7 @@ def _checkpoint(path: Path) -> dict:
 
     if not path.is_file():
         raise FileNotFoundError(f"model_path: checkpoint {str(path)!r} is missing; {LAYOUT_HELP}")
-    return load_checkpoint(path)
+    return load_checkpoint(path, argument="model_path")
 
 
 def _strict_load(module: Any, sd: dict, what: str) -> None:
@@ -124,39 +126,49 @@ def _load_modelscope(p: Path) -> T2VComponents:
     from ezvtb.models.modelscope_t2v import convert
     from ezvtb.sd_video.tokenizer import find_tokenizer
 
-    cfg: dict = {}
-    if (p / "configuration.json").is_file():
-        try:
-            cfg = json.loads((p / "configuration.json").read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"model_path: {str(p / 'configuration.json')!r} is not valid JSON: {e}") from e
-    else:
+    conf = p / "configuration.json"
+    if not conf.is_file():
         raise FileNotFoundError(f"model_path: {str(p)!r} lacks configuration.json; {LAYOUT_HELP}")
-    model = cfg.get("model", {})
-    args, mcfg = model.get("model_args", {}), model.get("model_cfg", {})
-    files = {k: p / str(args.get(k, v)) for k, v in MODELSCOPE_FILES.items()}
+    cfg = _read_json(conf)
+    model = _mapping(cfg.get("model", {}), conf, "model")
+    args = _mapping(model.get("model_args", {}), conf, "model.model_args")
+    mcfg = _mapping(model.get("model_cfg", {}), conf, "model.model_cfg")
+    max_frames = _json_int(args.get("max_frames", DEFAULT_MAX_FRAMES), conf, "model.model_args.max_frames")
+    files = {k: p / name_from_data(args.get(k, v), f"model_path: {str(conf)!r}: model.model_args.{k}")
+             for k, v in MODELSCOPE_FILES.items()}
     for f in files.values():
         if not f.is_file():
             raise FileNotFoundError(f"model_path: checkpoint {str(f)!r} is missing; {LAYOUT_HELP}")
-    if "unet_num_heads" in mcfg and int(mcfg["unet_num_heads"]) != convert.TEMPORAL_IN_HEADS:
+    if "unet_num_heads" in mcfg and _json_int(mcfg["unet_num_heads"], conf, "model.model_cfg.unet_num_heads") \
+            != convert.TEMPORAL_IN_HEADS:
         raise ValueError(f"configuration.json: unet_num_heads {mcfg['unet_num_heads']} is not supported (must be 8)")
-    head_dim = int(mcfg["unet_head_dim"]) if "unet_head_dim" in mcfg else None
+    head_dim = _json_int(mcfg["unet_head_dim"], conf, "model.model_cfg.unet_head_dim") if "unet_head_dim" in mcfg \
+        else None
 
     tokenizer = find_tokenizer(p)
-    config, sd = convert.convert_unet(_checkpoint(files["ckpt_unet"]), head_dim=head_dim)
+
+    def converted(fn: Any, f: Path, **kw: Any) -> tuple[dict, dict]:
+        try:
+            return fn(_checkpoint(f), **kw)
+        except convert.ConversionError as e:
+            raise ValueError(f"model_path: {str(f)!r}: {e}") from None
+
+    config, sd = converted(convert.convert_unet, files["ckpt_unet"], head_dim=head_dim)
     unet = UNet3DConditionModel(**config)
     _strict_load(unet, sd, f"UNet {files['ckpt_unet'].name}")
-    config, sd = convert.convert_vae(convert.vae_state_dict_from_ldm_checkpoint(_checkpoint(files["ckpt_autoencoder"])))
+    config, sd = converted(lambda c: convert.convert_vae(convert.vae_state_dict_from_ldm_checkpoint(c)),
+                           files["ckpt_autoencoder"])
     vae = AutoencoderKL(**config)
     _strict_load(vae, sd, f"VAE {files['ckpt_autoencoder'].name}")
-    config, sd = convert.convert_text_encoder(_checkpoint(files["ckpt_clip"]))
+    config, sd = converted(convert.convert_text_encoder, files["ckpt_clip"])
     text_encoder = CLIPTextModel(CLIPTextConfig(**config))
     sd = convert.match_text_prefix(sd, set(text_encoder.state_dict()))
     _strict_load(text_encoder, sd, f"text encoder {files['ckpt_clip'].name}")
     _check_tokenizer(tokenizer, text_encoder)
     return T2VComponents(unet, vae, text_encoder, tokenizer,
-                         max_frames=int(args.get("max_frames", DEFAULT_MAX_FRAMES)),
-                         num_train_timesteps=int(mcfg.get("num_timesteps", 1000)),
+                         max_frames=max_frames,
+                         num_train_timesteps=_json_int(mcfg.get("num_timesteps", 1000), conf,
+                                                       "model.model_cfg.num_timesteps"),
                          unet_dropout=float(mcfg.get("unet_dropout", 0.1)), layout="modelscope", path=p)
 
 
@@ -167,14 +179,34 @@ def _weights_file(folder: Path, part: str) -> Path:
     raise FileNotFoundError(f"model_path: {str(folder)!r} has none of {list(_WEIGHT_NAMES[part])}")
 
 
+def _read_json(f: Path) -> dict:
+    """The JSON object in `f`; ValueError naming the file when it is not valid JSON or not an object."""
+    try:
+        obj = json.loads(f.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"model_path: {str(f)!r} is not valid JSON: {e}") from None
+    except OSError as e:
+        raise ValueError(f"model_path: cannot read {str(f)!r}: {e.strerror or e}") from None
+    return _mapping(obj, f, "the top level")
+
+
+def _mapping(v: Any, f: Path, where: str) -> dict:
+    if not isinstance(v, dict):
+        raise ValueError(f"model_path: {str(f)!r}: {where} must be a JSON object, got {type(v).__name__} {v!r:.40}")
+    return v
+
+
+def _json_int(v: Any, f: Path, where: str, lo: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ValueError(f"model_path: {str(f)!r}: {where} must be an integer >= {lo}, got {v!r:.40}")
+    return v
+
+
 def _read_config(folder: Path) -> dict:
     f = folder / "config.json"
     if not f.is_file():
         raise FileNotFoundError(f"model_path: {str(f)!r} is missing")
-    try:
-        return json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"model_path: {str(f)!r} is not valid JSON: {e}") from e
+    return _read_json(f)
 
 
 def _load_diffusers(p: Path) -> T2VComponents:
@@ -195,12 +227,14 @@ def _load_diffusers(p: Path) -> T2VComponents:
     _strict_load(text_encoder, sd, "text_encoder/")
     tokenizer = load_tokenizer_folder(p / "tokenizer")
     _check_tokenizer(tokenizer, text_encoder)
-    index = json.loads((p / "model_index.json").read_text())
+    index_file = p / "model_index.json"
+    index = _read_json(index_file)
     sched = p / "scheduler" / "scheduler_config.json"
-    steps = json.loads(sched.read_text()).get("num_train_timesteps", 1000) if sched.is_file() else 1000
+    steps = _json_int(_read_json(sched).get("num_train_timesteps", 1000), sched, "num_train_timesteps") \
+        if sched.is_file() else 1000
     return T2VComponents(unet, vae, text_encoder, tokenizer,
-                         max_frames=int(index.get("max_frames", DEFAULT_MAX_FRAMES)),
-                         num_train_timesteps=int(steps), unet_dropout=float(index.get("unet_dropout", 0.1)),
+                         max_frames=_json_int(index.get("max_frames", DEFAULT_MAX_FRAMES), index_file, "max_frames"),
+                         num_train_timesteps=steps, unet_dropout=float(index.get("unet_dropout", 0.1)),
                          layout="diffusers", path=p)
 
 

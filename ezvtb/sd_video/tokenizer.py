@@ -8,6 +8,7 @@ vocab_16e6.txt.gz`` and the file inside an installed ``open_clip`` package (loca
 from __future__ import annotations
 
 import gzip
+import json
 import importlib.util
 import logging
 import os
@@ -60,6 +61,12 @@ def clip_tokenizer_from_bpe_gz(path: str | os.PathLike) -> Any:
 
 
 def load_tokenizer_folder(folder: str | os.PathLike) -> Any:
+    """A transformers CLIPTokenizer from a folder (tokenizer.json, or vocab.json + merges.txt). A folder whose path
+    is not valid UTF-8 (which the tokenizers library cannot open) is read through a temporary copy. ValueError
+    naming the folder when its files are not a tokenizer."""
+    import shutil
+    import tempfile
+
     from transformers import CLIPTokenizer
 
     folder = Path(folder)
@@ -67,7 +74,19 @@ def load_tokenizer_folder(folder: str | os.PathLike) -> Any:
         missing = [n for n in ("vocab.json", "merges.txt") if not (folder / n).is_file()]
         if missing:
             raise FileNotFoundError(f"tokenizer: {str(folder)!r} has no tokenizer.json and lacks {', '.join(missing)}")
-    return CLIPTokenizer.from_pretrained(str(folder))
+    try:
+        try:
+            str(folder).encode("utf-8")
+        except UnicodeEncodeError:
+            with tempfile.TemporaryDirectory(prefix="ezvtb-tokenizer.") as tmp:
+                for f in folder.iterdir():
+                    if f.is_file():
+                        shutil.copyfile(f, Path(tmp) / f.name)
+                return CLIPTokenizer.from_pretrained(tmp)
+        return CLIPTokenizer.from_pretrained(str(folder))
+    except (TypeError, ValueError, OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"tokenizer: {str(folder)!r} does not hold a readable CLIP tokenizer: "
+                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
 
 
 def find_tokenizer(model_dir: str | os.PathLike) -> Any:

