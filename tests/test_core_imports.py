@@ -5,7 +5,8 @@ import json
 import subprocess
 import sys
 
-HEAVY = ("torch", "diffusers", "transformers", "ray", "onnx", "open_clip", "einops", "safetensors")
+HEAVY = ("torch", "diffusers", "transformers", "ray", "onnx", "open_clip", "einops", "safetensors", "fastapi",
+         "uvicorn", "starlette")
 LIGHT = ("ezvtb.core", "ezvtb.factory", "ezvtb.stages", "ezvtb.cache", "ezvtb.ipc", "ezvtb.live", "ezvtb.engines",
          "ezvtb.engines.policy", "ezvtb.engines.runner",
          "ezvtb.export", "ezvtb.diffusion")

@@ -10,7 +10,8 @@ import importlib
 import logging
 import sys
 
-SUBCOMMANDS = ("demo", "export", "doctor", "serve", "run", "bench", "render_batch", "speak", "orbit", "novel_view", "t2v")
+SUBCOMMANDS = ("demo", "export", "doctor", "serve", "run", "bench", "render_batch", "speak", "orbit", "novel_view", "t2v",
+               "studio")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,48 +20,56 @@ def _version(mod: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    for line in report():
+        print(line)
+    return 0
+
+
+def report() -> list[str]:
+    """The doctor's report, one line per entry (also shown by the studio's Doctor panel)."""
     from ezvtb import __version__, paths
 
-    print(f"ezvtb {__version__} on Python {platform.python_version()} ({platform.platform()})")
-    print(f"EZVTB_HOME: {paths.home()}")
+    lines: list[str] = []
+    lines.append(f"ezvtb {__version__} on Python {platform.python_version()} ({platform.platform()})")
+    lines.append(f"EZVTB_HOME: {paths.home()}")
     for mod in ("numpy", "onnxruntime", "onnx", "torch", "cv2", "lmdb", "tensorrt", "cuda"):
-        print(f"  {mod:<12} {_version(mod)}")
+        lines.append(f"  {mod:<12} {_version(mod)}")
     try:
         import onnxruntime as ort
 
-        print(f"  onnxruntime providers: {', '.join(ort.get_available_providers())}")
+        lines.append(f"  onnxruntime providers: {', '.join(ort.get_available_providers())}")
     except ImportError:
-        print("  onnxruntime missing: install one of ezvtb[cpu] / [cuda] / [tensorrt] / [directml]")
+        lines.append("  onnxruntime missing: install one of ezvtb[cpu] / [cuda] / [tensorrt] / [directml]")
     from ezvtb.cache import default_db_path, lossless_codec
     from ezvtb.cache.codec import jpeg_backend
 
     jpeg = jpeg_backend()
-    print(f"  output cache: JPEG via {jpeg.name} ({jpeg.version}), lossless (q100) codec {lossless_codec().name}, "
-          f"default database {default_db_path()}")
+    lines.append(f"  output cache: JPEG via {jpeg.name} ({jpeg.version}), lossless (q100) codec "
+                 f"{lossless_codec().name}, default database {default_db_path()}")
     from ezvtb.engines.cuda import device_count
     from ezvtb.engines.trt import available
     from ezvtb.engines.policy import backend_chain, concrete_backend, resolve_precision
 
     n, why = device_count()
-    print(f"  CUDA devices (cuda-python): {n}" + (f" ({why})" if why else ""))
+    lines.append(f"  CUDA devices (cuda-python): {n}" + (f" ({why})" if why else ""))
     from ezvtb.engines.cuda import cuda_major_mismatch, cuda_majors, driver_cuda_version
 
     majors, driver = cuda_majors(), driver_cuda_version()
     if majors:
-        print("  CUDA builds: " + ", ".join(f"{c} CUDA {m} ({what})" for c, (m, what) in majors.items())
+        lines.append("  CUDA builds: " + ", ".join(f"{c} CUDA {m} ({what})" for c, (m, what) in majors.items())
               + (f"; driver supports CUDA {driver[0]}.{driver[1]}" if driver and driver[0] else ""))
     mismatch = cuda_major_mismatch(majors, driver)
     if mismatch:
-        print(f"  WARNING: {mismatch}")
+        lines.append(f"  WARNING: {mismatch}")
     ok, why = available()
-    print(f"  native TensorRT: {'yes' if ok else 'no: ' + why}")
-    print(f"  TensorRT engine caches: {paths.home() / 'trt'} (native), {paths.home() / 'trt_ep'} (ORT EP)")
+    lines.append(f"  native TensorRT: {'yes' if ok else 'no: ' + why}")
+    lines.append(f"  TensorRT engine caches: {paths.home() / 'trt'} (native), {paths.home() / 'trt_ep'} (ORT EP)")
     chain = backend_chain("auto", True)
-    print("  get_core(use_tensorrt=True) tries: " + " -> ".join(b for b, _ in chain) + f" ({chain[0][1]})")
+    lines.append("  get_core(use_tensorrt=True) tries: " + " -> ".join(b for b, _ in chain) + f" ({chain[0][1]})")
     from ezvtb.stages.rife import resolve_flow_scale
 
     for b in dict.fromkeys(concrete_backend(b) for b, _ in chain):
         p = resolve_precision(None, b)
-        print(f"  precision on {b} (model_half/interpolation_half/sr_half=None, auto): THA {p}, RIFE {p} "
+        lines.append(f"  precision on {b} (model_half/interpolation_half/sr_half=None, auto): THA {p}, RIFE {p} "
               f"(flow at {resolve_flow_scale(None, b):g} of the frame), SR {p}")
-    return 0
+    return lines

@@ -634,7 +634,7 @@ def _host_port(url: str, netloc: str, default_port: int, default_host: str) -> t
     return host, p
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -699,7 +699,7 @@ def open_source(url: str) -> PoseSource:
         kw["invert"] = tuple(a.strip() for a in q["invert"].split(",") if a.strip())
     if scheme == "ifm":
         listen = int(_num("listen", q["listen"])) if "listen" in q else port
-        bind = q.get("bind", "127.0.0.1" if _is_loopback(host) else "0.0.0.0")
+        bind = q.get("bind", "127.0.0.1" if is_loopback(host) else "0.0.0.0")
         src: LiveSource = IFacialMocapSource(url, (host, port), (bind, listen), **kw)
     elif scheme == "osf":
         face = int(_num("face", q["face"])) if "face" in q else None

