@@ -89,8 +89,9 @@ def _extra(name):
 
 
 # CUDA major of each requirement: onnxruntime-gpu on PyPI is built with CUDA 12 up to 1.26 and with
-# CUDA 13 from 1.27 (its [cuda] extra requires nvidia-cuda-runtime-cu12 ~=12.0, then nvidia-cuda-runtime ~=13.0);
-# tensorrt-cuNN and nvidia-*-cuNN name theirs; cuda-python's major is the CUDA major it binds.
+# CUDA 13 from 1.27 (its [cuda] extra requires nvidia-cuda-runtime-cu12 ~=12.0, then nvidia-cuda-runtime ~=13.0;
+# 1.31.1's build_and_package_info says cuda_version = '13.0'); tensorrt-cuNN and nvidia-*-cuNN name theirs;
+# cuda-python's and cuda-bindings' major is the CUDA major they bind.
 def _majors_of(requirement: str) -> set[int]:
     from packaging.requirements import Requirement
     from packaging.version import Version
@@ -102,27 +103,44 @@ def _majors_of(requirement: str) -> set[int]:
     m = re.search(r"-cu(\d+)$", r.name)
     if m:
         return {int(m.group(1))}
-    if r.name == "cuda-python":
+    if r.name in ("cuda-python", "cuda-bindings"):
         return {m for m in (11, 12, 13, 14) if r.specifier.contains(Version(f"{m}.9.0"))}
     return set()
 
 
-@pytest.mark.parametrize("extra", ["cuda", "tensorrt"])
-def test_each_gpu_extra_pins_one_cuda_major(extra):
+@pytest.mark.parametrize("extra, major", [("cuda", 13), ("tensorrt", 13), ("cuda12", 12), ("tensorrt-cuda12", 12)])
+def test_each_gpu_extra_pins_one_cuda_major(extra, major):
+    from ezvtb.engines.driver import GPU_EXTRAS
+
     reqs = _extra(extra)
     majors = {r.split(";")[0].strip(): _majors_of(r) for r in reqs}
     pinned = {k: v for k, v in majors.items() if v}
-    assert any(k.startswith("cuda-python") for k in pinned) and any(k.startswith("onnxruntime-gpu") for k in pinned)
-    assert all(v == {12} for v in pinned.values()), pinned
+    assert any(k.startswith(("cuda-python", "cuda-bindings")) for k in pinned)
+    assert any(k.startswith("onnxruntime-gpu") for k in pinned)
+    assert all(v == {major} for v in pinned.values()), pinned
     names = " ".join(reqs)
-    if extra == "tensorrt":
-        assert "tensorrt-cu12" in names and "[cuda,cudnn]" in names, "the TensorRT EP needs the CUDA/cuDNN wheels too"
+    if extra.startswith("tensorrt"):
+        assert f"tensorrt-cu{major}" in names and "[cuda,cudnn]" in names, "the TensorRT EP needs CUDA/cuDNN too"
     # preload_dlls (loads the pip-installed CUDA/cuDNN libraries) exists from onnxruntime 1.21
     from packaging.requirements import Requirement
     from packaging.version import Version
 
     ort = next(Requirement(r) for r in reqs if r.startswith("onnxruntime-gpu"))
     assert not ort.specifier.contains(Version("1.20.2")), ort
+    # the extras table doctor and the README use names this extra with this major
+    table = {e.name: e.cuda_major for e in GPU_EXTRAS} | {e.tensorrt_name: e.cuda_major for e in GPU_EXTRAS}
+    assert table[extra] == major
+
+
+def test_extras_table_covers_every_gpu_extra():
+    from ezvtb.engines.driver import GPU_EXTRAS
+
+    gpu = {k for k, v in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+           .items() if any(r.startswith("onnxruntime-gpu") for r in v)}
+    assert gpu == {n for e in GPU_EXTRAS for n in (e.name, e.tensorrt_name)}
+    readme = (ROOT / "README.md").read_text()
+    for e in GPU_EXTRAS:
+        assert f"| `{e.name}` |" in readme and f"| `{e.tensorrt_name}` |" in readme and f"R{e.driver_branch}" in readme
 
 
 # --- backend fallback under auto (issue 17, "Also") ---------------------------------------------------------
@@ -256,3 +274,68 @@ def test_a_frame_stage_that_fails_on_thas_backend_falls_back_too(monkeypatch, ca
         core.close()
     with pytest.raises(RuntimeError, match="rejected"):  # an explicit backend does not fall back
         factory.get_core(**opts, backend="cpu")
+
+
+# --- which GPU extra fits this driver (ezvtb.engines.driver) ---------------------------------------------
+
+def test_recommend_extra_follows_the_driver_and_the_gpu():
+    from ezvtb.engines.driver import DriverFacts, recommend_extra
+
+    h100 = [("NVIDIA H100 80GB HBM3", (9, 0))]
+    extra, why = recommend_extra(DriverFacts("580.159.04", (13, 0), h100, "NVML"))
+    assert extra.name == "cuda" and extra.cuda_major == 13, why
+    assert "driver 580.159.04 supports CUDA up to 13.0: ezvtb[cuda] / ezvtb[tensorrt] (CUDA 13) fit" in why
+    assert "ezvtb[cuda12] (CUDA 12) also runs" in why
+    extra, why = recommend_extra(DriverFacts("550.54.15", (12, 4), h100))
+    assert extra.name == "cuda12" and "ezvtb[cuda] needs R580+ (CUDA 13)" in why, why
+    # CUDA 13 builds nothing for Pascal: the CUDA 12 extra, even on an R580 driver
+    extra, why = recommend_extra(DriverFacts("580.95.05", (13, 0), [("NVIDIA GeForce GTX 1080", (6, 1))]))
+    assert extra.name == "cuda12" and "CUDA 13 builds nothing for NVIDIA GeForce GTX 1080 (sm 6.1)" in why, why
+    extra, why = recommend_extra(DriverFacts("470.82.01", (11, 4), h100))
+    assert extra is None and "no GPU extra fits" in why and "R525+" in why, why
+    extra, why = recommend_extra(None)
+    assert extra is None and "no NVIDIA driver found" in why and "ezvtb[cpu]" in why
+
+
+def test_driver_facts_on_this_machine_and_from_nvidia_smi(tmp_path, monkeypatch):
+    """Without NVML, the facts come from nvidia-smi (a script printing what R580's nvidia-smi prints);
+    without either, None. Where a real driver answers, its facts are sane."""
+    from ezvtb.engines import driver
+
+    real = driver.driver_facts()
+    if real is not None:
+        assert real.cuda[0] >= 10 and real.version[:1].isdigit(), real
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\n"
+                   'if [ "$1" = "" ]; then\n'
+                   "echo '| NVIDIA-SMI 580.159.04             Driver Version: 580.159.04     CUDA Version: 13.0     |'\n"
+                   "else\n"
+                   "echo 'NVIDIA H100 80GB HBM3, 580.159.04, 9.0'\n"
+                   "echo 'NVIDIA GeForce GTX 1080, 580.159.04, 6.1'\n"
+                   "fi\n")
+    smi.chmod(0o755)
+
+    def no_nvml():
+        raise OSError("libnvidia-ml.so.1: cannot open shared object file")
+
+    monkeypatch.setattr(driver, "_nvml_library", no_nvml)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    facts = driver.driver_facts()
+    assert facts is not None and facts.source == "nvidia-smi"
+    assert (facts.version, facts.cuda) == ("580.159.04", (13, 0))
+    assert facts.gpus == [("NVIDIA H100 80GB HBM3", (9, 0)), ("NVIDIA GeForce GTX 1080", (6, 1))]
+    assert driver.recommend_extra(facts)[0].name == "cuda12"  # the GTX 1080 decides
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert driver.driver_facts() is None
+
+
+def test_doctor_names_the_gpu_extra_for_this_machine(capsys):
+    from ezvtb.cli import main
+    from ezvtb.engines.driver import driver_facts, recommend_extra
+
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    extra, why = recommend_extra(driver_facts())
+    line = next(x for x in out.splitlines() if "GPU extra for this driver:" in x)
+    assert line.strip() == f"GPU extra for this driver: {f'ezvtb[{extra.name}]' if extra else 'none'} ({why})"
+    assert "cuda-python" in out

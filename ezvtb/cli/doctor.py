@@ -46,21 +46,10 @@ def report() -> list[str]:
     jpeg = jpeg_backend()
     lines.append(f"  output cache: JPEG via {jpeg.name} ({jpeg.version}), lossless (q100) codec "
                  f"{lossless_codec().name}, default database {default_db_path()}")
-    from ezvtb.engines.cuda import device_count
     from ezvtb.engines.trt import available
     from ezvtb.engines.policy import backend_chain, concrete_backend, resolve_precision
 
-    n, why = device_count()
-    lines.append(f"  CUDA devices (cuda-python): {n}" + (f" ({why})" if why else ""))
-    from ezvtb.engines.cuda import cuda_major_mismatch, cuda_majors, driver_cuda_version
-
-    majors, driver = cuda_majors(), driver_cuda_version()
-    if majors:
-        lines.append("  CUDA builds: " + ", ".join(f"{c} CUDA {m} ({what})" for c, (m, what) in majors.items())
-              + (f"; driver supports CUDA {driver[0]}.{driver[1]}" if driver and driver[0] else ""))
-    mismatch = cuda_major_mismatch(majors, driver)
-    if mismatch:
-        lines.append(f"  WARNING: {mismatch}")
+    lines += [f"  {line}" for line in _cuda_lines()]
     ok, why = available()
     lines.append(f"  native TensorRT: {'yes' if ok else 'no: ' + why}")
     lines.append(f"  TensorRT engine caches: {paths.home() / 'trt'} (native), {paths.home() / 'trt_ep'} (ORT EP)")
@@ -72,4 +61,35 @@ def report() -> list[str]:
         p = resolve_precision(None, b)
         lines.append(f"  precision on {b} (model_half/interpolation_half/sr_half=None, auto): THA {p}, RIFE {p} "
               f"(flow at {resolve_flow_scale(None, b):g} of the frame), SR {p}")
+    return lines
+
+
+def _cuda_lines() -> list[str]:
+    """The CUDA section: the driver and the GPU extra that fits it, cuda-python's module, devices, the CUDA
+    major of each installed GPU package and any disagreement."""
+    from ezvtb.engines import cuda
+    from ezvtb.engines.driver import driver_facts, recommend_extra
+
+    facts = driver_facts()
+    extra, why = recommend_extra(facts)
+    lines = []
+    if facts is not None:
+        gpus = ", ".join(f"{n} (sm {cc[0]}.{cc[1]})" if cc else n for n, cc in facts.gpus) or "no GPU listed"
+        lines.append(f"NVIDIA driver {facts.version}, CUDA up to {facts.cuda[0]}.{facts.cuda[1]} ({facts.source}): "
+                     f"{gpus}")
+    lines.append(f"GPU extra for this driver: {f'ezvtb[{extra.name}]' if extra else 'none'} ({why})")
+    try:
+        rt = cuda.runtime()
+    except Exception as e:  # noqa: BLE001 - BackendUnavailableError names what is missing
+        lines.append(f"cuda-python: none, so no device buffers ({e})")
+    else:
+        n, why = cuda.device_count()
+        lines.append(f"CUDA devices (cuda-python, {rt.__name__}): {n}" + (f" ({why})" if why else ""))
+    majors, driver = cuda.cuda_majors(), cuda.driver_cuda_version()
+    if majors:
+        lines.append("CUDA builds: " + ", ".join(f"{c} CUDA {m} ({what})" for c, (m, what) in majors.items())
+                     + (f"; driver supports CUDA {driver[0]}.{driver[1]}" if driver and driver[0] else ""))
+    mismatch = cuda.cuda_major_mismatch(majors, driver or (facts.cuda if facts else None))
+    if mismatch:
+        lines.append(f"WARNING: {mismatch}")
     return lines

@@ -1,4 +1,5 @@
-"""CUDA through cuda-python (`cuda.bindings.runtime`): checked calls, device memory, streams.
+"""CUDA through cuda-python (`cuda.bindings.runtime`, or `cuda.cudart` before 12.6): checked calls, device
+memory, streams. The same calls exist under both names in cuda-python 12 and cuda-bindings 13.
 
 cuda-python returns errors as values (``(err, result...)``); `call` turns every non-success
 into a `CudaError` naming the call and CUDA's own message, so no error is ever ignored. Without
@@ -30,21 +31,29 @@ class CudaError(RuntimeError):
 
 _rt: Any = None
 
+# Where each cuda-python generation keeps the runtime bindings, tried in order: cuda-bindings 12.6+ and 13
+# (`cuda.bindings.runtime`; 13 has nothing else), cuda-python before 12.6 (`cuda.cudart`, kept by 12.x as a
+# deprecated alias that warns).
+RUNTIME_MODULES = ("cuda.bindings.runtime", "cuda.cudart")
+
 
 def runtime() -> Any:
-    """The cuda-python runtime module (``cuda.bindings.runtime``, or ``cuda.cudart`` before 12.6)."""
+    """The cuda-python runtime module (the first of `RUNTIME_MODULES` that imports)."""
     global _rt
     if _rt is None:
-        try:
-            from cuda.bindings import runtime as rt
-        except ImportError:
+        import importlib
+
+        errors = []
+        for name in RUNTIME_MODULES:
             try:
-                from cuda import cudart as rt  # cuda-python < 12.6
+                _rt = importlib.import_module(name)
+                break
             except ImportError as e:
-                raise BackendUnavailableError(
-                    "this needs cuda-python (`pip install cuda-python`, part of ezvtb[tensorrt] and ezvtb[cuda]): "
-                    f"{e}") from e
-        _rt = rt
+                errors.append(f"{name}: {e}")
+        else:
+            raise BackendUnavailableError(
+                "this needs cuda-python (`pip install cuda-bindings`, part of the GPU extras ezvtb[cuda], "
+                "ezvtb[cuda12], ezvtb[tensorrt], ezvtb[tensorrt-cuda12]): " + "; ".join(errors))
     return _rt
 
 
@@ -160,14 +169,21 @@ def cuda_major_mismatch(majors: dict[str, tuple[int, str]], driver: tuple[int, i
     if len(by_major) > 1:
         parts = "; ".join(f"CUDA {m}: " + ", ".join(f"{c} ({majors[c][1]})" for c in comps)
                           for m, comps in sorted(by_major.items()))
-        problems.append(f"CUDA majors disagree ({parts}). Install one set: ezvtb[cuda] / ezvtb[tensorrt] pin "
-                        "CUDA 12 (onnxruntime-gpu < 1.27, tensorrt-cu12, cuda-python 12); a CUDA-13 "
-                        "cuda-python reports no device on a driver older than R580")
+        from ezvtb.engines.driver import GPU_EXTRAS
+
+        sets = " or ".join(f"ezvtb[{e.name}] / ezvtb[{e.tensorrt_name}] (CUDA {e.cuda_major}, driver "
+                           f"R{e.driver_branch}+)" for e in GPU_EXTRAS)
+        problems.append(f"CUDA majors disagree ({parts}). Install one set: {sets}; a CUDA-13 cuda-python "
+                        "reports no device on a driver older than R580")
     if driver is not None and driver[0] > 0:
         too_new = sorted(c for c, (m, _) in majors.items() if m > driver[0])
         if too_new:
+            from ezvtb.engines.driver import extra_for_major
+
+            fit = extra_for_major(driver[0])
             problems.append(f"the driver supports CUDA up to {driver[0]}.{driver[1]}, older than what "
-                            f"{', '.join(too_new)} need: update the driver or install the CUDA-{driver[0]} builds")
+                            f"{', '.join(too_new)} need: update the driver or install the CUDA-{driver[0]} builds"
+                            + (f" (ezvtb[{fit.name}] / ezvtb[{fit.tensorrt_name}])" if fit else ""))
     return "; ".join(problems)
 
 
