@@ -1,0 +1,134 @@
+"""The GPU check kit on a CPU machine: parts join back byte for byte, a prepared kit installs offline into a
+scratch target, and the check stops early, saying why, where no GPU answers.
+
+The wheel that travels here is ezvtb's own, built from this tree offline (``pip wheel --no-index
+--no-build-isolation``); the real kit carries onnxruntime-gpu and the weights the same way.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import gpukit  # noqa: E402
+
+
+def _py(*args, cwd=ROOT, env=None, timeout=300):
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("size", [1_000_123, 4 * 65536])
+def test_split_and_join_round_trip_is_byte_exact(tmp_path, size):
+    data = os.urandom(size)
+    src = tmp_path / "payload.tar"
+    src.write_bytes(data)
+    part = 65536 * 4 if size > 4 * 65536 else 65536  # the last part short / every part full
+    m = gpukit.split_file(src, tmp_path / "parts", part)
+    n = len(m["parts"])
+    assert n == -(-size // part) == 4 and sum(p["size"] for p in m["parts"]) == size
+    assert [p["name"] for p in m["parts"]] == [f"payload.tar.part{i:02d}of{n:02d}" for i in range(1, n + 1)]
+    kit = tmp_path / "kit"
+    for p in reversed(m["parts"][1:]):  # any order
+        gpukit.stash(tmp_path / "parts" / p["folder"], kit)
+    assert [p["name"] for p in gpukit.missing_parts(kit)] == [m["parts"][0]["name"]]
+    with pytest.raises(FileNotFoundError, match=r"parts missing: \['payload.tar.part01of0\d'\].*part01"):
+        gpukit.join_parts(kit)
+    gpukit.stash(tmp_path / "parts" / "part01", kit)
+    joined = gpukit.join_parts(kit)
+    assert joined.read_bytes() == data and gpukit.sha256_file(joined) == m["sha256"]
+
+
+def test_a_damaged_part_is_refused_and_another_payload_replaces_the_old(tmp_path):
+    src = tmp_path / "payload.tar"
+    src.write_bytes(os.urandom(300_000))
+    m = gpukit.split_file(src, tmp_path / "a", 100_000)
+    part = tmp_path / "a" / "part02" / m["parts"][1]["name"]
+    good = part.read_bytes()
+    part.write_bytes(good[:500] + bytes([good[500] ^ 1]) + good[501:])
+    kit = tmp_path / "kit"
+    with pytest.raises(ValueError, match="damaged in transit: carry it again"):
+        gpukit.stash(tmp_path / "a" / "part02", kit)
+    assert not (kit / "parts" / m["parts"][1]["name"]).exists()
+    gpukit.stash(tmp_path / "a" / "part01", kit)
+    src.write_bytes(os.urandom(150_000))  # a new payload: the old parts go
+    m2 = gpukit.split_file(src, tmp_path / "b", 100_000)
+    gpukit.stash(tmp_path / "b" / "part02", kit)
+    assert sorted(p.name for p in (kit / "parts").iterdir()) == [m2["parts"][1]["name"]]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A kit made by gpu_prepare.py from ezvtb's own wheel, in parts of 64 KiB; (kit folder, its output)."""
+    tmp = tmp_path_factory.mktemp("gpukit")
+    wheels = tmp / "wheels"
+    r = _py("-m", "pip", "wheel", "-q", "--no-deps", "--no-index", "--no-build-isolation", "-w", str(wheels), str(ROOT),
+            timeout=600)
+    if r.returncode != 0:
+        pytest.skip(f"cannot build ezvtb's wheel offline here: {(r.stderr or r.stdout).strip()[-300:]}")
+    dest = tmp / "kit-parts"
+    r = _py("benchmarks/gpu_prepare.py", "--wheels-from", str(wheels), "--no-weights", "--part-mib", "0.0625",
+            "--dest", str(dest))
+    assert r.returncode == 0, r.stderr[-2000:]
+    return dest, r.stdout
+
+
+def test_prepare_prints_the_calls_and_the_kit_installs_offline(prepared, tmp_path):
+    dest, out = prepared
+    folders = sorted(p for p in dest.iterdir() if p.is_dir())
+    n = len(folders)
+    assert n >= 3 and [f.name for f in folders] == [f"part{i:02d}" for i in range(1, n + 1)]
+    assert f"in {n} part(s) of at most 0.1 MiB" in out
+    for i, f in enumerate(folders, 1):
+        rel = os.path.relpath(f, ROOT)
+        assert f"  {i}. run(carry=['{rel}'], timeout_s={600 if i == n else 120}, command='PYTHONUNBUFFERED=1 " \
+               f"python3 benchmarks/gpu_check.py {rel}')" in out, out
+    kit, results = tmp_path / "kit", tmp_path / "out"
+    for i, f in enumerate(folders, 1):  # one device call each, stashing only
+        r = _py("benchmarks/gpu_check.py", str(f), "--kit", str(kit), "--out", str(results), "--run", "no")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert (f"have {i} of {n} parts" if i < n else f"all {n} parts are stashed") in r.stdout
+    payload = gpukit.extract(gpukit.join_parts(kit), kit / "payload")
+    target = tmp_path / "site"
+    names = gpukit.install_wheels(payload / "wheels", target)
+    assert names == [p.name for p in (payload / "wheels").glob("*.whl")] and names[0].startswith("ezvtb-")
+    env = dict(os.environ, PYTHONPATH=str(target))
+    r = _py("-P", "-c", "import ezvtb, ezvtb.engines.driver as d; print(ezvtb.__file__, d.GPU_EXTRAS[0].name)",
+            cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith(str(target / "ezvtb" / "__init__.py")) and r.stdout.split()[1] == "cuda"
+    with pytest.raises(FileNotFoundError, match="no wheels"):
+        gpukit.install_wheels(tmp_path / "nothing", target)
+
+
+def test_without_a_gpu_the_check_stops_before_the_install(prepared, tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from ezvtb.engines.driver import driver_facts
+
+    if driver_facts() is not None:
+        pytest.skip("an NVIDIA driver answers here: the check would run")
+    dest, _ = prepared
+    kit = tmp_path / "kit"
+    r = _py("benchmarks/gpu_check.py", *sorted(str(p) for p in dest.iterdir() if p.is_dir()), "--kit", str(kit),
+            "--out", str(tmp_path / "out"))
+    assert r.returncode == 3, r.stdout + r.stderr
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.startswith("gpu_check: no NVIDIA GPU here (no NVIDIA driver found") and "nothing to check" in last
+    assert not (kit / "payload").exists() and not (kit / "site").exists(), "stopped before joining and installing"
+    assert (tmp_path / "out" / "gpu_check.log").read_text().strip().splitlines()[-1] == last
+
+
+def test_check_and_prepare_name_their_argument_problems(tmp_path):
+    r = _py("benchmarks/gpu_check.py", "--kit", str(tmp_path / "kit"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "nothing stashed" in r.stdout
+    r = _py("benchmarks/gpu_check.py", str(tmp_path / "nope"), "--kit", str(tmp_path / "kit"), "--out", str(tmp_path))
+    assert r.returncode == 2 and "no such folder (was it named in the call's carry list?)" in r.stdout
+    r = _py("benchmarks/gpu_prepare.py", "--part-mib", "64", "--dest", str(tmp_path / "k"))
+    assert r.returncode == 2 and "--part-mib: 64.0 MiB does not fit" in r.stderr and "the tree takes" in r.stderr
+    r = _py("benchmarks/gpu_prepare.py", "--dest", str(ROOT / "benchmarks" / "kit-here"))
+    assert r.returncode == 2 and "is not ignored by git" in r.stderr
+    assert not (ROOT / "benchmarks" / "kit-here").exists()
