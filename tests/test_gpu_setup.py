@@ -308,7 +308,7 @@ def test_driver_facts_on_this_machine_and_from_nvidia_smi(tmp_path, monkeypatch)
     smi = tmp_path / "nvidia-smi"
     smi.write_text("#!/bin/sh\n"
                    'if [ "$1" = "" ]; then\n'
-                   "echo '| NVIDIA-SMI 580.159.04             Driver Version: 580.159.04     CUDA Version: 13.0     |'\n"
+                   "echo '| NVIDIA-SMI 580.159.04      Driver Version: 580.159.04     CUDA Version: 13.0     |'\n"
                    "else\n"
                    "echo 'NVIDIA H100 80GB HBM3, 580.159.04, 9.0'\n"
                    "echo 'NVIDIA GeForce GTX 1080, 580.159.04, 6.1'\n"
