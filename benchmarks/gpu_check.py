@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = [
         ("doctor", py + ["-m", "ezvtb", "doctor"], "doctor.txt", 60, kit),
         ("tests/test_gpu.py", py + ["-m", "pytest", "tests/test_gpu.py", "-v", "-rs", "-p", "no:cacheprovider"],
-         "test_gpu.txt", 150, ROOT),
+         "test_gpu.txt", 120, ROOT),
         ("bench_gpu (CUDA EP)", py + ["benchmarks/bench_gpu.py", "--backend", "cuda", "--configs",
                                       "separable/fp32,separable/fp16", "--frames", str(a.frames), "--warmup",
                                       str(a.warmup), "--fidelity-images", "1"], "bench_gpu.txt", 10_000, ROOT),

@@ -92,15 +92,22 @@ def test_prepare_prints_the_calls_and_the_kit_installs_offline(prepared, tmp_pat
         r = _py("benchmarks/gpu_check.py", str(f), "--kit", str(kit), "--out", str(results), "--run", "no")
         assert r.returncode == 0, r.stdout + r.stderr
         assert (f"have {i} of {n} parts" if i < n else f"all {n} parts are stashed") in r.stdout
-    payload = gpukit.extract(gpukit.join_parts(kit), kit / "payload")
-    target = tmp_path / "site"
-    names = gpukit.install_wheels(payload / "wheels", target)
-    assert names == [p.name for p in (payload / "wheels").glob("*.whl")] and names[0].startswith("ezvtb-")
-    env = dict(os.environ, PYTHONPATH=str(target))
+    import gpu_check  # the box's install step: join, extract, pip install --no-index --target, environment
+
+    env, record = gpu_check.install(gpu_check.Log(results), kit)
+    assert record["status"] == "ok"
+    payload = kit / "payload"
+    assert len(list((kit / "site").glob("ezvtb-*.dist-info"))) == 1 and (kit / "site" / ".installed").is_file()
+    assert env["EZVTB_HOME"] == str(payload / "home")
+    assert env["PYTHONPATH"].split(os.pathsep)[:3] == [str(kit / "ezvtb-site"), str(kit / "site"),
+                                                      str(payload / "upstream")]
     r = _py("-P", "-c", "import ezvtb, ezvtb.engines.driver as d; print(ezvtb.__file__, d.GPU_EXTRAS[0].name)",
             cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.startswith(str(target / "ezvtb" / "__init__.py")) and r.stdout.split()[1] == "cuda"
+    assert r.stdout.split()[0] == str(kit / "ezvtb-site" / "ezvtb" / "__init__.py") and r.stdout.split()[1] == "cuda"
+    target = tmp_path / "scratch"
+    assert gpukit.install_wheels(payload / "wheels", target) == [p.name for p in (payload / "wheels").glob("*.whl")]
+    assert (target / "ezvtb" / "engines" / "driver.py").read_bytes() == (ROOT / "ezvtb/engines/driver.py").read_bytes()
     with pytest.raises(FileNotFoundError, match="no wheels"):
         gpukit.install_wheels(tmp_path / "nothing", target)
 
