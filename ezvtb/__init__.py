@@ -13,8 +13,21 @@ logging.getLogger("ezvtb").addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
 
-from ezvtb.core import Core  # noqa: E402
-from ezvtb.factory import get_core  # noqa: E402
-from ezvtb.image import prepare_image  # noqa: E402
-
 __all__ = ["Core", "get_core", "prepare_image", "__version__"]
+
+# The public names load on first use, so that `ezvtb --help` and light subpackages do not pay for the core.
+_LAZY = {"Core": "ezvtb.core", "get_core": "ezvtb.factory", "prepare_image": "ezvtb.image"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ezvtb' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

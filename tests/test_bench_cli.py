@@ -108,6 +108,7 @@ def test_bench_real_core_with_reference_and_json(tmp_path, capsys):
     # the warm-up ran on another (mirrored) character: its frames are never hits of the measured run
     assert fig["cache_hit_rate"] == 0.0
     assert "ref/ours" in text and "| inference" in text and "output fps" in text
+    assert "backend=cpu," in text  # the backend that ran, not the flag's "auto"
 
 
 def test_json_figures_are_plain_json():

@@ -27,6 +27,23 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
     assert normalise(ci_cmd.strip()) == normalise(tests)
 
 
+def test_reference_packages_are_installed_last_without_deps():
+    """pip checks installed packages' pins when it installs one of their dependencies: the four reference packages,
+    installed --no-deps with unmet pins, come last so that no install step prints a resolver ERROR block."""
+    steps = [s.strip() for s in _readme_commands()[1].split("&&")]
+    no_deps = [i for i, s in enumerate(steps) if "--no-deps" in s]
+    installs = [i for i, s in enumerate(steps) if s.startswith("pip install")]
+    assert no_deps == [installs[-1]], steps
+
+
+def test_readme_and_ci_install_the_same_debian_packages():
+    readme = re.search(r"apt-get install -y ([\w .-]+)\n", (ROOT / "README.md").read_text())
+    ci = re.search(r'APT_PACKAGES="([^"]+)"', (ROOT / ".ci" / "run").read_text())
+    assert readme and ci
+    assert sorted(readme.group(1).split()) == sorted(ci.group(1).split())
+    assert {"espeak-ng", "libvulkan1", "libomp5", "libturbojpeg0"} <= set(ci.group(1).split())
+
+
 def test_no_weights_or_graphs_are_tracked_and_checkpoints_load_safely():
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
     heavy = [f for f in files if re.search(r"\.(pt|pth|pkl|onnx|engine|plan|trt|mdb|safetensors|bin)$", f)]

@@ -1,7 +1,9 @@
 """The `ezvtb` command line: one entry point, one module per subcommand.
 
 Each module in `SUBCOMMANDS` defines ``register(subparsers)`` which adds its parser and sets
-``func`` (called with the parsed args; returns an exit code).
+``func`` (called with the parsed args; returns an exit code). Registering imports only the standard
+library: a subcommand imports what it uses (numpy, the core, torch) when it runs, so ``ezvtb --help``
+and the commands of a core-only install never load torch.
 """
 from __future__ import annotations
 
@@ -14,11 +16,35 @@ SUBCOMMANDS = ("demo", "export", "doctor", "serve", "run", "bench", "render_batc
                "studio")
 
 
+def _version() -> str:
+    from ezvtb import __version__
+
+    return __version__
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Adds "(default: X)" to an option's help unless the help already speaks of its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text or action.default is None or action.default is False
+                or action.default == argparse.SUPPRESS or action.required or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _SubcommandParser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ezvtb", description="Realtime THA3 character animation engine")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    p.add_argument("--version", action="version", version=f"ezvtb {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_SubcommandParser)
     for name in SUBCOMMANDS:
         importlib.import_module(f"ezvtb.cli.{name}").register(sub)
     return p

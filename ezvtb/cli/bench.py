@@ -29,11 +29,12 @@ import math
 import os
 import platform
 import time
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ezvtb.cli.core_options import add_core_arguments, core_kwargs, load_character
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger("ezvtb.bench")
 
@@ -60,6 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def load_trace(path: str | None, frames: int | None, fps: float) -> np.ndarray:
     """The (N, 45) float32 poses for `--trace`/`--frames` (built-in trace by default)."""
+    import numpy as np
+
     from ezvtb.live.sources import builtin_trace, load_poses
 
     if frames is not None and frames < 1:
@@ -75,6 +78,8 @@ def load_trace(path: str | None, frames: int | None, fps: float) -> np.ndarray:
 
 
 def percentiles(ms: Any) -> dict[str, float]:
+    import numpy as np
+
     a = np.asarray(ms, np.float64)
     if a.size == 0:
         return {"count": 0, "mean_ms": math.nan, "p50_ms": math.nan, "p95_ms": math.nan, "p99_ms": math.nan}
@@ -84,6 +89,8 @@ def percentiles(ms: Any) -> dict[str, float]:
 
 def dropped_ticks(call_ms: Any, fps: float) -> int:
     """Ticks a paced loop at `fps` skips: a call of d seconds misses floor(d * fps) ticks."""
+    import numpy as np
+
     d = np.asarray(call_ms, np.float64) / 1e3
     return int(np.floor(d * fps + 1e-9).sum())
 
@@ -108,6 +115,7 @@ def _reset_timings(core: Any, window: int) -> None:
 
 def run_core(core: Any, image: np.ndarray, poses: np.ndarray, warmup: int, progress: bool) -> dict[str, Any]:
     """Warm up, reset, then time every pose through `core.inference`; figures as a dict."""
+    import numpy as np
     from tqdm import tqdm
 
     if warmup > 0:
@@ -251,6 +259,8 @@ def machine() -> str:
 
 def _jsonable(x: Any) -> Any:
     """Plain JSON: NaN/inf -> None, numpy scalars -> Python numbers, paths -> str."""
+    import numpy as np
+
     if isinstance(x, dict):
         return {str(k): _jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -292,7 +302,9 @@ def run(args: argparse.Namespace) -> int:
     fig["trace"] = args.trace or "built-in"
     fig["machine"] = machine()
     fig["variant"] = getattr(core, "variant", "")
-    print(f"ezvtb bench: {fig['variant']} backend={kwargs['backend']}, precision "
+    ran_on = res["stats"]["tha"].get("backend", kwargs["backend"])
+    asked = "" if ran_on == kwargs["backend"] else f" (--backend {kwargs['backend']})"
+    print(f"ezvtb bench: {fig['variant']} backend={ran_on}{asked}, precision "
           f"{', '.join(f'{k} {v}' for k, v in fig['precision'].items())}, {fig['poses']} poses "
           f"({fig['trace']}), warmup {args.warmup}; {fig['machine']}")
     print(format_table(fig))

@@ -6,6 +6,8 @@ import logging
 import time
 from pathlib import Path
 
+from ezvtb.engines.policy import BACKENDS
+
 log = logging.getLogger("ezvtb.demo")
 
 
@@ -18,11 +20,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="ezvtb_demo.mp4", help="output mp4 path (default: %(default)s)")
     p.add_argument("--gif", nargs="?", const="", default=None, metavar="PATH",
                    help="also write a gif (default path: the mp4 path with .gif)")
-    p.add_argument("--backend", default="auto", help="auto | cpu | cuda | tensorrt | directml | trt")
-    p.add_argument("--device-id", type=int, default=0)
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="where the graphs run (as get_core's backend=; trt also sets use_tensorrt) "
+                        "(default: %(default)s)")
+    p.add_argument("--device-id", type=int, default=0, help="GPU index (default: %(default)s)")
     p.add_argument("--frames", type=int, default=150, help="number of frames (default: %(default)s = 5 s at 30 fps)")
     p.add_argument("--fps", type=float, default=30.0, help="frame rate of the pose script and the video")
-    p.add_argument("--model", choices=("separable", "standard"), default="separable")
+    p.add_argument("--model", choices=("separable", "standard"), default="separable",
+                   help="THA3 variant (standard needs --weights-dir) (default: %(default)s)")
     p.add_argument("--half", action=argparse.BooleanOptionalAction, default=None,
                    help="fp16 graphs (default: auto, fp16 on GPU backends, fp32 on the CPU)")
     p.add_argument("--weights-dir", help="folder with official THA3 weights (needed for standard / half)")

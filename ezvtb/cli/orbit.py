@@ -12,18 +12,22 @@ log = logging.getLogger("ezvtb.novel_view")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("orbit", help="SV3D: an orbit video around the object of one image")
+    p = sub.add_parser("orbit", help="SV3D: an orbit video around the object of one image",
+                       description="SV3D (Stable Video 3D) renders views on an orbit around the object of one image; "
+                                   "the last view is the input view. Needs the diffusion extra and an official "
+                                   "sv3d_u / sv3d_p checkpoint (not on PyPI).")
     p.add_argument("image", help="input image (RGBA: the alpha marks the object; RGB: composited as is)")
     p.add_argument("--model", required=True, help="official sv3d_p.safetensors or sv3d_u.safetensors")
     p.add_argument("--elevation", type=float, default=10.0, help="camera elevation in degrees (SV3D_p)")
     p.add_argument("--frames", type=int, default=21, help="views on the orbit (the model was trained on 21)")
     p.add_argument("--steps", type=int, default=50, help="Euler EDM steps")
-    p.add_argument("--decoding-t", type=int, default=None, help="frames decoded at a time (lower = less memory)")
-    p.add_argument("--seed", type=int, default=23)
+    p.add_argument("--decoding-t", type=int, default=None,
+                   help="frames decoded at a time (lower = less memory; None = all at once)")
+    p.add_argument("--seed", type=int, default=23, help="noise seed (the same seed gives the same video)")
     p.add_argument("--size", type=int, default=576, help="square frame size, a multiple of 64")
     p.add_argument("--backend", choices=RUNNER_BACKENDS, default="torch",
                    help="torch (eager) or an exported-graph backend; a session per stage")
-    p.add_argument("--fps", type=float, default=10.0)
+    p.add_argument("--fps", type=float, default=10.0, help="frame rate of the output video")
     p.add_argument("--out", default="orbit.mp4", help="output mp4")
     p.set_defaults(func=run)
 

@@ -21,8 +21,6 @@ import threading
 import time
 from typing import Any, Sequence
 
-import numpy as np
-
 from ezvtb.cli.core_options import add_core_arguments, core_kwargs, load_character
 
 log = logging.getLogger("ezvtb.run")
@@ -54,6 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _pcts(values: Sequence[float]) -> dict[str, float]:
     if not values:
         return {"p50": math.nan, "p95": math.nan, "p99": math.nan}
+    import numpy as np
+
     a = np.asarray(values, np.float64)
     return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
             "p99": float(np.percentile(a, 99))}
@@ -68,6 +68,8 @@ def run_loop(source: Any, core: Any, sinks: Sequence[Any], fps: float, *, frames
     ``finished``; each sink needs ``write(frame)``. Stops on `frames` ticks, `seconds`, a set
     `stop` event, a finished playback source, or `SinkClosed`.
     """
+    import numpy as np
+
     from ezvtb.live.sinks import SinkClosed
     from ezvtb.pose import POSE_SIZE
 

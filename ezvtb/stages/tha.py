@@ -187,6 +187,7 @@ class ThaStage:
 
     def stats(self) -> dict[str, Any]:
         s: dict[str, Any] = {"precision": self.precision, "runs": dict(self.runs), "latency": self.timings.summary(),
+                             "backend": self.sessions["editor"].backend,
                              "device": bool(self.sessions["editor"].on_device),
                              "cache_on_device": self.cache_on_device and bool(self.sessions["morpher"].on_device)}
         for name, lru in (("combiner_cache", self._combiner_lru), ("morpher_cache", self._morpher_lru)):
