@@ -7,11 +7,13 @@ native TensorRT (`TrtSession`, needs the tensorrt and cuda-python packages).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ezvtb.engines.base import GraphSpec, Session, TensorSpec
 from ezvtb.engines.errors import BackendUnavailableError
 from ezvtb.engines.policy import BACKENDS, check_backend
+
+if TYPE_CHECKING:
+    from ezvtb.engines.base import GraphSpec, Session, TensorSpec
 
 
 def create_session(model_path: str | os.PathLike, spec: GraphSpec, backend: str = "auto",
@@ -25,6 +27,16 @@ def create_session(model_path: str | os.PathLike, spec: GraphSpec, backend: str 
     from ezvtb.engines.ort import OrtOptions, OrtSession
 
     return OrtSession(model_path, spec, backend, OrtOptions(**options))
+
+
+def __getattr__(name: str) -> Any:
+    # `base` imports numpy: loaded on first use, so that importing the policy (the command line's
+    # backend lists) stays light.
+    if name in ("GraphSpec", "Session", "TensorSpec"):
+        from ezvtb.engines import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module 'ezvtb.engines' has no attribute {name!r}")
 
 
 __all__ = ["BACKENDS", "BackendUnavailableError", "GraphSpec", "Session", "TensorSpec", "create_session"]
