@@ -1,11 +1,12 @@
 """What webcam face tracking costs per 640x480 frame on the CPU: our ONNX graphs on ORT vs the original
 TFLite models on Google's LiteRT interpreter (the reference, same process, same inputs).
 
-Rows: the detector alone (letterbox + 128x128 network + decoding/NMS), the face mesh alone (warp + 192x192
-network), a tracked frame (`FaceTracker.process` while the face is tracked: mesh only, PnP, features) and a
-frame with a re-detection (`reset` first: detector + mesh + the refining second mesh pass). The reference
-column runs the same two TFLite networks through LiteRT (XNNPACK, same thread count) on the same crops;
-ratio = reference / ours. Frames: skimage's astronaut photograph centred on a 640x480 canvas.
+Rows: the detector alone (letterbox + 128x128 network + decoding/NMS), the plain face mesh and the face mesh
+with attention (irises; the tracker's default) alone (warp + 192x192 network), a tracked frame
+(`FaceTracker.process` while the face is tracked: mesh with attention, PnP, features) and a frame with a
+re-detection (`reset` first: detector + mesh + the refining second mesh pass). The reference column runs the
+same TFLite networks through LiteRT (XNNPACK, same thread count) on the same crops; ratio = reference / ours.
+LiteRT cannot run the mesh with attention (MediaPipe's custom operators), so that row has no reference. Frames: skimage's astronaut photograph centred on a 640x480 canvas.
 
     python benchmarks/bench_facetrack.py [--frames 60] [--threads 1] [--append]
 """
@@ -42,6 +43,7 @@ def main(argv=None) -> int:
     frame = np.full((480, 640, 3), 40, np.uint8)
     frame[:, 64:576] = img[16:496]
     tracker = FaceTracker(threads=args.threads, filter_params={})
+    plain = FaceTracker(threads=args.threads, filter_params={}, iris=False)
     for _ in range(3):
         res = tracker.process(frame)
     roi = res.roi
@@ -65,8 +67,10 @@ def main(argv=None) -> int:
         "detector (letterbox + net + NMS)": (lambda: tracker.detect(frame),
                                              lambda: litert(DETECTOR, tracker._crop(frame, square, DETECTOR_SIZE),
                                                             -1.0, 1.0)),
-        "face mesh (warp + net)": (lambda: tracker.landmarks(frame, roi),
-                                   lambda: litert(LANDMARKS, tracker._crop(frame, roi, LANDMARK_SIZE), 0.0, 1.0)),
+        "face mesh, plain (warp + net)": (lambda: plain.landmarks(frame, roi),
+                                          lambda: litert(LANDMARKS, tracker._crop(frame, roi, LANDMARK_SIZE), 0.0,
+                                                         1.0)),
+        "face mesh with attention (warp + net)": (lambda: tracker.landmarks(frame, roi), None),
         "tracked frame (process)": (lambda: tracker.process(frame), None),
         "re-detected frame (reset + process)": (lambda: (tracker.reset(), tracker.process(frame)), None),
     }
@@ -88,10 +92,11 @@ def main(argv=None) -> int:
     text = table(["step (640x480 frame)", "ours p50 ms", "ours p95 ms", "LiteRT p50 ms", "LiteRT/ours"], rows)
     note = (f"ORT CPU, {args.threads} intra-op thread(s), {args.frames} interleaved rounds; the machine is shared "
             "(about 8 concurrent jobs on 2 cores while measured), so absolute times are inflated; the ratio "
-            "column compares runtimes in the same loop. A tracked frame runs only the mesh; the detector runs "
-            "when tracking is lost.")
+            "column compares runtimes in the same loop. A tracked frame runs only the mesh (with attention); the "
+            "detector runs when tracking is lost.")
     publish("Webcam face tracking (bench_facetrack.py)", text, note, args.append)
     tracker.close()
+    plain.close()
     return 0
 
 

@@ -22,10 +22,9 @@ from ezvtb.pose import index  # noqa: E402
 
 ROLL_TOL = 1.5      # degrees: roll change vs the known image rotation
 STILL_TOL = 2.0     # degrees: pitch/yaw drift under an in-plane rotation
-# degrees: yaw/roll of the mirrored photo vs minus the original's. The face mesh itself is not mirror-symmetric
-# on this photo (its 2-D mouth line reads 3.3 vs -1.6 degrees mirrored, the nose tip 2.7 px off): measured
-# 1.5 (yaw) and 2.4 (roll).
-MIRROR_TOL = 3.0
+# degrees: yaw/roll of the mirrored photo vs minus the original's; measured 0.5 (yaw) and 0.1 (roll) with the
+# mesh with attention (the plain mesh is less mirror-symmetric on this photo: 1.5 and 2.4).
+MIRROR_TOL = 1.5
 SHIFT_TOL = 1.0     # pixels: landmark centre vs the known shift
 SCALE_TOL = 0.03    # relative: eye distance vs the known scale
 
@@ -139,7 +138,7 @@ def test_calibration_profile(tmp_path, astronaut):
         prof = tr.calibrate(results)
         pose = tr.track(canvas(astronaut))
         for name in ("head_x", "head_y", "neck_z", "eye_wink_left", "eye_wink_right", "mouth_aaa", "mouth_ooo"):
-            assert abs(pose[index(name)]) <= 0.05, (name, pose[index(name)])  # head: 0.75 degrees
+            assert abs(pose[index(name)]) <= 0.1, (name, pose[index(name)])  # head: 1.5 degrees (region jitter)
         path = prof.save(tmp_path / "me.json")
         loaded = FaceProfile.load(path)
         assert loaded == prof
@@ -183,6 +182,12 @@ def test_features_to_mouth_eye_and_brow_shapes():
     assert p[index("eye_wink_left")] > 0.99 and p[index("eye_wink_right")] == 0
     p = pose(brow_left=n["brow_left"] * 1.3, brow_right=n["brow_right"] * 1.3)
     assert p[index("eyebrow_raised_left")] > 0.5 and p[index("eyebrow_raised_right")] > 0.5
+    # irises toward the image's left = the user looks to their right: iFacialMocap's sign (In left + Out right)
+    p = pose(iris_h_left=-0.2, iris_h_right=-0.2)
+    q = mapper.to_pose(TrackerState({"eyeLookInLeft": 1.0, "eyeLookOutRight": 1.0}, (0.0, 0.0, 0.0)))
+    assert p[index("iris_rotation_y")] > 0.9 * q[index("iris_rotation_y")] > 0
+    p = pose(iris_v_left=-0.12, iris_v_right=-0.12)  # irises up in the image: looking up
+    assert p[index("iris_rotation_x")] >= 0.99  # gaze_gain x 1, clipped to the range
 
 
 def _write_video(path, frames, fps=10.0):

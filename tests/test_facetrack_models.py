@@ -123,3 +123,113 @@ def test_same_padding_as_symmetric_padding_and_crop(n, k, s):
         got = conv(x)
     assert got.shape == ref.shape == (1, 4, -(-n // s), -(-(n + 1) // s))
     assert float((got - ref).abs().max()) < 1e-5
+
+
+# --- MediaPipe's custom operators (face mesh with attention): literal numpy ports of the C++ kernels
+# (mediapipe/util/tflite/operations/*.cc, version 2) as the independent implementation; no runtime here can
+# run them (LiteRT lacks them, the mediapipe wheel cannot be installed beside our protobuf).
+def _np_landmarks_to_matrix(lm, left, right, subset, out_h, out_w, scale_x, scale_y):
+    pairs = [(subset[2 * i], subset[2 * i + 1]) for i in range(len(subset) // 2)]
+    if len(subset) % 2:
+        pairs.append((subset[-1], subset[-1]))
+    r = 0.0 - np.arctan2(lm[right, 1] - lm[left, 1], lm[right, 0] - lm[left, 0])
+    rot = np.array([[np.cos(r), -np.sin(r), 0], [np.sin(r), np.cos(r), 0], [0, 0, 1]])
+    rot_inv = np.array([[np.cos(-r), -np.sin(-r), 0], [np.sin(-r), np.cos(-r), 0], [0, 0, 1]])
+    pts = [rot @ np.array([lm[i, 0], lm[i, 1], 1.0]) for pair in pairs for i in pair]
+    hi, lo = np.max(pts, 0), np.min(pts, 0)
+    w, h = hi[0] - lo[0], hi[1] - lo[1]
+    c = rot_inv @ np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, 1.0])
+    t = np.eye(4)
+    for m in (np.array([[1, 0, 0, c[0]], [0, 1, 0, c[1]], [0, 0, 1, 0], [0, 0, 0, 1]]),
+              np.array([[np.cos(-r), -np.sin(-r), 0, 0], [np.sin(-r), np.cos(-r), 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]),
+              np.diag([scale_x * w / out_w, scale_y * h / out_h, 1, 1]),
+              np.array([[1, 0, 0, -out_w / 2], [0, 1, 0, -out_h / 2], [0, 0, 1, 0], [0, 0, 0, 1]])):
+        t = t @ m
+    return t
+
+
+def _np_transform_bilinear(x, m, out_h, out_w):
+    """x NHWC [1, H, W, C]; per output pixel as in the kernel's loops."""
+    _, h, w, c = x.shape
+    xt, yt = m[0].copy(), m[1].copy()
+    xt[3] += xt[0] * 0.5 + xt[1] * 0.5 - 0.5
+    yt[3] += yt[0] * 0.5 + yt[1] * 0.5 - 0.5
+    out = np.zeros((1, out_h, out_w, c))
+
+    def read(i, j):
+        return np.zeros(c) if i < 0 or j < 0 or i >= h or j >= w else x[0, i, j]
+
+    for oy in range(out_h):
+        for ox in range(out_w):
+            v = np.array([ox, oy, 0.0, 1.0])
+            tx, ty = xt @ v, yt @ v
+            if tx < 0 or tx > w - 1 or ty < 0 or ty > h - 1:
+                continue
+            fx, fy = int(np.floor(tx)), int(np.floor(ty))
+            rc, lc = tx - fx, ty - fy
+            upper = (1 - rc) * read(fy, fx) + rc * read(fy, fx + 1)
+            lower = (1 - rc) * read(fy + 1, fx) + rc * read(fy + 1, fx + 1)
+            out[0, oy, ox] = lc * lower + (1 - lc) * upper
+    return out
+
+
+def test_custom_operators_match_numpy_ports_of_the_kernels(astronaut_bgr):
+    from ezvtb.models.facetrack.net import TfliteNet, landmarks_to_transform_matrix, transform_landmarks, \
+        transform_tensor_bilinear
+    from ezvtb.models.facetrack.spec import ATTENTION
+
+    g = load_tflite(model_file(ATTENTION)[0])
+    net = TfliteNet(g).eval()
+    _, mesh_in = _inputs(astronaut_bgr)
+    with torch.no_grad():
+        vals = net.values(torch.from_numpy(mesh_in.astype(np.float32) / 255.0)[None])
+    errs = {"matrix": 0.0, "bilinear": 0.0, "landmarks": 0.0}
+    for op in g.ops:
+        c = op.options.get("custom")
+        if op.type == "CUSTOM:Landmarks2TransformMatrix":
+            lm = vals[op.inputs[0]]
+            ref = _np_landmarks_to_matrix(lm[0].double().numpy(), c["left_rotation_idx"], c["right_rotation_idx"],
+                                          c["subset_idxs"], c["output_height"], c["output_width"], c["scale_x"],
+                                          c["scale_y"])
+            got = landmarks_to_transform_matrix(lm, (c["left_rotation_idx"], c["right_rotation_idx"]),
+                                                sorted(set(c["subset_idxs"])), (c["output_height"], c["output_width"]),
+                                                (c["scale_x"], c["scale_y"]))[0].numpy()
+            errs["matrix"] = max(errs["matrix"], float(np.abs(got - ref).max()))
+        elif op.type == "CUSTOM:TransformTensorBilinear":
+            x, m = vals[op.inputs[0]], vals[op.inputs[1]]
+            ref = _np_transform_bilinear(x.permute(0, 2, 3, 1).double().numpy(), m[0].double().numpy(),
+                                         c["output_height"], c["output_width"])
+            got = transform_tensor_bilinear(x, m, (c["output_height"], c["output_width"])).permute(0, 2, 3, 1).numpy()
+            errs["bilinear"] = max(errs["bilinear"], float(np.abs(got - ref).max() / np.abs(ref).max()))
+        elif op.type == "CUSTOM:TransformLandmarks":
+            p, m = vals[op.inputs[0]], vals[op.inputs[1]][0].double().numpy()
+            pts = p[0].double().numpy()
+            ref = pts @ m[:2, :2].T + m[:2, 3]
+            got = transform_landmarks(p, vals[op.inputs[1]])[0].numpy()
+            errs["landmarks"] = max(errs["landmarks"], float(np.abs(got - ref).max()))
+    print("custom operators vs numpy ports, max abs error:", errs)
+    assert errs["matrix"] < 1e-4 and errs["bilinear"] < 1e-5 and errs["landmarks"] < 1e-3
+
+
+def test_attention_mesh_agrees_with_the_plain_mesh_on_litert_and_finds_the_irises(astronaut_bgr):
+    """The mesh-with-attention graph (ORT) next to the plain mesh run by LiteRT on the same face: the 468
+    points agree to within a pixel on average; each iris centre lies between its eye's corners."""
+    from ezvtb.engines import create_session
+    from ezvtb.export.facetrack import build_module, facetrack_graph
+
+    _, mesh_in = _inputs(astronaut_bgr)
+    plain = _reference(model_file(LANDMARKS)[0], (mesh_in.astype(np.float32) / 255.0)[None])[0].reshape(-1, 3)
+    graph = facetrack_graph("attention")
+    with create_session(graph.path, graph.spec, "cpu") as sess:
+        out = {k: np.array(v) for k, v in sess.run({"image": mesh_in}).items()}
+    with torch.no_grad():
+        ref = [t.numpy() for t in build_module("attention")(torch.from_numpy(mesh_in))]
+    err_onnx = max(float(np.abs(out[k] - r).max()) for k, r in zip(("landmarks", "irises", "presence"), ref))
+    mean_px = float(np.linalg.norm(out["landmarks"][:, :2] - plain[:, :2], axis=1).mean())
+    print(f"attention mesh: ONNX vs torch max abs {err_onnx:.2e}; mean distance to LiteRT's plain mesh {mean_px:.2f} px")
+    assert err_onnx <= ONNX_VS_LITERT
+    assert mean_px < 1.5 and out["presence"][0] > 0.9
+    lm, ir = out["landmarks"], out["irises"]
+    for centre, (a, b) in ((ir[0], (33, 133)), (ir[5], (362, 263))):
+        lo, hi = sorted((lm[a, 0], lm[b, 0]))
+        assert lo < centre[0] < hi and abs(centre[1] - (lm[a, 1] + lm[b, 1]) / 2) < 0.5 * (hi - lo)

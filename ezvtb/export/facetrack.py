@@ -1,7 +1,7 @@
 """Export the face-tracking graphs (MediaPipe face detector and face mesh) to ONNX, cached.
 
 `facetrack_graph(which)` returns the ONNX file and declared I/O (`ezvtb.models.facetrack.spec`)
-of ``detector`` or ``landmarks``, exporting it on first use (needs torch). Cache layout::
+of ``detector``, ``landmarks`` or ``attention`` (the mesh with irises), exporting it on first use (needs torch). Cache layout::
 
     $EZVTB_HOME/onnx/facetrack/<tflite sha256[:16]>/f<EXPORT_FORMAT>/<spec name>.onnx
 
@@ -22,11 +22,13 @@ import numpy as np
 from ezvtb import paths
 from ezvtb.engines.base import GraphSpec
 from ezvtb.models.facetrack.spec import (
+    ATTENTION,
     DETECTOR,
     DETECTOR_RANGE,
     LANDMARK_RANGE,
     LANDMARKS,
     SCORE_CLIP,
+    attention_spec,
     detector_spec,
     landmark_spec,
 )
@@ -35,7 +37,7 @@ from ezvtb.weights.mediapipe import model_file
 log = logging.getLogger("ezvtb.export")
 
 EXPORT_FORMAT = 2  # bump when the exported graphs change (2: PReLU as relus, no Pad before convolutions)
-WHICH = ("detector", "landmarks")
+WHICH = ("detector", "landmarks", "attention")
 # ORT vs torch on the same uint8 image: box/landmark coordinates are in input pixels (0..192),
 # probabilities in 0..1; measured ~1e-4 (tests/test_facetrack_models.py prints it).
 MAX_ABS_ERROR = 2e-3
@@ -57,6 +59,8 @@ def _model(which: str) -> tuple[str, GraphSpec, tuple[float, float]]:
         return DETECTOR, detector_spec(), DETECTOR_RANGE
     if which == "landmarks":
         return LANDMARKS, landmark_spec(), LANDMARK_RANGE
+    if which == "attention":
+        return ATTENTION, attention_spec(), LANDMARK_RANGE
     raise ValueError(f"which: expected one of {list(WHICH)}, got {which!r}")
 
 
@@ -96,7 +100,7 @@ def verify_export(path: Path, module, spec: GraphSpec) -> float:
 
 
 def facetrack_graph(which: str, *, force: bool = False, verify: bool = True) -> FacetrackGraph:
-    """The ONNX graph of ``detector`` or ``landmarks``, exported (and verified) on first use."""
+    """The ONNX graph of ``detector``, ``landmarks`` or ``attention``, exported (and verified) on first use."""
     name, spec, _ = _model(which)
     _, digest = model_file(name)
     folder = paths.subdir("onnx", "facetrack", digest[:16], f"f{EXPORT_FORMAT}")

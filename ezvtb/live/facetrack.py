@@ -21,13 +21,14 @@ own frame, side 1.5 x, eye-corner angle), so the detector runs only when trackin
 Landmarks -> `TrackerState` (docs/live.md, "Webcam"): head pitch/yaw/roll from ``cv2.solvePnP`` of six mesh
 points to a generic face (camera: focal length = the frame's longer side, centre = the frame's centre),
 minus the profile's neutral angles; eye openness (lid gap / eye width), eyebrow height, mouth gap, width
-and corner lift, relative to the profile's neutral values, become ARKit-style blendshapes, which the
-shared `Mapper` turns into the pose. The face mesh has no irises: ``eyeLook*`` stay 0.
+and corner lift and the iris position in each eye, relative to the profile's neutral values, become
+ARKit-style blendshapes, which the shared `Mapper` turns into the pose. The irises come from MediaPipe's
+face mesh with attention (``iris=True``, the default); with the plain mesh ``eyeLook*`` stay 0.
 
 Source URLs (`open_camera_source`, registered in `ezvtb.live.sources`): ``cam://0`` (camera index),
 ``cam://PATH.mp4`` or ``video://PATH`` (a video file) with options ``width``, ``height``, ``fps`` (capture
 settings; for files ``fps`` overrides the file's rate), ``loop`` (files, default 0), ``step=1`` (files: one
-frame per `latest` call, for tests and offline use), ``profile=PATH`` (calibration JSON), ``record=PATH.npy``
+frame per `latest` call, for tests and offline use), ``iris=0`` (the plain mesh: a little faster, no gaze), ``profile=PATH`` (calibration JSON), ``record=PATH.npy``
 (write the poses produced, an ``(N, 45)`` array playable with ``file://``), plus every live option
 (filter, ``mirror``, ``invert``, mapping numbers).
 """
@@ -81,7 +82,8 @@ PNP_MODEL = np.array([[0.0, 0.0, 0.0], [0.0, 72.0, 20.0], [-45.0, -38.0, 40.0], 
                       [-25.0, 28.0, 30.0], [25.0, 28.0, 30.0]], np.float64)
 
 FEATURES = ("eye_open_left", "eye_open_right", "brow_left", "brow_right", "mouth_gap", "mouth_width",
-            "corner_lift_left", "corner_lift_right")
+            "corner_lift_left", "corner_lift_right", "iris_h_left", "iris_h_right", "iris_v_left", "iris_v_right")
+IRIS_FEATURES = FEATURES[-4:]
 
 
 # --- results -----------------------------------------------------------------------------------
@@ -124,6 +126,8 @@ class FaceResult:
     head: tuple[float, float, float]  # (pitch, yaw, roll) degrees, ARKit convention, before the neutral offset
     features: dict[str, float]
     frame_size: tuple[int, int]      # (height, width)
+    irises: np.ndarray | None = None  # float32 [10, 2] frame pixels: the user's right iris (centre + 4 rim
+    #                                  points), then the left one; None without the iris model
 
     @property
     def eye_distance(self) -> float:
@@ -139,10 +143,11 @@ class FaceResult:
 
 
 # --- calibration profile -----------------------------------------------------------------------
-# Neutral feature values of an average relaxed face (measured on skimage's astronaut photograph);
-# the ranges turn feature deviations into 0..1 blendshapes (docs/live.md, "Webcam").
-DEFAULT_NEUTRAL = {"eye_open_left": 0.30, "eye_open_right": 0.30, "brow_left": 0.36, "brow_right": 0.36,
-                   "mouth_gap": 0.0, "mouth_width": 0.62, "corner_lift_left": 0.05, "corner_lift_right": 0.05}
+# Neutral feature values without a calibration: those of skimage's astronaut photograph (a relaxed smile,
+# lips together), rounded; the ranges turn feature deviations into 0..1 blendshapes (docs/live.md, "Webcam").
+DEFAULT_NEUTRAL = {"eye_open_left": 0.30, "eye_open_right": 0.30, "brow_left": 0.27, "brow_right": 0.27,
+                   "mouth_gap": 0.10, "mouth_width": 0.75, "corner_lift_left": 0.05, "corner_lift_right": 0.05,
+                   "iris_h_left": 0.0, "iris_h_right": 0.0, "iris_v_left": 0.0, "iris_v_right": 0.0}
 DEFAULT_RANGES = {
     "blink": (0.35, 0.8),        # eye openness / neutral: fully closed .. open
     "wide": (1.1, 1.5),          # eye openness / neutral: eyeWide 0 .. 1
@@ -153,12 +158,14 @@ DEFAULT_RANGES = {
     "pucker": (0.04, 0.22),      # 1 - mouth width / neutral: lip rounding 0 .. 1
     "smile": (0.01, 0.07),       # corner lift - neutral (eye-distance units): mouthSmile 0 .. 1
     "frown": (0.01, 0.05),       # neutral - corner lift: mouthFrown 0 .. 1
+    "gaze_h": (0.02, 0.2),       # iris offset along the eye - neutral (eye widths): eyeLookIn/Out 0 .. 1
+    "gaze_v": (0.02, 0.12),      # iris offset across the eye - neutral (eye widths): eyeLookUp/Down 0 .. 1
 }
 PROFILE_VERSION = 1
-# Head angles the generic PnP face reads for a portrait looking into the camera: the nose-tip and chin depths
-# of `PNP_MODEL` put a pitch bias of about 29 degrees on skimage's astronaut photograph (28.9, 3.0, -3.1
-# measured). The default profile subtracts the pitch part; `FaceTracker.calibrate` measures the user's own.
-DEFAULT_HEAD = (29.0, 0.0, 0.0)
+# Head angles the generic PnP face reads for a portrait looking into the camera: skimage's astronaut
+# photograph reads (25.2, 2.2, -3.4) with the mesh with attention (29 pitch with the plain mesh). The default
+# profile subtracts the pitch part; `FaceTracker.calibrate` measures the user's own.
+DEFAULT_HEAD = (25.0, 0.0, 0.0)
 
 
 @dataclass
@@ -319,8 +326,10 @@ def head_pose(lm: np.ndarray, frame_size: tuple[int, int]) -> tuple[float, float
     return pitch, yaw, roll
 
 
-def face_features(lm: np.ndarray) -> dict[str, float]:
-    """Scale-free measurements of the face from 3-D landmarks (eye-distance units, roll-free; `FEATURES`)."""
+def face_features(lm: np.ndarray, irises: np.ndarray | None = None) -> dict[str, float]:
+    """Scale-free measurements of the face from 3-D landmarks (eye-distance units, roll-free; `FEATURES`); the
+    iris ones (iris centre from the middle of the eye corners along / across the corner line, in eye widths,
+    + = toward the image's right / down) only with `irises`."""
     p = lm.astype(np.float64)
     d = lambda a, b: float(np.linalg.norm(p[a] - p[b]))  # noqa: E731
     iod = max(d(RIGHT_EYE["outer"], LEFT_EYE["outer"]), 1e-6)
@@ -336,6 +345,15 @@ def face_features(lm: np.ndarray) -> dict[str, float]:
     centre = (p[MOUTH["upper"]] + p[MOUTH["lower"]]) / 2
     out["corner_lift_right"] = float((p[MOUTH["right"]] - centre) @ up) / iod
     out["corner_lift_left"] = float((p[MOUTH["left"]] - centre) @ up) / iod
+    if irises is not None:
+        for side, (a, b), c in (("right", (RIGHT_EYE["outer"], RIGHT_EYE["inner"]), irises[0]),
+                                ("left", (LEFT_EYE["inner"], LEFT_EYE["outer"]), irises[5])):
+            ex = p[b, :2] - p[a, :2]  # image-left corner -> image-right corner
+            width = max(float(np.linalg.norm(ex)), 1e-6)
+            ex /= width
+            off = np.asarray(c, np.float64) - (p[a, :2] + p[b, :2]) / 2
+            out[f"iris_h_{side}"] = float(off @ ex) / width
+            out[f"iris_v_{side}"] = float(off @ np.array([-ex[1], ex[0]])) / width
     return out
 
 
@@ -355,6 +373,17 @@ def blendshapes(features: Mapping[str, float], profile: FaceProfile) -> dict[str
         bs[f"mouthSmile{side}"] = ramp(lift, *r["smile"])
         bs[f"mouthFrown{side}"] = ramp(-lift, *r["frown"])
     bs["browInnerUp"] = 0.5 * (bs["browOuterUpLeft"] + bs["browOuterUpRight"])
+    if all(k in features for k in IRIS_FEATURES):
+        # toward the image's left is toward the user's right: "out" for the right eye, "in" for the left
+        for side, toward_left in (("Right", "Out"), ("Left", "In")):
+            s = side.lower()
+            dh = features[f"iris_h_{s}"] - n[f"iris_h_{s}"]
+            dv = features[f"iris_v_{s}"] - n[f"iris_v_{s}"]
+            other = "In" if toward_left == "Out" else "Out"
+            bs[f"eyeLook{toward_left}{side}"] = ramp(-dh, *r["gaze_h"])
+            bs[f"eyeLook{other}{side}"] = ramp(dh, *r["gaze_h"])
+            bs[f"eyeLookUp{side}"] = ramp(-dv, *r["gaze_v"])
+            bs[f"eyeLookDown{side}"] = ramp(dv, *r["gaze_v"])
     jaw = ramp(features["mouth_gap"] - n["mouth_gap"], *r["jaw"])
     width = features["mouth_width"] / n["mouth_width"]
     stretch = ramp(width, *r["stretch"])
@@ -372,7 +401,8 @@ class FaceTracker:
     backend: an `ezvtb.engines` backend (default ``cpu``: the graphs are small); threads: ORT intra-op
     threads (1 leaves the other cores to the renderer). profile: a `FaceProfile`, a JSON path or None
     (defaults). mapping: the `MappingConfig` (mirror, ranges); filter_params: One-Euro parameters
-    (``{}`` = no filter; default min_cutoff 1, beta 1, d_cutoff 1 as the other live sources). refine: run the
+    (``{}`` = no filter; default min_cutoff 1, beta 1, d_cutoff 1 as the other live sources). iris: use the
+    face mesh with attention (also irises: gaze; default) instead of the plain mesh. refine: run the
     mesh a second time on the region its landmarks give when that region moved by more than `REFINE_ANGLE`
     degrees, `REFINE_SHIFT` or `REFINE_SIZE` of its side (the detector's first region, fast head motion).
     """
@@ -380,7 +410,7 @@ class FaceTracker:
     def __init__(self, backend: str = "cpu", threads: int = 1, profile: FaceProfile | str | os.PathLike | None = None,
                  mapping: MappingConfig | None = None, filter_params: Mapping[str, float] | None = None,
                  invert: Iterable[str] = (), min_detection: float = MIN_DETECTION_SCORE,
-                 min_presence: float = MIN_PRESENCE, refine: bool = True) -> None:
+                 min_presence: float = MIN_PRESENCE, refine: bool = True, iris: bool = True) -> None:
         from ezvtb.engines import create_session
         from ezvtb.export.facetrack import facetrack_graph
 
@@ -399,7 +429,8 @@ class FaceTracker:
         self._invert = tuple(-1.0 if a in invert else 1.0 for a in ("pitch", "yaw", "roll"))
         self.min_detection, self.min_presence = float(min_detection), float(min_presence)
         opts = {"intra_op_threads": int(threads)}
-        det, mesh = facetrack_graph("detector"), facetrack_graph("landmarks")
+        self.iris = bool(iris)
+        det, mesh = facetrack_graph("detector"), facetrack_graph("attention" if self.iris else "landmarks")
         self.detector = create_session(det.path, det.spec, backend, **opts)
         self.mesh = create_session(mesh.path, mesh.spec, backend, **opts)
         self._anchors = anchors()
@@ -441,15 +472,19 @@ class FaceTracker:
             dets.append(Detection(score, pts[:2].reshape(4), pts[2:]))
         return dets
 
-    def landmarks(self, frame_bgr: np.ndarray, roi: Roi) -> tuple[np.ndarray, float]:
-        """(float32 [468, 3] landmarks in frame pixels, presence) of the face mesh run on `roi`."""
+    def landmarks(self, frame_bgr: np.ndarray, roi: Roi) -> tuple[np.ndarray, float, np.ndarray | None]:
+        """(float32 [468, 3] landmarks, presence, float32 [10, 2] irises or None) of the face mesh run on `roi`,
+        in frame pixels."""
         frame = self._check_frame(frame_bgr)
         out = self.mesh.run({"image": self._crop(frame, roi, LANDMARK_SIZE)})
         lm = out["landmarks"].astype(np.float64)
         m = roi.to_frame(LANDMARK_SIZE)
         xy = lm[:, :2] @ m[:, :2].T + m[:, 2]
         z = lm[:, 2:] * (roi.size / LANDMARK_SIZE)
-        return np.concatenate([xy, z], axis=1).astype(np.float32), float(out["presence"][0])
+        irises = None
+        if "irises" in out:
+            irises = (out["irises"].astype(np.float64) @ m[:, :2].T + m[:, 2]).astype(np.float32)
+        return np.concatenate([xy, z], axis=1).astype(np.float32), float(out["presence"][0]), irises
 
     # tracking ------------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -472,7 +507,7 @@ class FaceTracker:
                 if not dets:
                     return None
                 self._roi = roi_from_detection(dets[0])
-            lm, presence = self.landmarks(frame, self._roi)
+            lm, presence, irises = self.landmarks(frame, self._roi)
             if presence >= self.min_presence:
                 break
             self._roi = None
@@ -482,9 +517,9 @@ class FaceTracker:
         roi = self._roi
         nxt = roi_from_landmarks(lm)
         if self.refine and _moved(roi, nxt):  # fast motion or a coarse detector region: run the mesh again
-            lm2, presence2 = self.landmarks(frame, nxt)
+            lm2, presence2, irises2 = self.landmarks(frame, nxt)
             if presence2 >= self.min_presence:
-                roi, lm, presence = nxt, lm2, presence2
+                roi, lm, presence, irises = nxt, lm2, presence2, irises2
                 nxt = roi_from_landmarks(lm)
                 self.refined += 1
         self._roi = nxt
@@ -492,7 +527,7 @@ class FaceTracker:
         if head is None:
             head = self._head or (0.0, 0.0, 0.0)
         self._head = head
-        res = FaceResult(lm, presence, roi, detected, head, face_features(lm), frame.shape[:2])
+        res = FaceResult(lm, presence, roi, detected, head, face_features(lm, irises), frame.shape[:2], irises)
         self.last = res
         return res
 
@@ -519,7 +554,7 @@ class FaceTracker:
         rs = [r for r in neutral if isinstance(r, FaceResult)]
         if not rs:
             raise ValueError("neutral: expected at least one FaceResult of the user's relaxed face")
-        feats = {k: float(np.median([r.features[k] for r in rs])) for k in FEATURES}
+        feats = {k: float(np.median([r.features[k] for r in rs])) for k in FEATURES if k in rs[0].features}
         head = tuple(float(np.median([r.head[i] for r in rs])) for i in range(3))
         self.profile = FaceProfile(feats, head, dict(self.profile.ranges))  # type: ignore[arg-type]
         return self.profile
@@ -538,7 +573,7 @@ class FaceTracker:
 
 
 # --- cam:// and video:// sources ---------------------------------------------------------------
-CAMERA_KEYS = {"width", "height", "fps", "loop", "step", "profile", "record", "backend", "threads"}
+CAMERA_KEYS = {"width", "height", "fps", "loop", "step", "profile", "record", "backend", "threads", "iris"}
 
 
 class CameraSource(PoseSource):
@@ -726,7 +761,8 @@ def open_camera_source(url: str, scheme: str, rest: str, q: Mapping[str, str]) -
     if record is not None and not Path(record).parent.resolve().is_dir():
         raise ValueError(f"input: record={record!r}: its folder does not exist")
     tracker = FaceTracker(backend=q.get("backend", "cpu"), threads=int(_num("threads", q.get("threads", "1"))),
-                          profile=profile, mapping=mapping_config(q), filter_params=filter_params, invert=invert)
+                          profile=profile, mapping=mapping_config(q), filter_params=filter_params, invert=invert,
+                          iris=_bool("iris", q.get("iris", "1")))
     try:
         src = CameraSource(url, target, tracker, fps=fps, loop=_bool("loop", q.get("loop", "0")),
                            step=_bool("step", q.get("step", "0")), record=record, **size)

@@ -7,7 +7,9 @@ edges: the input is NHWC like TFLite's, outputs come back in TFLite's shapes and
 Operators: CONV_2D, DEPTHWISE_CONV_2D (weights ``[O, kh, kw, I]`` / ``[1, kh, kw, C*m]`` ->
 torch ``[O, I, kh, kw]`` / ``[C*m, 1, kh, kw]``), MAX_POOL_2D, AVERAGE_POOL_2D, PAD (constant
 zero padding, any axis), ADD, MUL, RELU, RELU6, PRELU (per-channel slopes), LOGISTIC, RESHAPE,
-CONCATENATION, DEQUANTIZE (float16 constants -> float32, done once at build time). ``same``
+CONCATENATION, STRIDED_SLICE (identity only), DEQUANTIZE (float16 constants -> float32, done once at build
+time), and MediaPipe's custom Landmarks2TransformMatrix, TransformTensorBilinear and TransformLandmarks
+(version 2, the face mesh with attention: crops of the feature map around lips and eyes). ``same``
 padding follows TFLite: total ``max((ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0)``, the smaller
 half before (convolutions: a symmetric padding and a crop, see `_symmetric`; pooling pads with -inf). Fused
 activations (none, relu, relu6, relu_n1_to_1, tanh) are applied after the op. Any other operator
@@ -141,6 +143,57 @@ class _Pool(_Step):
         return _activation(y, self.act, self.what)
 
 
+# --- MediaPipe's custom operators (mediapipe/util/tflite/operations, version 2) -------------------
+def landmarks_to_transform_matrix(lm: Tensor, idx: tuple[int, int], subset: list[int], out_hw: tuple[int, int],
+                                  scale: tuple[float, float]) -> Tensor:
+    """``Landmarks2TransformMatrix`` v2: lm [1, N, 3] -> [1, 4, 4], the matrix taking the pixel grid of an
+    out_hw crop to the landmarks' coordinates. The crop is turned by r = -angle(left -> right landmark),
+    centred on the box of the `subset` landmarks in that turned frame, its size = box * `scale`:
+    ``shift(centre) @ rot(-r) @ diag(scale * box / out) @ shift(-out / 2)``."""
+    p = lm[0, :, :2]
+    d = p[idx[1]] - p[idx[0]]
+    n = torch.sqrt((d * d).sum())
+    cos, sin = d[0] / n, -d[1] / n  # of r = -atan2(dy, dx)
+    q = p[subset]
+    rx, ry = q[:, 0] * cos - q[:, 1] * sin, q[:, 0] * sin + q[:, 1] * cos  # rot(r) q
+    lo_x, hi_x, lo_y, hi_y = rx.min(), rx.max(), ry.min(), ry.max()
+    mx, my = (lo_x + hi_x) / 2, (lo_y + hi_y) / 2
+    cx, cy = mx * cos + my * sin, -mx * sin + my * cos  # rot(-r) mid
+    sx = scale[0] * (hi_x - lo_x) / out_hw[1]
+    sy = scale[1] * (hi_y - lo_y) / out_hw[0]
+    # rot(-r) = [[cos, sin], [-sin, cos]]; the 2x2 block times diag(sx, sy), then the shifts
+    a, b, c, e = cos * sx, sin * sy, -sin * sx, cos * sy
+    tx = cx - a * (out_hw[1] / 2) - b * (out_hw[0] / 2)
+    ty = cy - c * (out_hw[1] / 2) - e * (out_hw[0] / 2)
+    zero, one = torch.zeros_like(a), torch.ones_like(a)
+    rows = [torch.stack([a, b, zero, tx]), torch.stack([c, e, zero, ty]),
+            torch.stack([zero, zero, one, zero]), torch.stack([zero, zero, zero, one])]
+    return torch.stack(rows).unsqueeze(0)
+
+
+def transform_tensor_bilinear(x: Tensor, m: Tensor, out_hw: tuple[int, int]) -> Tensor:
+    """``TransformTensorBilinear`` v2: x NCHW [1, C, H, W], m [1, 4, 4] -> [1, C, oh, ow]. Output pixel (u, v)
+    samples x at ``m @ (u + 0.5, v + 0.5, 0, 1) - 0.5`` bilinearly (zeros past the edges); a sample point
+    outside [0, W - 1] x [0, H - 1] gives 0."""
+    _, _, h, w = x.shape
+    oh, ow = out_hw
+    v, u = torch.meshgrid(torch.arange(oh, dtype=x.dtype) + 0.5, torch.arange(ow, dtype=x.dtype) + 0.5,
+                          indexing="ij")
+    tx = m[0, 0, 0] * u + m[0, 0, 1] * v + m[0, 0, 3] - 0.5
+    ty = m[0, 1, 0] * u + m[0, 1, 1] * v + m[0, 1, 3] - 0.5
+    inside = ((tx >= 0) & (tx <= w - 1) & (ty >= 0) & (ty <= h - 1)).to(x.dtype)
+    grid = torch.stack([tx / (w - 1) * 2 - 1, ty / (h - 1) * 2 - 1], dim=-1).unsqueeze(0)
+    y = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return y * inside
+
+
+def transform_landmarks(p: Tensor, m: Tensor) -> Tensor:
+    """``TransformLandmarks`` v2: p [1, N, 2] -> ``m[:2] @ (x, y, 0, 1)`` per point."""
+    x, y = p[..., 0], p[..., 1]
+    return torch.stack([m[0, 0, 0] * x + m[0, 0, 1] * y + m[0, 0, 3],
+                        m[0, 1, 0] * x + m[0, 1, 1] * y + m[0, 1, 3]], dim=-1)
+
+
 class TfliteNet(nn.Module):
     """``TfliteNet(graph)(x)``: x float32 NHWC (the TFLite input's shape) -> tuple of the graph's outputs
     (TFLite shapes and layout, float32)."""
@@ -208,12 +261,36 @@ class TfliteNet(nn.Module):
             for k, i in enumerate(op.inputs):
                 if i in const:
                     c = const[i].astype(np.float32)
+                    other = shapes[1 - k] if len(shapes) == 2 else None
                     if c.ndim == 4:
                         c = np.transpose(c, (0, 3, 1, 2))
-                    elif c.ndim > 1:
-                        raise TfliteFormatError(f"{what}: constant operand of shape {c.shape} is not supported")
+                    elif c.size > 1 and other is not None and len(other) == 4:
+                        raise TfliteFormatError(f"{what}: constant of shape {c.shape} with a 4-D operand")
                     step.register_buffer(f"const{k}", torch.from_numpy(np.ascontiguousarray(c)))
         elif t == "CONCATENATION":
+            pass
+        elif t == "STRIDED_SLICE":  # only the identity slice MediaPipe's models use as an output copy
+            begin, end, strides = (const.get(i) for i in op.inputs[1:4])
+            full = begin is not None and end is not None and strides is not None and not any(
+                op.options.get(m, 0) for m in ("ellipsis_mask", "new_axis_mask", "shrink_axis_mask")) and \
+                (begin == 0).all() and (strides == 1).all() and (end >= np.array(shapes[0])).all()
+            if not full:
+                raise TfliteFormatError(f"{what}: only an identity STRIDED_SLICE is supported")
+            step.ins = [op.inputs[0]]
+        elif t == "CUSTOM:Landmarks2TransformMatrix":
+            c = op.options.get("custom", {})
+            try:
+                step.idx = (int(c["left_rotation_idx"]), int(c["right_rotation_idx"]))
+                step.subset = sorted({int(i) for i in c["subset_idxs"]})
+                step.out_hw = (int(c["output_height"]), int(c["output_width"]))
+                step.scale = (float(c["scale_x"]), float(c["scale_y"]))
+                step.target = float(c.get("target_rotation_radians", 0.0))
+            except (KeyError, TypeError, ValueError) as e:
+                raise TfliteFormatError(f"{what}: malformed options ({e})") from None
+            if step.target != 0.0:
+                raise TfliteFormatError(f"{what}: target_rotation_radians {step.target} is not supported")
+            step.ins = [op.inputs[0]]
+        elif t in ("CUSTOM:TransformTensorBilinear", "CUSTOM:TransformLandmarks"):
             pass
         else:
             raise TfliteFormatError(f"{what}: operator {t} is not supported by ezvtb's TFLite reader")
@@ -243,6 +320,14 @@ class TfliteNet(nn.Module):
                 x = x.permute(0, 2, 3, 1)  # back to NHWC element order
             y = x.reshape(s.out_shape)
             return y.permute(0, 3, 1, 2) if y.ndim == 4 else y
+        if t == "STRIDED_SLICE":
+            return vals[s.ins[0]]
+        if t == "CUSTOM:Landmarks2TransformMatrix":
+            return landmarks_to_transform_matrix(vals[s.ins[0]], s.idx, s.subset, s.out_hw, s.scale)
+        if t == "CUSTOM:TransformTensorBilinear":
+            return transform_tensor_bilinear(vals[s.ins[0]], vals[s.ins[1]], s.out_shape[1:3])
+        if t == "CUSTOM:TransformLandmarks":
+            return transform_landmarks(vals[s.ins[0]], vals[s.ins[1]])
         if t == "CONCATENATION":
             xs = [vals[i] for i in s.ins]
             axis = s.axis % xs[0].ndim
@@ -251,7 +336,8 @@ class TfliteNet(nn.Module):
             return _activation(torch.cat(xs, dim=axis), s.act, s.what)
         raise TfliteFormatError(f"{s.what}: operator {t} is not supported")  # pragma: no cover
 
-    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+    def values(self, x: Tensor) -> dict[int, Tensor]:
+        """Every tensor the graph computes for `x`, by TFLite tensor index (4-D ones NCHW)."""
         vals: dict[int, Tensor] = {self.input_index: x.permute(0, 3, 1, 2)}
         for s in self.steps:
             if isinstance(s, (_Conv, _Pool)):
@@ -259,6 +345,10 @@ class TfliteNet(nn.Module):
             else:
                 y = self._run_simple(s, vals)
             vals[s.outs[0]] = y
+        return vals
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        vals = self.values(x)
         outs = []
         for i in self.output_indices:
             y = vals[i]
@@ -270,20 +360,25 @@ class ImageGraph(nn.Module):
     """The exported module: uint8 [S, S, 3] RGB -> float in `value_range` -> `TfliteNet` -> spec outputs.
 
     kind ``detector``: (boxes [N, 16], scores [N] = sigmoid of the logits clipped to +-`score_clip`);
-    kind ``landmarks``: (landmarks [K, 3], presence [1] = sigmoid).
+    kind ``landmarks``: (landmarks [K, 3], presence [1] = sigmoid); kind ``attention`` (the mesh with
+    attention, outputs mesh, lips, eyes x2, irises x2, face flag): (landmarks [K, 3], irises [10, 2], presence).
     """
 
     def __init__(self, net: TfliteNet, kind: str, value_range: tuple[float, float], score_clip: float = 100.0) -> None:
         super().__init__()
-        if kind not in ("detector", "landmarks"):
-            raise ValueError(f"kind: expected 'detector' or 'landmarks', got {kind!r}")
+        if kind not in ("detector", "landmarks", "attention"):
+            raise ValueError(f"kind: expected 'detector', 'landmarks' or 'attention', got {kind!r}")
         self.net, self.kind = net, kind
         lo, hi = value_range
         self.scale, self.offset = (hi - lo) / 255.0, lo
         self.score_clip = float(score_clip)
 
-    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
         x = image.to(torch.float32).unsqueeze(0) * self.scale + self.offset
+        if self.kind == "attention":
+            mesh, _lips, _eye_a, _eye_b, iris_a, iris_b, flag = self.net(x)
+            irises = torch.cat([iris_a.reshape(-1, 2), iris_b.reshape(-1, 2)])
+            return mesh.reshape(-1, 3), irises, torch.sigmoid(flag.reshape(1))
         a, b = self.net(x)
         if self.kind == "detector":
             return a[0], torch.sigmoid(b.reshape(-1).clamp(-self.score_clip, self.score_clip))

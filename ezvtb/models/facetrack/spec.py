@@ -12,6 +12,12 @@ Two graphs, read from MediaPipe's TFLite models (`ezvtb.weights.mediapipe`)::
       input:  image      u8[192, 192, 3]   RGB, the face region warped upright
       output: landmarks  f32[468, 3]       x, y in input pixels, z in the same scale (relative depth)
               presence   f32[1]            face presence probability (sigmoid)
+    face_landmarks_attention  (face mesh with attention: the same plus irises)
+      input:  image      u8[192, 192, 3]
+      output: landmarks  f32[468, 3]
+              irises     f32[10, 2]        x, y of 5 points (centre, then 4 on the rim) of the iris of the
+                                           image's left eye (the user's right), then of the other eye
+              presence   f32[1]
 
 Inside the graphs: uint8 -> float32, scaled to MediaPipe's input range ([-1, 1] for the detector,
 [0, 1] for the mesh), NHWC -> the network (`ezvtb.models.facetrack.net.TfliteNet`) -> the outputs
@@ -26,6 +32,7 @@ from ezvtb.engines.base import GraphSpec, TensorSpec
 
 DETECTOR = "face_detection_short_range"
 LANDMARKS = "face_landmark"
+ATTENTION = "face_landmark_with_attention"
 DETECTOR_SIZE = 128
 LANDMARK_SIZE = 192
 NUM_ANCHORS = 896
@@ -48,6 +55,13 @@ def landmark_spec() -> GraphSpec:
     s = LANDMARK_SIZE
     return GraphSpec("face_landmarks", (TensorSpec("image", (s, s, 3), "uint8"),),
                      (TensorSpec("landmarks", (NUM_LANDMARKS, 3), "float32"), TensorSpec("presence", (1,), "float32")))
+
+
+def attention_spec() -> GraphSpec:
+    s = LANDMARK_SIZE
+    return GraphSpec("face_landmarks_attention", (TensorSpec("image", (s, s, 3), "uint8"),),
+                     (TensorSpec("landmarks", (NUM_LANDMARKS, 3), "float32"), TensorSpec("irises", (10, 2), "float32"),
+                      TensorSpec("presence", (1,), "float32")))
 
 
 def anchors(size: int = DETECTOR_SIZE, strides: tuple[int, ...] = ANCHOR_STRIDES) -> np.ndarray:

@@ -16,6 +16,8 @@ Fields read (slot = field index):
 * Tensor: 0 shape, 1 type, 2 buffer, 3 name, 4 quantization (only to reject quantized tensors).
 * Buffer: 0 data, 1 offset, 2 size (data stored after the flatbuffer, for large models).
 * Operator: 0 opcode_index, 1 inputs, 2 outputs, 4 builtin_options (table), 5 custom_options.
+* Custom operators: ``custom_code``; their options (FlexBuffers maps) are decoded by
+  `parse_flexbuffer_map`.
 * Options: Conv2D (padding, stride_w, stride_h, activation, dilation_w, dilation_h),
   DepthwiseConv2D (padding, stride_w, stride_h, depth_multiplier, activation, dilation_w,
   dilation_h), Pool2D (padding, stride_w, stride_h, filter_w, filter_h, activation), Add/Mul/Sub
@@ -207,6 +209,79 @@ def _options(buf: _Buf, op_type: str, t: int) -> dict[str, Any]:
     return {}
 
 
+# FlexBuffers value types (flatbuffers/flexbuffers.h) read by `parse_flexbuffer_map`.
+_FBT_INT, _FBT_UINT, _FBT_FLOAT, _FBT_MAP = 1, 2, 3, 9
+_FBT_VECTOR, _FBT_VECTOR_INT, _FBT_VECTOR_UINT, _FBT_VECTOR_FLOAT = 10, 11, 12, 13
+
+
+def parse_flexbuffer_map(data: bytes, what: str = "custom options") -> dict[str, Any]:
+    """A FlexBuffers map of numbers and number vectors (a custom operator's options) -> dict.
+
+    Layout: the last byte is the root's byte width, the one before its packed type (type << 2 | log2 of
+    the bit width); the root is an offset back to the map. A map of n entries at p has (offset to its keys
+    vector, keys byte width, n) in the three slots before p, n values of the map's byte width from p,
+    then n packed-type bytes; keys are offsets to NUL-terminated strings, in a vector with its length in
+    the slot before it. Scalars are stored inline; vectors behind an offset, length in the slot before.
+    """
+    b = bytes(data)
+
+    def fail(msg: str) -> TfliteFormatError:
+        return TfliteFormatError(f"{what}: {msg}")
+
+    def uint(p: int, w: int) -> int:
+        if p < 0 or p + w > len(b) or w not in (1, 2, 4, 8):
+            raise fail(f"read of {w} bytes at {p} outside {len(b)} bytes")
+        return int.from_bytes(b[p:p + w], "little")
+
+    def sint(p: int, w: int) -> int:
+        v = uint(p, w)
+        return v - (1 << (8 * w)) if v >> (8 * w - 1) else v
+
+    def flt(p: int, w: int) -> float:
+        if w not in (4, 8):
+            raise fail(f"float of {w} bytes")
+        return struct.unpack_from("<f" if w == 4 else "<d", b, p)[0]
+
+    def value(p: int, parent_w: int, packed: int) -> Any:
+        t, w = packed >> 2, 1 << (packed & 3)
+        if t == _FBT_INT:
+            return sint(p, parent_w)
+        if t == _FBT_UINT:
+            return uint(p, parent_w)
+        if t == _FBT_FLOAT:
+            return flt(p, parent_w)
+        if t in (_FBT_VECTOR_INT, _FBT_VECTOR_UINT, _FBT_VECTOR_FLOAT, _FBT_VECTOR):
+            q = p - uint(p, parent_w)
+            n = uint(q - w, w)
+            if t == _FBT_VECTOR:
+                types = q + n * w
+                return [value(q + i * w, w, uint(types + i, 1)) for i in range(n)]
+            read = {_FBT_VECTOR_INT: sint, _FBT_VECTOR_UINT: uint, _FBT_VECTOR_FLOAT: flt}[t]
+            return [read(q + i * w, w) for i in range(n)]
+        raise fail(f"unsupported FlexBuffers value type {t}")
+
+    if len(b) < 3:
+        raise fail("too short for a FlexBuffers root")
+    root_w, root_t = b[-1], b[-2]
+    root = len(b) - 2 - root_w
+    if root_t >> 2 != _FBT_MAP:
+        raise fail(f"expected a FlexBuffers map at the root, got type {root_t >> 2}")
+    m = root - uint(root, root_w)
+    w = 1 << (root_t & 3)
+    keys = m - 3 * w - uint(m - 3 * w, w)
+    keys_w = uint(m - 2 * w, w)
+    n = uint(m - w, w)
+    out: dict[str, Any] = {}
+    for i in range(n):
+        kp = keys + i * keys_w
+        start = kp - uint(kp, keys_w)
+        end = b.find(b"\0", start)
+        if start < 0 or end < 0:
+            raise fail("malformed key")
+        out[b[start:end].decode("utf-8", "replace")] = value(m + i * w, w, uint(m + n * w + i, 1))
+    return out
+
+
 def parse_tflite(data: bytes, path: str = "<tflite>") -> TfliteGraph:
     """Parse the bytes of a .tflite model; return its first subgraph with constant tensors as arrays."""
     buf = _Buf(bytes(data), path)
@@ -269,7 +344,14 @@ def parse_tflite(data: bytes, path: str = "<tflite>") -> TfliteGraph:
                 raise TfliteFormatError(f"{path}: operator {k} ({op_type}) refers to tensor {j} of {len(tensors)}")
         opts = _options(buf, op_type, buf.ref(o, 4))
         if op_type.startswith("CUSTOM:"):
-            opts["custom_options"] = bytes(buf.bytes_(o, 5))
+            raw_opts = bytes(buf.bytes_(o, 5))
+            opts["custom_options"] = raw_opts
+            opts["custom"] = parse_flexbuffer_map(raw_opts, f"{path}: operator {k} ({op_type}) options") \
+                if raw_opts else {}
+        elif op_type == "STRIDED_SLICE":
+            t = buf.ref(o, 4)
+            opts.update({n: buf.scalar(t, i, "i32") for i, n in enumerate(
+                ("begin_mask", "end_mask", "ellipsis_mask", "new_axis_mask", "shrink_axis_mask"))} if t else {})
         ops.append(TfliteOp(k, op_type, ins, outs, opts))
     return TfliteGraph(buf.string(sg, 4), tensors, ops, buf.ints(sg, 1), buf.ints(sg, 2), path)
 
