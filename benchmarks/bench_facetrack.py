@@ -6,7 +6,8 @@ with attention (irises; the tracker's default) alone (warp + 192x192 network), a
 (`FaceTracker.process` while the face is tracked: mesh with attention, PnP, features) and a frame with a
 re-detection (`reset` first: detector + mesh + the refining second mesh pass). The reference column runs the
 same TFLite networks through LiteRT (XNNPACK, same thread count) on the same crops; ratio = reference / ours.
-LiteRT cannot run the mesh with attention (MediaPipe's custom operators), so that row has no reference. Frames: skimage's astronaut photograph centred on a 640x480 canvas.
+LiteRT cannot run the mesh with attention (MediaPipe's custom operators), so that row has no reference.
+Frames: skimage's astronaut photograph centred on a 640x480 canvas.
 
     python benchmarks/bench_facetrack.py [--frames 60] [--threads 1] [--append]
 """

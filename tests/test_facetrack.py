@@ -225,6 +225,45 @@ def test_video_source_steps_through_a_file_and_records(tmp_path, astronaut):
             open_source(url)
 
 
+def test_video_source_plays_in_real_time_on_its_thread(tmp_path, astronaut):
+    """Without step=1 a file plays at its frame rate on the source's thread; latest() keeps the newest pose."""
+    import time
+
+    from ezvtb.live import open_source
+
+    video = tmp_path / "take.mp4"
+    _write_video(video, [canvas(astronaut, a) for a in (0.0, 5.0, 10.0, 5.0)], fps=20.0)
+    src = open_source(f"video://{video}?filter=0")
+    try:
+        deadline = time.monotonic() + 60
+        while not src.finished and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert src.finished
+        s = src.latest()
+        st = src.stats()
+    finally:
+        src.close()
+    assert st["packets"] == 4 and st["frames_with_face"] == 4 and s.seq == 4
+    assert abs(s.pose[index("neck_z")] * 15.0 - settle_roll(astronaut, 5.0)) <= ROLL_TOL
+
+
+def settle_roll(astronaut, angle):
+    t = FaceTracker(filter_params={})
+    try:
+        return float(t.mapper.to_pose(t.state(settle(t, canvas(astronaut, angle))))[index("neck_z")] * 15.0)
+    finally:
+        t.close()
+
+
+def test_a_missing_camera_is_a_clear_error():
+    from ezvtb.live import open_source
+
+    with pytest.raises(OSError, match=r"cam://57.*cannot open the camera 57"):
+        open_source("cam://57")
+    with pytest.raises(ValueError, match="width expects a positive integer"):
+        open_source("cam://0?width=-3")
+
+
 @pytest.mark.slow
 def test_ezvtb_run_from_a_video_file(tmp_path, astronaut):
     """`ezvtb run --input cam://file.mp4` end to end (real THA3 core on the CPU): the recorded pose's roll
@@ -245,3 +284,15 @@ def test_ezvtb_run_from_a_video_file(tmp_path, astronaut):
     rolls = poses[:, index("neck_z")] * 15.0
     print("ezvtb run: roll changes", np.round(rolls - rolls[0], 2), "rotations", angles)
     assert np.abs((rolls - rolls[0]) - np.array(angles)).max() <= ROLL_TOL
+
+
+def test_a_tracker_with_exported_graphs_imports_no_torch(tracker):
+    """Once the graphs are exported (the module fixture did), a tracker starts and tracks without torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; from ezvtb.live.facetrack import FaceTracker; t = FaceTracker(); "
+            "t.track(np.zeros((120, 160, 3), np.uint8)); t.close(); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"

@@ -226,7 +226,8 @@ def test_attention_mesh_agrees_with_the_plain_mesh_on_litert_and_finds_the_irise
         ref = [t.numpy() for t in build_module("attention")(torch.from_numpy(mesh_in))]
     err_onnx = max(float(np.abs(out[k] - r).max()) for k, r in zip(("landmarks", "irises", "presence"), ref))
     mean_px = float(np.linalg.norm(out["landmarks"][:, :2] - plain[:, :2], axis=1).mean())
-    print(f"attention mesh: ONNX vs torch max abs {err_onnx:.2e}; mean distance to LiteRT's plain mesh {mean_px:.2f} px")
+    print(f"attention mesh: ONNX vs torch max abs {err_onnx:.2e}; "
+          f"mean distance to LiteRT's plain mesh {mean_px:.2f} px")
     assert err_onnx <= ONNX_VS_LITERT
     assert mean_px < 1.5 and out["presence"][0] > 0.9
     lm, ir = out["landmarks"], out["irises"]

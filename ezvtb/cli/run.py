@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "file and sends frames to raw/shm/mp4/virtual-camera sinks. Sources and sinks "
                                    "are described in docs/live.md.")
     p.add_argument("--input", required=True, metavar="URL",
-                   help="ifm://PHONE:49983, osf://127.0.0.1:11573, vmc://127.0.0.1:39539, file://poses.npy, trace://")
+                   help="ifm://PHONE:49983, osf://127.0.0.1:11573, vmc://127.0.0.1:39539, cam://0 (webcam, own face "
+                        "tracker), video://take.mp4, file://poses.npy, trace://")
     p.add_argument("--audio", metavar="URL",
                    help="speech drives the mouth on top of --input: audio://mic or audio://speech.wav "
                         "(ezvtb.live.lipsync; --input audio://... alone also works)")

@@ -1,7 +1,8 @@
 """Export the face-tracking graphs (MediaPipe face detector and face mesh) to ONNX, cached.
 
 `facetrack_graph(which)` returns the ONNX file and declared I/O (`ezvtb.models.facetrack.spec`)
-of ``detector``, ``landmarks`` or ``attention`` (the mesh with irises), exporting it on first use (needs torch). Cache layout::
+of ``detector``, ``landmarks`` or ``attention`` (the mesh with irises), exporting it on first use (needs
+torch). Cache layout::
 
     $EZVTB_HOME/onnx/facetrack/<tflite sha256[:16]>/f<EXPORT_FORMAT>/<spec name>.onnx
 

@@ -28,7 +28,8 @@ face mesh with attention (``iris=True``, the default); with the plain mesh ``eye
 Source URLs (`open_camera_source`, registered in `ezvtb.live.sources`): ``cam://0`` (camera index),
 ``cam://PATH.mp4`` or ``video://PATH`` (a video file) with options ``width``, ``height``, ``fps`` (capture
 settings; for files ``fps`` overrides the file's rate), ``loop`` (files, default 0), ``step=1`` (files: one
-frame per `latest` call, for tests and offline use), ``iris=0`` (the plain mesh: a little faster, no gaze), ``profile=PATH`` (calibration JSON), ``record=PATH.npy``
+frame per `latest` call, for tests and offline use), ``iris=0`` (the plain mesh: a little faster, no gaze),
+``profile=PATH`` (calibration JSON), ``record=PATH.npy``
 (write the poses produced, an ``(N, 45)`` array playable with ``file://``), plus every live option
 (filter, ``mirror``, ``invert``, mapping numbers).
 """
@@ -43,7 +44,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import cv2
 import numpy as np
@@ -583,10 +584,12 @@ class CameraSource(PoseSource):
     ``step`` (files only) each `latest` call reads and tracks the next frame. Files are timed by their
     own frame rate (or `fps`): the filter sees video time, so a file gives the same poses at any speed.
     Frames without a face keep the previous pose. `record` writes every pose produced to an ``.npy``
-    file at `close` (atomically).
+    file at `close` (atomically). `tracker` may be a factory, called once the capture has opened (a
+    missing camera or file fails before the networks load).
     """
 
-    def __init__(self, url: str, target: int | str, tracker: FaceTracker, *, width: int | None = None,
+    def __init__(self, url: str, target: int | str, tracker: FaceTracker | Callable[[], FaceTracker], *,
+                 width: int | None = None,
                  height: int | None = None, fps: float | None = None, loop: bool = False, step: bool = False,
                  record: str | os.PathLike | None = None) -> None:
         self.url = url
@@ -606,6 +609,12 @@ class CameraSource(PoseSource):
             self.cap.set(cv2.CAP_PROP_FPS, float(fps))
         file_fps = self.cap.get(cv2.CAP_PROP_FPS) if self.is_file else 0.0
         self.fps = float(fps) if fps else (file_fps if file_fps and file_fps > 0 else 30.0)
+        if not isinstance(tracker, FaceTracker):  # a factory: built once the capture is known to work
+            try:
+                tracker = tracker()
+            except BaseException:
+                self.cap.release()
+                raise
         self.tracker = tracker
         self.loop, self.step = bool(loop), bool(step)
         self.record_path = Path(record) if record else None
@@ -760,13 +769,9 @@ def open_camera_source(url: str, scheme: str, rest: str, q: Mapping[str, str]) -
     record = q.get("record") or None
     if record is not None and not Path(record).parent.resolve().is_dir():
         raise ValueError(f"input: record={record!r}: its folder does not exist")
-    tracker = FaceTracker(backend=q.get("backend", "cpu"), threads=int(_num("threads", q.get("threads", "1"))),
-                          profile=profile, mapping=mapping_config(q), filter_params=filter_params, invert=invert,
-                          iris=_bool("iris", q.get("iris", "1")))
-    try:
-        src = CameraSource(url, target, tracker, fps=fps, loop=_bool("loop", q.get("loop", "0")),
-                           step=_bool("step", q.get("step", "0")), record=record, **size)
-    except BaseException:
-        tracker.close()
-        raise
+    kw: dict[str, Any] = {"backend": q.get("backend", "cpu"), "threads": int(_num("threads", q.get("threads", "1"))),
+                          "profile": profile, "mapping": mapping_config(q), "filter_params": filter_params,
+                          "invert": invert, "iris": _bool("iris", q.get("iris", "1"))}
+    loop, step = _bool("loop", q.get("loop", "0")), _bool("step", q.get("step", "0"))
+    src = CameraSource(url, target, lambda: FaceTracker(**kw), fps=fps, loop=loop, step=step, record=record, **size)
     return src.start()

@@ -95,7 +95,8 @@ class _Conv(_Step):
         # P >= both sides with (P - before) a multiple of the stride) and a crop of the first
         # (P - before) / stride outputs: no separate Pad node, which ORT runs outside its blocked layout.
         (self.conv.padding, self.crop) = zip(*(_symmetric(b0, b1, st) for (b0, b1), st in ((ph, sh), (pw, sw))))
-        self.out_hw = (_out_size(in_shape[1], kh, sh, dh, o["padding"]), _out_size(in_shape[2], kw, sw, dw, o["padding"]))
+        self.out_hw = (_out_size(in_shape[1], kh, sh, dh, o["padding"]),
+                       _out_size(in_shape[2], kw, sw, dw, o["padding"]))
         self.act = o["activation"]
         self.what = what
 

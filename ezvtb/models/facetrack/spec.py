@@ -48,7 +48,8 @@ ANCHOR_STRIDES = (8, 16, 16, 16)
 def detector_spec() -> GraphSpec:
     s = DETECTOR_SIZE
     return GraphSpec("face_detector", (TensorSpec("image", (s, s, 3), "uint8"),),
-                     (TensorSpec("boxes", (NUM_ANCHORS, 16), "float32"), TensorSpec("scores", (NUM_ANCHORS,), "float32")))
+                     (TensorSpec("boxes", (NUM_ANCHORS, 16), "float32"),
+                      TensorSpec("scores", (NUM_ANCHORS,), "float32")))
 
 
 def landmark_spec() -> GraphSpec:
