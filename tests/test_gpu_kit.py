@@ -139,3 +139,35 @@ def test_check_and_prepare_name_their_argument_problems(tmp_path):
     r = _py("benchmarks/gpu_prepare.py", "--dest", str(ROOT / "benchmarks" / "kit-here"))
     assert r.returncode == 2 and "is not ignored by git" in r.stderr
     assert not (ROOT / "benchmarks" / "kit-here").exists()
+
+
+@pytest.mark.slow  # installs, then a doctor, a pytest and a benchmark process: about 1.5 minutes on 2 cores
+def test_the_run_phase_end_to_end_with_a_driver_that_answers(prepared, tmp_path):
+    """The whole check after the GPU probe, on this CPU: an nvidia-smi printing what R580's prints lets the
+    probe pass; then install, doctor, tests/test_gpu.py (every test skips: no CUDA EP here) and bench_gpu (one
+    'skipped' line) run as steps with their output under OUT and a summary."""
+    dest, _ = prepared
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\n"
+                   'if [ "$1" = "" ]; then echo "| NVIDIA-SMI 580.159.04   Driver Version: 580.159.04   CUDA Version: 13.0 |"\n'
+                   'else echo "NVIDIA H100 80GB HBM3, 580.159.04, 9.0"; fi\n')
+    smi.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    out = tmp_path / "out"
+    r = _py("benchmarks/gpu_check.py", *sorted(str(p) for p in dest.iterdir() if p.is_dir()), "--kit",
+            str(tmp_path / "kit"), "--out", str(out), "--budget-s", "400", env=env, timeout=900)
+    assert "GPU: NVIDIA H100 80GB HBM3; driver 580.159.04, CUDA 13.0 (nvidia-smi); driver 580.159.04 supports " \
+           "CUDA up to 13.0: ezvtb[cuda] / ezvtb[tensorrt] (CUDA 13) fit" in r.stdout, r.stdout[-3000:]
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    summary = (out / "summary.txt").read_text().splitlines()
+    assert [line.split()[0] for line in summary[:4]] == ["install", "doctor", "tests/test_gpu.py", "bench_gpu"]
+    assert all(" ok " in line for line in summary[:4]), summary
+    assert summary[4].startswith("pytest: ") and " skipped" in summary[4] and "failed" not in summary[4], summary
+    doctor = (out / "doctor.txt").read_text()
+    assert "GPU extra for this driver: ezvtb[cuda]" in doctor and str(tmp_path / "kit" / "payload" / "home") in doctor
+    assert "no CUDAExecutionProvider" in (out / "test_gpu.txt").read_text()
+    assert (out / "bench_gpu.txt").read_text().startswith("bench_gpu: skipped: no CUDA device")
+    assert sorted(p.name for p in out.iterdir()) == ["bench_gpu.txt", "doctor.txt", "gpu_check.log", "summary.txt",
+                                                     "test_gpu.txt"]  # at most 8 files come back from $OUT
