@@ -67,7 +67,8 @@ def _ort():
     except ImportError as e:  # pragma: no cover - depends on the install
         raise BackendUnavailableError(
             "onnxruntime is not installed: install exactly one of the extras "
-            "ezvtb[cpu], ezvtb[cuda], ezvtb[tensorrt] or ezvtb[directml]"
+            "ezvtb[cpu], ezvtb[cuda] / ezvtb[tensorrt] (CUDA 13), ezvtb[cuda12] / ezvtb[tensorrt-cuda12] (CUDA 12) "
+            "or ezvtb[directml]"
         ) from e
     return onnxruntime
 

@@ -32,8 +32,8 @@ try:
     import tensorrt as trt
 except Exception as e:  # noqa: BLE001 - ImportError, or a broken install (missing libnvinfer)
     raise BackendUnavailableError(
-        "native TensorRT backend needs the `tensorrt` Python package (ezvtb[tensorrt]); "
-        f"importing it failed: {e}"
+        "native TensorRT backend needs the `tensorrt` Python package (ezvtb[tensorrt], CUDA 13, or "
+        f"ezvtb[tensorrt-cuda12]); importing it failed: {e}"
     ) from e
 
 from ezvtb.engines.base import GraphSpec, Session
