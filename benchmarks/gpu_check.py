@@ -11,11 +11,12 @@ says which parts are still missing. Once all are there (``--run auto``, the defa
 2. joins the parts (sha256 checked), extracts them, installs the wheels and ezvtb from this tree with
    ``pip install --no-index --no-deps --target`` and puts those folders on PYTHONPATH, the image's
    nvidia-* CUDA 13 libraries on LD_LIBRARY_PATH and the carried weights and graphs in EZVTB_HOME;
-3. prints ``ezvtb doctor``, runs tests/test_gpu.py (CUDA EP tests; the TensorRT ones skip naming what
-   is missing) and benchmarks/bench_gpu.py on the CUDA EP against upstream tha3 eager on the same GPU,
-   each within what is left of ``--budget-s``;
-4. writes gpu_check.log, doctor.txt, test_gpu.txt, bench_gpu.txt and summary.txt under ``$OUT`` (else
-   ``KIT/out``).
+3. prints ``ezvtb doctor``, exports the RIFE and SR graphs with the box's torch (in parallel; the THA3
+   graphs travel), runs tests/test_gpu.py (CUDA EP tests; the TensorRT ones skip naming what is missing)
+   and benchmarks/bench_gpu.py on the CUDA EP against upstream tha3 eager on the same GPU, each within
+   what is left of ``--budget-s``;
+4. writes gpu_check.log, doctor.txt, export.txt, test_gpu.txt, bench_gpu.txt and summary.txt under
+   ``$OUT`` (else ``KIT/out``).
 
 Exit status: 0 when every step passed (or parts are still missing), 1 when a step failed, 2 for a usage
 problem, 3 when there is no GPU.
@@ -37,6 +38,8 @@ import gpukit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_GPU = 3
+# The steps after the install: ezvtb doctor, the RIFE/SR graph export, tests/test_gpu.py, bench_gpu (CUDA EP).
+STEPS = ("doctor", "export", "tests", "bench")
 
 
 class Log:
@@ -95,6 +98,44 @@ def run_step(log: Log, name: str, cmd: list[str], out_file: Path, seconds: float
     return {"step": name, "status": status, "seconds": time.monotonic() - t0}
 
 
+# The RIFE and SR graphs the tests and the benchmark open (their cache key names the torch that exports them,
+# so they are exported on the box): (kind, precision) -> the call, as create_rife_stage / create_sr_stage make it
+# on a GPU backend (RIFE flow at full size; SR x4 = animevideov3 on the default region, x2 = UpConv7 noise 1).
+GRAPHS = [("rife", "fp32"), ("rife", "fp16"), ("sr_x4", "fp32"), ("sr_x4", "fp16"), ("sr_x2", "fp32"),
+          ("sr_x2", "fp16")]
+
+
+def export_one(job: tuple[str, str], threads: int) -> str:
+    """Export (or find cached) one graph of `GRAPHS`; returns a line saying which and how long."""
+    import torch
+
+    torch.set_num_threads(threads)
+    kind, precision = job
+    t0 = time.monotonic()
+    if kind == "rife":
+        from ezvtb.export.rife import rife_graph
+
+        path = rife_graph(2, precision, None, flow_scale=1.0).path
+    else:
+        from ezvtb.export.sr import sr_graph
+        from ezvtb.stages.sr import check_sr_options
+
+        o = check_sr_options(kind == "sr_x4", precision == "fp16", 1, None, "model", None)
+        path = sr_graph(o["model"], o["noise"], o["precision"], o["alpha"], size=o["size"]).path
+    return f"{kind} {precision}: {path.name} in {time.monotonic() - t0:.1f} s"
+
+
+def export_graphs() -> int:
+    """Export `GRAPHS` in parallel processes (the box has many cores; one export uses few)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // len(GRAPHS))
+    with ProcessPoolExecutor(len(GRAPHS)) as pool:
+        for line in pool.map(export_one, GRAPHS, [threads] * len(GRAPHS)):
+            print(line, flush=True)
+    return 0
+
+
 def install(log: Log, kit: Path) -> tuple[dict, dict]:
     """Join, extract and install the payload; returns (the children's environment, the step record)."""
     t0 = time.monotonic()
@@ -143,7 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-s", type=float, default=330.0, help="seconds for install, doctor, tests and bench")
     ap.add_argument("--frames", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--steps", default=",".join(STEPS), help=f"comma list of the steps to run (default: all, "
+                                                              f"{','.join(STEPS)})")
+    ap.add_argument("--export-graphs", action="store_true", help=argparse.SUPPRESS)  # the check's export step
     a = ap.parse_args(argv)
+    if a.export_graphs:
+        return export_graphs()
+    steps_wanted = [x.strip() for x in a.steps.split(",") if x.strip()]
+    if not steps_wanted or set(steps_wanted) - set(STEPS):
+        ap.error(f"--steps: expected some of {list(STEPS)}, got {a.steps!r}")
     t_start = time.monotonic()
     kit = Path(a.kit)
     out = Path(a.out) if a.out else kit / "out"
@@ -187,13 +236,16 @@ def main(argv: list[str] | None = None) -> int:
     py = [sys.executable, "-P"]  # -P: the installed ezvtb, not the tree through the working folder
     plan = [
         ("doctor", py + ["-m", "ezvtb", "doctor"], "doctor.txt", 60, kit),
-        ("tests/test_gpu.py", py + ["-m", "pytest", "tests/test_gpu.py", "-v", "-rs", "-p", "no:cacheprovider"],
+        ("export", py + [str(Path(__file__).resolve()), "--export-graphs"], "export.txt", 150, kit),
+        ("tests", py + ["-m", "pytest", "tests/test_gpu.py", "-v", "-rs", "-p", "no:cacheprovider"],
          "test_gpu.txt", 120, ROOT),
-        ("bench_gpu (CUDA EP)", py + ["benchmarks/bench_gpu.py", "--backend", "cuda", "--configs",
+        ("bench", py + ["benchmarks/bench_gpu.py", "--backend", "cuda", "--configs",
                                       "separable/fp32,separable/fp16", "--frames", str(a.frames), "--warmup",
                                       str(a.warmup), "--fidelity-images", "1"], "bench_gpu.txt", 10_000, ROOT),
     ]
     for name, cmd, fname, cap, cwd in plan:
+        if name not in steps_wanted:
+            continue
         left = a.budget_s - (time.monotonic() - t_start)
         if left < 20:
             log(f"\n=== {name}: skipped, {left:.0f} s of the budget left")

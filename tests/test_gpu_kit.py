@@ -132,6 +132,8 @@ def test_without_a_gpu_the_check_stops_before_the_install(prepared, tmp_path):
 def test_check_and_prepare_name_their_argument_problems(tmp_path):
     r = _py("benchmarks/gpu_check.py", "--kit", str(tmp_path / "kit"), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "nothing stashed" in r.stdout
+    r = _py("benchmarks/gpu_check.py", "--steps", "doctor,benchmark", "--kit", str(tmp_path / "kit"))
+    assert r.returncode == 2 and "--steps: expected some of ['doctor', 'export', 'tests', 'bench']" in r.stderr
     r = _py("benchmarks/gpu_check.py", str(tmp_path / "nope"), "--kit", str(tmp_path / "kit"), "--out", str(tmp_path))
     assert r.returncode == 2 and "no such folder (was it named in the call's carry list?)" in r.stdout
     r = _py("benchmarks/gpu_prepare.py", "--part-mib", "64", "--dest", str(tmp_path / "k"))
@@ -157,12 +159,13 @@ def test_the_run_phase_end_to_end_with_a_driver_that_answers(prepared, tmp_path)
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     out = tmp_path / "out"
     r = _py("benchmarks/gpu_check.py", *sorted(str(p) for p in dest.iterdir() if p.is_dir()), "--kit",
-            str(tmp_path / "kit"), "--out", str(out), "--budget-s", "400", env=env, timeout=900)
+            str(tmp_path / "kit"), "--out", str(out), "--budget-s", "400", "--steps", "doctor,tests,bench", env=env,
+            timeout=900)
     assert "GPU: NVIDIA H100 80GB HBM3; driver 580.159.04, CUDA 13.0 (nvidia-smi); driver 580.159.04 supports " \
            "CUDA up to 13.0: ezvtb[cuda] / ezvtb[tensorrt] (CUDA 13) fit" in r.stdout, r.stdout[-3000:]
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     summary = (out / "summary.txt").read_text().splitlines()
-    assert [line.split()[0] for line in summary[:4]] == ["install", "doctor", "tests/test_gpu.py", "bench_gpu"]
+    assert [line.split()[0] for line in summary[:4]] == ["install", "doctor", "tests", "bench"]  # export: not asked
     assert all(" ok " in line for line in summary[:4]), summary
     assert summary[4].startswith("pytest: ") and " skipped" in summary[4] and "failed" not in summary[4], summary
     doctor = (out / "doctor.txt").read_text()
