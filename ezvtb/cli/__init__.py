@@ -55,11 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
+        if isinstance(getattr(args, "backend", None), str):  # before any download or export
+            from ezvtb.engines.policy import require_backend
+
+            require_backend(args.backend)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
-        logging.getLogger("ezvtb").error("%s", e)
+    except (ValueError, FileNotFoundError, RuntimeError, OSError, ImportError) as e:
+        from ezvtb.extras import explain
+
+        logging.getLogger("ezvtb").error("%s", explain(e) if isinstance(e, ImportError) else e)
         if args.verbose > 1:
             raise
         return 2

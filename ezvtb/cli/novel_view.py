@@ -43,7 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch  # the diffusion extra; imported when the command runs
+    from ezvtb.extras import require
+
+    require("diffusion", "ezvtb novel-view")
+    import torch
 
     from ezvtb.models.sgm_video.checkpoint import detect_variant, read_shapes
     from ezvtb.novel_view import preprocess_video

@@ -86,6 +86,9 @@ def read_image(path: str, size: int):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ezvtb.extras import require
+
+    require("diffusion", "ezvtb orbit")
     from ezvtb.novel_view import save_frames_mp4, sv3d_orbit
 
     check_common(args)

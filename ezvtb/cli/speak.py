@@ -115,6 +115,9 @@ def sadtalker_mouth(mouth, coeffs, fps: float, frames: int):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ezvtb.extras import require
+
+    require("audio", "ezvtb speak")
     import numpy as np
     from tqdm import tqdm
 

@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ezvtb.extras import require
+
+    require("diffusion", "ezvtb t2v")
     from ezvtb.sd_video.loader import detect_layout
 
     model_dir = Path(args.model)

@@ -87,6 +87,57 @@ def backend_chain(backend: str, use_tensorrt: bool) -> list[tuple[str, str]]:
     return chain
 
 
+# The ONNX Runtime packages: each installs the same `onnxruntime` module, so one replaces another's files.
+ORT_PACKAGES = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml")
+
+
+def installed_ort_packages() -> list[str]:
+    """The ONNX Runtime packages (`ORT_PACKAGES`) installed in this environment."""
+    from importlib import metadata
+
+    found = []
+    for name in ORT_PACKAGES:
+        try:
+            metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        found.append(name)
+    return found
+
+
+def backend_install_hint(backend: str) -> str:
+    """What to install for `backend`: the ezvtb extra(s), after uninstalling the ONNX Runtime package in place."""
+    from ezvtb.engines.driver import GPU_EXTRAS
+
+    if backend in ("cuda", "tensorrt", "trt"):
+        extras = " or ".join(f"`pip install 'ezvtb[{e.name if backend == 'cuda' else e.tensorrt_name}]'` for CUDA "
+                             f"{e.cuda_major} (NVIDIA driver R{e.driver_branch}+)" for e in GPU_EXTRAS)
+        extras += "; `ezvtb doctor` says which fits this driver"
+    elif backend == "directml":
+        extras = "`pip install 'ezvtb[directml]'` (Windows)"
+    else:
+        extras = "`pip install 'ezvtb[cpu]'`"
+    present = installed_ort_packages()
+    first = (f"`pip uninstall -y {' '.join(present)}` first (the ONNX Runtime packages install the same "
+             f"`onnxruntime` module and overwrite each other), then " if present else "")
+    return f"Install the extra for it: {first}{extras}."
+
+
+def require_backend(backend: str) -> None:
+    """BackendUnavailableError, naming what to install, when `backend` cannot run here; cheap (no graph, no
+    session), so callers check before exporting anything. ``auto`` and ``torch`` always pass."""
+    if backend == "trt":
+        from ezvtb.engines.trt import available
+
+        ok, why = available()
+        if not ok:
+            raise BackendUnavailableError(f"backend 'trt': {why}. {backend_install_hint('trt')}")
+    elif backend in BACKENDS:  # ONNX Runtime: the provider must be in this build (auto: onnxruntime installed)
+        from ezvtb.engines.ort import resolve_providers
+
+        resolve_providers(backend)
+
+
 def select_backend(backend: str, use_tensorrt: bool) -> str:
     """The first backend of `backend_chain` (what get_core tries first)."""
     return backend_chain(backend, use_tensorrt)[0][0]
@@ -122,14 +173,18 @@ def log_fallback(backend: str, reason: str, error: BaseException, next_backend: 
                 next_backend)
 
 
-def open_first(chain: Sequence[tuple[str, str]], open_backend: Callable[[str], Any]) -> tuple[Any, str, str]:
+def open_first(chain: Sequence[tuple[str, str]], open_backend: Callable[[str], Any], *,
+               probe: Callable[[str], None] | None = None) -> tuple[Any, str, str]:
     """``(open_backend(name), name, reason)`` for the first (name, reason) of `chain` that opens.
 
-    A `FALLBACK_ERRORS` error moves on to the next candidate with a warning; the last candidate's
-    error is raised; other errors are raised at once.
+    Each candidate is first checked by ``probe`` (default `require_backend`: cheap, so a backend whose provider
+    is missing fails before `open_backend` exports anything). A `FALLBACK_ERRORS` error moves on to the next
+    candidate with a warning; the last candidate's error is raised; other errors are raised at once.
     """
+    probe = require_backend if probe is None else probe
     for i, (backend, reason) in enumerate(chain):
         try:
+            probe(backend)
             return open_backend(backend), backend, reason
         except FALLBACK_ERRORS as e:
             if i == len(chain) - 1:
@@ -153,6 +208,7 @@ def open_stage(chain: Sequence[tuple[str, str]], backend: str, open_on: Callable
     return open_first(rest, lambda name: open_on(name, session_options(name, device_id, threads)))[0]
 
 
-__all__ = ["BACKENDS", "CONCRETE_BACKENDS", "CPU_HALF_COST", "FALLBACK_ERRORS", "HALF_BACKENDS", "PRECISIONS",
-           "RUNNER_BACKENDS", "backend_chain", "check_backend", "check_precision", "concrete_backend", "log_fallback",
-           "open_first", "open_stage", "resolve_precision", "select_backend", "session_options"]
+__all__ = ["BACKENDS", "CONCRETE_BACKENDS", "CPU_HALF_COST", "FALLBACK_ERRORS", "HALF_BACKENDS", "ORT_PACKAGES",
+           "PRECISIONS", "RUNNER_BACKENDS", "backend_chain", "backend_install_hint", "check_backend",
+           "check_precision", "concrete_backend", "installed_ort_packages", "log_fallback", "open_first", "open_stage",
+           "require_backend", "resolve_precision", "select_backend", "session_options"]

@@ -15,7 +15,7 @@ import numpy as np
 
 from ezvtb.engines import create_session
 from ezvtb.engines.base import GraphSpec
-from ezvtb.engines.policy import RUNNER_BACKENDS, check_backend, check_precision
+from ezvtb.engines.policy import RUNNER_BACKENDS, check_backend, check_precision, require_backend
 from ezvtb.export.generic import check_name, export_module, weights_digest
 
 
@@ -36,6 +36,7 @@ class GraphRunner:
                  backend: str = "auto", precision: str = "fp32", progress: bool = True,
                  external_data: bool | None = None, **session_options: Any) -> None:
         check_backend(backend, RUNNER_BACKENDS)
+        require_backend(backend)  # before any export: a missing provider is named now, not after minutes
         if not callable(spec_for):
             raise ValueError(f"spec_for: expected a callable shapes -> GraphSpec, got {type(spec_for).__name__}")
         self.module = module

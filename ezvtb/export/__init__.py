@@ -39,6 +39,9 @@ def tha3_graphs(variant: str = "separable", precision: str = "fp32", weights_dir
     files = {s: folder / onnx_file_name(s, variant, precision) for s in STAGES}
     todo = [s for s in STAGES if not files[s].is_file()]
     if todo:
+        from ezvtb.extras import require
+
+        require("export", f"exporting the THA3 {variant} {precision} graphs (not cached in {folder})")
         import torch
         from tqdm import tqdm
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ezvtb.engines.base import Session
-from ezvtb.engines.policy import concrete_backend, resolve_precision
+from ezvtb.engines.policy import concrete_backend, require_backend, resolve_precision
 from ezvtb.models.rife.spec import INPUT_NAMES, OUTPUT_NAME, SCALES, VERSIONS, check_flow_scale, check_scale
 from ezvtb.stages.timing import Timings
 
@@ -165,6 +165,7 @@ def create_rife_stage(interpolation_scale: int, half: bool | None = None, rife_m
     scale = check_interpolation_options(interpolation_scale, rife_model)
     if flow_scale is not None:
         check_flow_scale(flow_scale)
+    require_backend(backend)  # before the export below
     kind = concrete_backend(backend)
     precision = resolve_precision(None if half is None else bool(half), kind)
     flow_scale = resolve_flow_scale(flow_scale, kind)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ezvtb.engines.base import Session
-from ezvtb.engines.policy import concrete_backend, resolve_precision
+from ezvtb.engines.policy import concrete_backend, require_backend, resolve_precision
 from ezvtb.models.sr.spec import (
     ALPHA_MODE,
     FRAME_SIZE,
@@ -176,6 +176,7 @@ def create_sr_stage(sr_x4: bool = True, sr_half: bool | None = None, sr_noise: i
     from ezvtb.export.sr import sr_graph  # imports torch only when the graph must be exported
 
     o = check_sr_options(sr_x4, sr_half, sr_noise, sr_region, sr_alpha, sr_region_size)
+    require_backend(backend)  # before the export below
     if o["precision"] is None:  # auto: fp16 on GPU backends, fp32 on the CPU
         o["precision"] = resolve_precision(None, concrete_backend(backend))
     graph = sr_graph(o["model"], o["noise"], o["precision"], o["alpha"], size=o["size"])

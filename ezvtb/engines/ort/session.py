@@ -127,9 +127,11 @@ def resolve_providers(backend: str) -> tuple[str, bool]:
         raise ValueError(f"backend: expected one of {['auto', *_PROVIDERS]}, got {backend!r}")
     ep = _PROVIDERS[backend][0]
     if ep not in available:
+        from ezvtb.engines.policy import backend_install_hint
+
         raise BackendUnavailableError(
             f"backend {backend!r} needs {ep}, which this onnxruntime build does not offer "
-            f"(available: {sorted(available)}). Install the matching ezvtb extra."
+            f"(available: {sorted(available)}). {backend_install_hint(backend)}"
         )
     return backend, True
 
