@@ -1,29 +1,223 @@
-"""Atomic file writes: write to a temporary file in the same folder, fsync, then rename."""
+"""Atomic outputs: a file ezvtb writes appears complete under its name, or not at all.
+
+One mechanism for every writer (`AtomicOutput`):
+
+1. a temporary name in the target's folder, unique to this attempt and unambiguous
+   (``.NAME.ezvtb-PID-TOKEN.tmp`` + the target's suffix; `temp_name`), created exclusively with
+   mode ``0o666`` minus the umask, like any other new file;
+2. the writer fills it (by path, or through `open`);
+3. `commit` checks it (an optional `verify` callback: frames, size), flushes it to the disk
+   (fsync of the file, then of the folder after the rename) and renames it over the target
+   (or, with ``replace=False``, to the target only when that name is free);
+4. any failure removes the temporary file, leaves an existing target untouched and raises
+   `OutputError` naming the target.
+
+Temporary files still registered when the interpreter exits (an exception, SIGINT, or SIGTERM
+turned into an exception by the command line) are removed at exit.
+"""
 from __future__ import annotations
 
+import atexit
 import contextlib
+import errno
 import os
-import tempfile
+import secrets
+import threading
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Callable, Iterator
+
+TEMP_MARK = ".ezvtb-"
+_LIVE: set[str] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+class OutputError(OSError):
+    """An output could not be written completely; the message names the file (`errno` kept)."""
+
+    def __init__(self, message: str, errno_: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno_
+
+
+def attempt_token() -> str:
+    """A token that names one write attempt (process id + random), usable in a file name."""
+    return f"{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def temp_name(path: str | os.PathLike, token: str) -> Path:
+    """The temporary sibling of `path` for the attempt `token` (keeps the suffix, for encoders)."""
+    p = Path(path)
+    return p.with_name(f".{p.name}{TEMP_MARK}{token}.tmp{p.suffix}")
+
+
+def _register(tmp: Path) -> None:
+    with _LIVE_LOCK:
+        _LIVE.add(str(tmp))
+
+
+def _unregister(tmp: Path) -> None:
+    with _LIVE_LOCK:
+        _LIVE.discard(str(tmp))
+
+
+@atexit.register
+def remove_temporaries() -> None:
+    """Remove every temporary output of this process that was neither committed nor discarded."""
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+        _LIVE.clear()
+    for t in live:
+        with contextlib.suppress(OSError):
+            os.unlink(t)
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file's data (or a folder's entries) to the disk; folders that refuse it are skipped."""
+    is_dir = os.path.isdir(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if is_dir else 0))
+    except OSError:
+        if is_dir:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if not is_dir or e.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+class AtomicOutput:
+    """One attempt at writing `path` (module docstring). Use as a context manager or call
+    `commit` / `discard` yourself; leaving the ``with`` block by an exception discards.
+
+    token: names the attempt (default: `attempt_token()`); whoever knows it can remove exactly
+    this attempt's temporary file (`temp_name(path, token)`), e.g. after the writer process died.
+    """
+
+    def __init__(self, path: str | os.PathLike, token: str | None = None) -> None:
+        self.path = Path(path)
+        self.token = token or attempt_token()
+        self.tmp = temp_name(self.path, self.token)
+        self.done = False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except OSError as e:
+            raise OutputError(f"cannot create a file next to {str(self.path)!r}: {e.strerror or e}", e.errno) from None
+        os.close(fd)
+        _register(self.tmp)
+
+    def open(self, mode: str = "wb") -> IO:
+        """The temporary file opened for writing."""
+        return open(self.tmp, mode)
+
+    def commit(self, verify: Callable[[Path], Any] | None = None, *, dest: str | os.PathLike | None = None,
+               replace: bool = True) -> Path:
+        """Check, flush and rename the temporary file to `dest` (default: the target); returns it.
+
+        verify(tmp) raises when what was written is incomplete. replace=False never overwrites:
+        an existing `dest` raises FileExistsError (the temporary file is kept for another `commit`).
+        """
+        dest = Path(dest) if dest is not None else self.path
+        try:
+            if verify is not None:
+                verify(self.tmp)
+            fsync_path(self.tmp)
+            if replace:
+                os.replace(self.tmp, dest)
+            else:
+                _rename_no_replace(self.tmp, dest)
+            fsync_path(dest.parent)
+        except FileExistsError as e:
+            if replace:
+                self._fail(dest, e)
+            raise
+        except BaseException as e:
+            self._fail(dest, e)
+        self.done = True
+        _unregister(self.tmp)
+        return dest
+
+    def _fail(self, dest: Path, e: BaseException) -> None:
+        self.discard()
+        if not isinstance(e, Exception):
+            raise e
+        raise OutputError(f"{str(dest)!r} could not be written completely ({e}); {kept(dest)}",
+                          getattr(e, "errno", None)) from e
+
+    def discard(self) -> None:
+        """Remove the temporary file (nothing is written under the target's name)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp)
+        _unregister(self.tmp)
+        self.done = True
+
+    def __enter__(self) -> "AtomicOutput":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc_type is not None or not self.done:
+            self.discard()
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError):  # a write failed: name the file
+            raise OutputError(f"{str(self.path)!r} could not be written ({exc}); {kept(self.path)}", exc.errno) from exc
+
+
+def _rename_no_replace(src: Path, dest: Path) -> None:
+    """Rename that raises FileExistsError instead of replacing (a hard link where the file system has them)."""
+    try:
+        os.link(src, dest)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        if os.path.lexists(dest):
+            raise FileExistsError(errno.EEXIST, "file exists", str(dest)) from None
+        os.rename(src, dest)
+        return
+    os.unlink(src)
+
+
+def kept(dest: str | os.PathLike) -> str:
+    """What a failed write left at `dest`, for error messages."""
+    return "the previous file is unchanged" if os.path.exists(dest) else "nothing was written under that name"
+
+
+def free_name(path: str | os.PathLike, tag: str) -> Path:
+    """`path` with ``.TAG`` before the suffix (``.TAG-2``, ... when taken): a name no file has yet."""
+    p = Path(path)
+    for k in range(1, 10_000):
+        cand = p.with_name(f"{p.stem}.{tag}{'' if k == 1 else f'-{k}'}{p.suffix}")
+        if not os.path.lexists(cand):
+            return cand
+    raise OutputError(f"no free name like {p.stem}.{tag}{p.suffix} in {str(p.parent)!r}")
+
+
+def commit_without_replacing(out: AtomicOutput, tag: str, verify: Callable[[Path], Any] | None = None) -> Path:
+    """Commit to the target if that name is free, else to a free ``STEM.TAG.SUFFIX`` sibling."""
+    dest = out.path
+    for _ in range(100):
+        try:
+            return out.commit(verify, dest=dest, replace=False)
+        except FileExistsError:
+            dest = free_name(out.path, tag)
+    out.discard()
+    raise OutputError(f"no free name for {str(out.path)!r}")
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+def atomic_write(path: str | os.PathLike, mode: str = "wb",
+                 verify: Callable[[Path], Any] | None = None) -> Iterator[IO]:
     """Open a temporary sibling of `path` for writing; on success it replaces `path` atomically.
 
-    On an exception the temporary file is removed and `path` is left untouched.
+    On an exception the temporary file is removed and `path` is left untouched; a failed write,
+    flush or rename raises `OutputError` naming `path`.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
+    with AtomicOutput(path) as out:
+        with out.open(mode) as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        out.commit(verify)

@@ -1,6 +1,5 @@
 """Frame sinks: raw (file, FIFO, stdout pipe), shared-memory ring (in- and cross-process), mp4, vcam."""
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -107,11 +106,17 @@ def test_raw_stdout_pipe_and_reader_going_away():
     assert len(first) == 48 * 64 * 4 and "the reader went away" in err
 
 
-@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
+def _ffmpeg():
+    from ezvtb.video import ffmpeg_exe
+
+    return ffmpeg_exe()
+
+
+@pytest.mark.skipif(_ffmpeg() is None, reason="no ffmpeg: neither imageio-ffmpeg (an ezvtb dependency) nor one on PATH")
 def test_ffmpeg_reads_the_raw_stream():
     """The documented command: ffmpeg -f rawvideo -pix_fmt bgra -s WxH -r FPS -i - ..."""
     child = subprocess.Popen([sys.executable, "-c", CHILD.format(n=10)], stdout=subprocess.PIPE)
-    ff = subprocess.run(["ffmpeg", "-hide_banner", "-f", "rawvideo", "-pix_fmt", "bgra", "-s", "64x48", "-r", "30",
+    ff = subprocess.run([_ffmpeg(), "-hide_banner", "-f", "rawvideo", "-pix_fmt", "bgra", "-s", "64x48", "-r", "30",
                          "-i", "-", "-f", "null", "-"], stdin=child.stdout, capture_output=True, timeout=60)
     child.wait(60)
     assert ff.returncode == 0, ff.stderr[-2000:]

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 
 SUBCOMMANDS = ("demo", "export", "doctor", "serve", "run", "bench", "render_batch", "speak", "orbit", "novel_view", "t2v",
                "studio")
@@ -50,10 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every writer removes its temporary files."""
+
+
+def _on_sigterm(signum: int, _frame: object) -> None:
+    signal.signal(signum, signal.SIG_IGN)  # a second SIGTERM must not interrupt the clean-up
+    raise Terminated(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    old = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if isinstance(getattr(args, "backend", None), str):  # before any download or export
             from ezvtb.engines.policy import require_backend
@@ -62,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except Terminated:
+        return 143
     except (ValueError, FileNotFoundError, RuntimeError, OSError, ImportError) as e:
         from ezvtb.extras import explain
 
@@ -69,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose > 1:
             raise
         return 2
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,7 +12,7 @@ from pathlib import Path
 # (torch alone takes seconds to import)
 NOT_IMPORTED = {"torch": "ezvtb[export]: exporting graphs", "onnx": "ezvtb[export]: exporting graphs",
                 "pyvirtualcam": "`pip install pyvirtualcam`: the vcam:// output"}
-TOOLS = {"ffmpeg": "muxes speech into `ezvtb speak` videos", "espeak-ng": "speech for the lip-sync tests"}
+TOOLS = {"ffmpeg": "on PATH; videos use it only without imageio-ffmpeg (see 'video encoder')", "espeak-ng": "speech for the lip-sync tests"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -103,6 +103,9 @@ def report() -> list[str]:
     jpeg = jpeg_backend()
     lines.append(f"  output cache: JPEG via {jpeg.name} ({jpeg.version}), lossless (q100) codec "
                  f"{lossless_codec().name}, default database {default_db_path()}")
+    from ezvtb.video import video_encoder
+
+    lines.append(f"  video encoder: {video_encoder()}")
     from ezvtb.engines.trt import available
     from ezvtb.engines.policy import backend_chain, concrete_backend, resolve_precision
 

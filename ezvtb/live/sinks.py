@@ -7,14 +7,18 @@ Open one with `open_sink(url, fps)`:
 | ``raw:-`` | raw BGRA bytes to stdout, frame after frame (pipe into ffmpeg) |
 | ``raw:PATH`` | the same into a file (written to a temporary name, renamed on close) or into an existing FIFO |
 | ``shm://NAME`` | a shared-memory ring of frame slots (layout below); ``?slots=N`` (default 4) |
-| ``mp4:PATH`` | an mp4 (OpenCV, mp4v), alpha composited over the background colour |
+| ``mp4:PATH`` | an H.264 mp4 (`ezvtb.video`), alpha composited over the background colour |
+| ``webm:PATH`` | a VP9 WebM that keeps the alpha channel (`ezvtb.video`; OBS, browsers, editors) |
 | ``vcam://[DEVICE]`` | a virtual camera via ``pyvirtualcam`` (optional; alpha composited) |
 | ``null:`` | discards frames (measurements) |
 
 Every sink opens lazily on its first frame (the frame shape fixes the size) and copies or
 consumes the frame before `write` returns, so the core may reuse its buffer. A frame of another
 shape than the first raises ValueError. A consumer that goes away (closed pipe) raises
-`SinkClosed`.
+`SinkClosed`. File sinks write through `ezvtb.atomic.AtomicOutput` (a temporary name, checked,
+renamed on `close`; `abort` removes it); ``close(keep_existing=True)`` never replaces an existing
+file and keeps the recording under a free ``STEM.partial.SUFFIX`` name instead (`written` says
+where). `output_path(url)` is the file a sink URL writes, if any.
 
 Shared-memory layout (``shm://NAME``; POSIX segment ``/NAME``, created by the sink with mode
 0600, unlinked by `close`; all integers little-endian)::
@@ -109,7 +113,7 @@ class FrameSink:
     def stats(self) -> dict[str, Any]:
         return {"url": self.url, "frames": self.frames, "bytes": self.bytes}
 
-    def close(self) -> None:
+    def close(self, keep_existing: bool = False) -> None:
         pass
 
     def abort(self) -> None:
@@ -133,15 +137,22 @@ class NullSink(FrameSink):
         pass
 
 
+RAW_REFUSED_SUFFIXES = (".npy", ".json", ".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".mp4", ".webm", ".mov",
+                        ".mkv", ".avi", ".wav", ".flac", ".ogg", ".safetensors", ".onnx", ".pkl", ".pth", ".ckpt",
+                        ".mdb", ".txt", ".yaml")
+
+
 class RawSink(FrameSink):
     """Raw BGRA frames, back to back, to stdout (``-``), a FIFO or a file (atomic: temp + rename)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, token: str | None = None) -> None:
         super().__init__()
         self.url = f"raw:{path}"
         self.path = path
+        self.token = token
+        self.written: Path | None = None
         self._f: BinaryIO | None = None
-        self._stack = contextlib.ExitStack()
+        self._out: Any = None
         if path == "-" and sys.stdout.isatty():
             raise ValueError("output raw:- writes binary frames to stdout, which is a terminal here; pipe it into "
                              "a program (| ffmpeg -f rawvideo -pix_fmt bgra -s 512x512 -r 30 -i - ...) or use raw:PATH")
@@ -152,18 +163,32 @@ class RawSink(FrameSink):
                 raise ValueError(f"output: {path!r} is neither a file, a FIFO nor a character device")
             if not p.parent.is_dir():
                 raise ValueError(f"output: folder {str(p.parent)!r} of {path!r} does not exist")
+            if not self.is_stream and p.suffix.lower() in RAW_REFUSED_SUFFIXES:
+                raise ValueError(f"output: raw:PATH writes raw BGRA frames, but {path!r} ends in {p.suffix} "
+                                 f"(another format); use a name ending in .bgra or .raw")
+
+    @property
+    def is_stream(self) -> bool:
+        """stdout, a FIFO or a device: written in place, not a file of its own."""
+        if self.path == "-":
+            return True
+        try:
+            m = os.stat(self.path).st_mode
+        except OSError:
+            return False
+        return stat.S_ISFIFO(m) or stat.S_ISCHR(m)
 
     def _open(self, shape: tuple[int, int, int]) -> None:
         if self.path == "-":
             self._f = sys.stdout.buffer
             return
-        p = Path(self.path)
-        if p.exists() and (stat.S_ISFIFO(p.stat().st_mode) or stat.S_ISCHR(p.stat().st_mode)):
-            self._f = self._stack.enter_context(open(p, "wb", buffering=0))
+        if self.is_stream:
+            self._f = open(self.path, "wb", buffering=0)
         else:
-            from ezvtb.atomic import atomic_write
+            from ezvtb.atomic import AtomicOutput
 
-            self._f = self._stack.enter_context(atomic_write(p, "wb"))
+            self._out = AtomicOutput(self.path, self.token)
+            self._f = self._out.open("wb")
         log.info("raw sink %s: %dx%d BGRA frames (%d bytes each)", self.path, shape[1], shape[0],
                  shape[0] * shape[1] * shape[2])
 
@@ -175,18 +200,50 @@ class RawSink(FrameSink):
                 self._f.flush()
         except (BrokenPipeError, ConnectionResetError) as e:
             raise SinkClosed(f"output {self.url}: the reader went away ({e})") from None
+        except OSError as e:
+            from ezvtb.atomic import OutputError, kept
 
-    def close(self) -> None:
+            raise OutputError(f"{self.path!r} could not be written ({e}); {kept(self.path)}", e.errno) from None
+
+    def _verify(self, tmp: Path) -> None:
+        from ezvtb.atomic import OutputError
+
+        expected = self.bytes
+        if tmp.stat().st_size != expected:
+            raise OutputError(f"{tmp.stat().st_size} of {expected} bytes on the disk")
+
+    def close(self, keep_existing: bool = False) -> None:
         if self.path == "-":
             with contextlib.suppress(BrokenPipeError, ValueError):
                 sys.stdout.buffer.flush()
-        self._stack.close()
+            return
+        f, self._f = self._f, None
+        out, self._out = self._out, None
+        if out is None:
+            if f is not None:
+                f.close()
+            return
+        try:
+            assert f is not None
+            f.close()
+        except BaseException:
+            out.discard()
+            raise
+        if keep_existing:
+            from ezvtb.atomic import commit_without_replacing
+
+            self.written = commit_without_replacing(out, "partial", self._verify)
+        else:
+            self.written = out.commit(self._verify)
 
     def abort(self) -> None:
-        try:
-            self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
-        except RuntimeError:
-            pass
+        f, self._f = self._f, None
+        if f is not None and f is not getattr(sys.stdout, "buffer", None):
+            with contextlib.suppress(OSError):
+                f.close()
+        out, self._out = self._out, None
+        if out is not None:
+            out.discard()
 
 
 class ShmSink(FrameSink):
@@ -242,7 +299,7 @@ class ShmSink(FrameSink):
         self._latest[0] = s
         self._seq = s
 
-    def close(self) -> None:
+    def close(self, keep_existing: bool = False) -> None:
         shm, self.shm = self.shm, None
         if shm is None:
             return
@@ -324,34 +381,44 @@ class ShmFrameReader:
         self.close()
 
 
-class Mp4Sink(FrameSink):
-    """mp4 through `ezvtb.video.VideoWriter` (alpha over `background`, a BGR tuple)."""
+class VideoFileSink(FrameSink):
+    """An mp4 (alpha over `background`, a BGR tuple) or WebM (alpha kept) through `ezvtb.video.VideoWriter`."""
 
-    def __init__(self, path: str, fps: float, background: tuple[int, int, int] = (255, 255, 255)) -> None:
+    def __init__(self, path: str, fps: float, background: tuple[int, int, int] = (255, 255, 255),
+                 token: str | None = None) -> None:
         super().__init__()
-        if not path.lower().endswith(".mp4"):
-            raise ValueError(f"output: mp4:PATH needs a path ending in .mp4, got {path!r}")
-        self.url = f"mp4:{path}"
-        self.path, self.fps, self.background = path, fps, background
+        from ezvtb.outputs import check_fps
+
+        suffix = Path(path).suffix.lower()
+        scheme = "webm" if suffix == ".webm" else "mp4"
+        if suffix not in (".mp4", ".webm"):
+            raise ValueError(f"output: mp4:PATH needs a path ending in .mp4 (webm:PATH one in .webm), got {path!r}")
+        self.url = f"{scheme}:{path}"
+        self.path, self.fps, self.background, self.token = path, check_fps(fps, "fps"), background, token
+        self.written: Path | None = None
         self._w: Any = None
 
     def _open(self, shape: tuple[int, int, int]) -> None:
         from ezvtb.video import VideoWriter
 
-        self._w = VideoWriter(self.path, self.fps, (shape[1], shape[0]), background=self.background)
+        self._w = VideoWriter(self.path, self.fps, (shape[1], shape[0]), background=self.background,
+                              token=self.token)
 
     def _write(self, frame: np.ndarray) -> None:
         self._w.write(frame)
 
-    def close(self) -> None:
+    def close(self, keep_existing: bool = False) -> None:
         if self._w is not None:
-            self._w.close()
-            self._w = None
+            w, self._w = self._w, None
+            self.written = w.close(keep_existing=keep_existing)
 
     def abort(self) -> None:
         if self._w is not None:
             self._w.abort()
             self._w = None
+
+
+Mp4Sink = VideoFileSink
 
 
 class VirtualCameraSink(FrameSink):
@@ -383,14 +450,26 @@ class VirtualCameraSink(FrameSink):
 
         self._cam.send(composite(frame, self.background))
 
-    def close(self) -> None:
+    def close(self, keep_existing: bool = False) -> None:
         if self._cam is not None:
             self._cam.close()
             self._cam = None
 
 
-def open_sink(url: str, fps: float = 30.0, background: tuple[int, int, int] = (255, 255, 255)) -> FrameSink:
-    """A sink for `url` (table in the module docstring); `fps` and `background` (BGR) serve mp4/vcam."""
+def output_path(url: str) -> str | None:
+    """The file a sink URL writes (mp4:, webm:, raw:PATH), or None (stdout, shm, vcam, null)."""
+    for scheme in ("raw:", "mp4:", "webm:"):
+        if isinstance(url, str) and url.startswith(scheme):
+            path = url[len(scheme):]
+            path = path[2:] if path.startswith("//") else path
+            return None if path in ("", "-") else path
+    return None
+
+
+def open_sink(url: str, fps: float = 30.0, background: tuple[int, int, int] = (255, 255, 255),
+              token: str | None = None) -> FrameSink:
+    """A sink for `url` (table in the module docstring); `fps` and `background` (BGR) serve mp4/webm/vcam;
+    `token` names the attempt in file sinks' temporary names (`ezvtb.atomic.temp_name`)."""
     if not isinstance(url, str):
         raise ValueError(f"output: expected a sink URL such as raw:-, shm://NAME or mp4:out.mp4, got {url!r}")
     if url == "null:" or url == "null":
@@ -401,12 +480,12 @@ def open_sink(url: str, fps: float = 30.0, background: tuple[int, int, int] = (2
             path = path[2:]
         if not path:
             raise ValueError("output: raw: needs '-' (stdout) or a path, e.g. raw:- or raw:frames.bgra")
-        return RawSink(path)
-    if url.startswith("mp4:"):
-        path = url[4:]
-        if path.startswith("//"):
-            path = path[2:]
-        return Mp4Sink(path, fps, background)
+        return RawSink(path, token)
+    if url.startswith("mp4:") or url.startswith("webm:"):
+        path = output_path(url) or ""
+        if url.startswith("webm:") and not path.lower().endswith(".webm"):
+            raise ValueError(f"output: webm:PATH needs a path ending in .webm, got {path!r}")
+        return VideoFileSink(path, fps, background, token)
     if url.startswith("shm://"):
         rest, _, query = url[6:].partition("?")
         q = dict(urllib.parse.parse_qsl(query))
@@ -421,4 +500,5 @@ def open_sink(url: str, fps: float = 30.0, background: tuple[int, int, int] = (2
     if url.startswith("vcam:"):
         dev = url[5:].lstrip("/")
         return VirtualCameraSink(dev or None, fps, background)
-    raise ValueError(f"output: unknown sink {url!r}; expected raw:-, raw:PATH, shm://NAME, mp4:PATH, vcam:// or null:")
+    raise ValueError(f"output: unknown sink {url!r}; expected raw:-, raw:PATH, shm://NAME, mp4:PATH, webm:PATH, "
+                     f"vcam:// or null:")

@@ -1,14 +1,11 @@
-"""Frames in and out: mp4 / gif / image folders / globs read as RGBA PIL images; mp4 written atomically (OpenCV)."""
+"""Frames in and out: mp4 / gif / image folders / globs read as RGBA PIL images; mp4 written atomically (`ezvtb.video`)."""
 from __future__ import annotations
 
 import glob as _glob
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
-
-from ezvtb.atomic import atomic_write
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -54,26 +51,10 @@ def read_frames(input_path: str | os.PathLike, n_frames: int | None = None) -> l
 
 
 def write_mp4(path: str | os.PathLike, frames, fps: float = 10.0) -> Path:
-    """Write uint8 (T, H, W, 3) RGB frames as an mp4 (atomic: a temporary file renamed into place)."""
-    import cv2
+    """Write uint8 (T, H, W, 3) RGB frames as an H.264 mp4 (`ezvtb.video.write_video`: atomic, checked)."""
+    from ezvtb.video import write_video
 
-    arr = [np.ascontiguousarray(f) for f in frames]
-    if not arr:
-        raise ValueError("frames: nothing to write")
-    h, w = arr[0].shape[:2]
-    path = Path(path)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp_file = os.path.join(tmp, "video.mp4")
-        writer = cv2.VideoWriter(tmp_file, cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (w, h))
-        if not writer.isOpened():
-            raise RuntimeError(f"OpenCV cannot write mp4 files here ({path})")
-        for f in arr:
-            writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-        writer.release()
-        data = Path(tmp_file).read_bytes()
-    with atomic_write(path) as f:
-        f.write(data)
-    return path
+    return write_video(path, [np.ascontiguousarray(f) for f in frames], fps)
 
 
 def tensor_to_uint8(frames) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Video in and out for `SDVideo`: GIF, PNG sequence, MP4 writers and an image-sequence reader.
+"""Video in and out for `SDVideo`: GIF, PNG sequence, MP4/WebM writers and an image-sequence reader.
 
 A video is what `SDVideo` returns: a tensor (1, 3, f, h, w) (or (3, f, h, w)) with values in
 [0, 1]. Every file is written atomically (a temporary sibling, then a rename).
@@ -34,18 +34,12 @@ def video_to_uint8(x: Any) -> np.ndarray:
     return (np.clip(a.transpose(1, 2, 3, 0), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def save_gif(x: Any, path: str | os.PathLike, duration: float = GIF_SECONDS) -> Path:
-    """Write video `x` as a looping GIF lasting `duration` seconds in total."""
-    from PIL import Image
+def save_gif(images: Any, path: str | os.PathLike, duration: float = GIF_SECONDS) -> Path:
+    """Write video `images` as a looping GIF lasting `duration` seconds in total (atomic, checked)."""
+    from ezvtb.video import write_gif
 
-    frames = [Image.fromarray(f) for f in video_to_uint8(x)]
-    buf = io.BytesIO()
-    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], loop=0,
-                   duration=max(1, int(round(duration * 1000 / len(frames)))))
-    path = Path(path)
-    with atomic_write(path) as f:
-        f.write(buf.getvalue())
-    return path
+    frames = video_to_uint8(images)
+    return write_gif(path, frames, duration / len(frames))
 
 
 def save_pngs(x: Any, folder: str | os.PathLike, prefix: str = "frame_") -> list[Path]:
@@ -65,33 +59,14 @@ def save_pngs(x: Any, folder: str | os.PathLike, prefix: str = "frame_") -> list
 
 
 def save_mp4(x: Any, path: str | os.PathLike, fps: float = 8.0) -> Path:
-    """Write video `x` as an MP4 (OpenCV's mp4v encoder)."""
-    import cv2
+    """Write video `x` as an H.264 MP4 (`ezvtb.video.write_video`: atomic, checked)."""
+    from ezvtb.video import write_video
 
-    frames = video_to_uint8(x)
-    if not fps > 0:
-        raise ValueError(f"fps: expected a positive number, got {fps!r}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.mp4")
-    h, w = frames.shape[1:3]
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (w, h))
-    try:
-        if not writer.isOpened():
-            raise RuntimeError(f"save_mp4: OpenCV cannot open an mp4v writer for {str(path)!r}")
-        for f in frames:
-            writer.write(np.ascontiguousarray(f[:, :, ::-1]))
-        writer.release()
-        os.replace(tmp, path)
-    finally:
-        writer.release()
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_video(path, video_to_uint8(x), fps)
 
 
 def save_video(x: Any, path: str | os.PathLike, fps: float = 8.0) -> Path:
-    """By suffix: .gif, .mp4, or a folder of PNGs (no suffix)."""
+    """By suffix: .gif, .mp4, .webm, or a folder of PNGs (no suffix)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".gif":
@@ -101,7 +76,9 @@ def save_video(x: Any, path: str | os.PathLike, fps: float = 8.0) -> Path:
     if suffix == "":
         save_pngs(x, path)
         return path
-    raise ValueError(f"out: expected a .gif or .mp4 file or a folder, got {str(path)!r}")
+    if suffix == ".webm":
+        return save_mp4(x, path, fps)
+    raise ValueError(f"out: expected a .gif, .mp4 or .webm file or a folder, got {str(path)!r}")
 
 
 def load_sequence(path: str | os.PathLike, frames: int = 16, offset: int = 0, stride: int = 1,
