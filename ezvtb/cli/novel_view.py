@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ezvtb.cli.core_options import seed_type
 from ezvtb.cli.orbit import check_common, check_sv3d, load_sv3d
 from ezvtb.engines.policy import RUNNER_BACKENDS
 
@@ -32,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, default=21, help="video frames to use")
     p.add_argument("--steps", type=int, default=20, help="Euler EDM sampling steps")
     p.add_argument("--decoding-t", type=int, default=4, help="frames decoded at a time (lower = less memory)")
-    p.add_argument("--seed", type=int, default=23, help="noise seed (the same seed gives the same videos)")
+    p.add_argument("--seed", type=seed_type, default=23,
+                   help="noise seed, 0..2**64-1 (the same seed gives the same videos)")
     p.add_argument("--size", type=int, default=576, help="square frame size, a multiple of 64")
     p.add_argument("--elevation", type=float, default=None, help="degrees (default: 10 for SV4D, 0 for SV4D 2.0)")
     p.add_argument("--remove-bg", action="store_true", help="remove the background with rembg")
@@ -52,7 +54,12 @@ def run(args: argparse.Namespace) -> int:
     from ezvtb.novel_view import preprocess_video
     from ezvtb.novel_view.video_io import read_frames
 
+    from ezvtb.outputs import check_folder
+
     check_common(args)
+    if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+        raise ValueError(f"--out-dir: {args.out_dir!r} is a file; expected a folder")
+    check_folder(Path(args.out_dir) / "x.mp4", "--out-dir")
     sv4d = Path(args.sv4d)
     if not sv4d.is_file():
         raise FileNotFoundError(f"--sv4d: no checkpoint at {sv4d} (download the official sv4d.safetensors)")

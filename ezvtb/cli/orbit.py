@@ -6,6 +6,7 @@ import logging
 import math
 from pathlib import Path
 
+from ezvtb.cli.core_options import seed_type
 from ezvtb.engines.policy import RUNNER_BACKENDS
 
 log = logging.getLogger("ezvtb.novel_view")
@@ -23,12 +24,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=50, help="Euler EDM steps")
     p.add_argument("--decoding-t", type=int, default=None,
                    help="frames decoded at a time (lower = less memory; None = all at once)")
-    p.add_argument("--seed", type=int, default=23, help="noise seed (the same seed gives the same video)")
+    p.add_argument("--seed", type=seed_type, default=23,
+                   help="noise seed, 0..2**64-1 (the same seed gives the same video)")
     p.add_argument("--size", type=int, default=576, help="square frame size, a multiple of 64")
     p.add_argument("--backend", choices=RUNNER_BACKENDS, default="torch",
                    help="torch (eager) or an exported-graph backend; a session per stage")
     p.add_argument("--fps", type=float, default=10.0, help="frame rate of the output video")
-    p.add_argument("--out", default="orbit.mp4", help="output mp4")
+    p.add_argument("--out", default="orbit.mp4", help="output .mp4 (H.264) or .webm (VP9, alpha kept)")
     p.set_defaults(func=run)
 
 
@@ -87,16 +89,28 @@ def read_image(path: str, size: int):
 
 def run(args: argparse.Namespace) -> int:
     from ezvtb.extras import require
+    from ezvtb.outputs import check_fps, check_outputs
 
     require("diffusion", "ezvtb orbit")
-    from ezvtb.novel_view import save_frames_mp4, sv3d_orbit
 
     check_common(args)
+    check_fps(args.fps)
+    check_outputs([("--out", args.out)], [("IMAGE", args.image), ("--model", args.model)],
+                  suffixes={"--out": (".mp4", ".webm")})
+    from ezvtb.novel_view import save_frames_mp4, sv3d_orbit
+
     image = read_image(args.image, args.size)
     model = load_sv3d(args.model, args.frames, args.steps, args.backend)
     frames = sv3d_orbit(model, image, elevation_deg=args.elevation, num_steps=args.steps, seed=args.seed,
                         decoding_t=args.decoding_t, progress=True)
-    out = save_frames_mp4(args.out, frames, args.fps)
+    try:
+        out = save_frames_mp4(args.out, frames, args.fps)
+    except OSError as e:
+        from ezvtb.atomic import OutputError
+        from ezvtb.novel_view.video_io import tensor_to_uint8
+        from ezvtb.outputs import rescue
+
+        raise OutputError(rescue(tensor_to_uint8(frames), e, "--out", args.out)) from e
     log.info("wrote %s (%d views, %dx%d)", out, frames.shape[0], frames.shape[-1], frames.shape[-2])
     print(out)
     return 0

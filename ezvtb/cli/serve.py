@@ -68,9 +68,24 @@ def parse_options(options_json: str, pairs: list[str]) -> dict[str, Any]:
     return opts
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Timeouts finite and > 0, the socket's folder present: before any core is built."""
+    import math
+    from pathlib import Path
+
+    for flag, v in (("--accept-timeout", args.accept_timeout), ("--message-timeout", args.message_timeout)):
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(f"{flag}: expected a number of seconds > 0, got {v}")
+    if args.socket:
+        folder = Path(args.socket).parent
+        if not folder.is_dir():
+            raise ValueError(f"--socket: the folder {str(folder)!r} of {args.socket!r} does not exist")
+
+
 def run(args: argparse.Namespace) -> int:
     from ezvtb.ipc.server import serve
 
+    check_args(args)
     options = parse_options(args.options, args.option)
     if args.ray is not None:
         from ezvtb.cluster.live import serve_forever

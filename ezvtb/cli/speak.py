@@ -5,20 +5,17 @@ profile from `VowelEstimator.save_profile` with --profile); the rest of the pose
 breathing; with ``--sadtalker SadTalker_V0.0.2_*.safetensors`` Audio2Coeff's speech-driven head pose also moves the
 head (head_x, head_y, neck_z; approximate axis mapping), and with ``--bfm BFM_model_front.mat`` too its expression
 coefficients drive the mouth instead of the vowel estimator (`ezvtb.audio2coeff.mouth`). The video is rendered by
-the same core as `ezvtb run`; when ffmpeg is on PATH the speech is muxed in as an AAC track (otherwise the mp4 is
-silent and a warning says so). The output appears atomically.
+the same core as `ezvtb run`; the video is H.264 with the speech muxed in as an AAC track, both encoded in one pass by
+the ffmpeg that imageio-ffmpeg ships (`ezvtb.video`; without any ffmpeg the mp4 is silent mp4v and a warning says so).
+The output appears atomically.
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import math
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
-from ezvtb.cli.core_options import add_core_arguments, core_kwargs, load_character
+from ezvtb.cli.core_options import add_core_arguments, core_input_files, core_kwargs, load_character, seed_type
 
 log = logging.getLogger("ezvtb.speak")
 
@@ -41,25 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--exp-profile", metavar="JSON",
                    help="with --bfm: mouth ranges (ExpressionMouth.save_profile) for this voice")
     p.add_argument("--pose-style", type=int, default=0, help="SadTalker pose style 0..45 (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="SadTalker pose draws (default: %(default)s)")
+    p.add_argument("--seed", type=seed_type, default=0, help="SadTalker pose draws (default: %(default)s)")
     add_core_arguments(p)
     p.set_defaults(func=run)
-
-
-def mux_audio(video: Path, audio: Path, out: Path) -> bool:
-    """Video stream copied, audio encoded to AAC, written atomically to `out`. False when ffmpeg is missing."""
-    exe = shutil.which("ffmpeg")
-    if exe is None:
-        return False
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.mux.mp4")
-    cmd = [exe, "-y", "-loglevel", "error", "-i", str(video), "-i", str(audio), "-map", "0:v:0", "-map", "1:a:0",
-           "-c:v", "copy", "-c:a", "aac", "-shortest", str(tmp)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"ffmpeg could not mux the audio: {r.stderr.strip()[:500]}")
-    os.replace(tmp, out)
-    return True
 
 
 def sadtalker_coefficients(args: argparse.Namespace):
@@ -125,14 +106,16 @@ def run(args: argparse.Namespace) -> int:
     from ezvtb.audio2coeff.frontend import load_wav
     from ezvtb.live.lipsync import MOUTH, RATE, VOWELS, VowelEstimator, mouth_track
     from ezvtb.live.mapping import breathing_value
+    from ezvtb.outputs import check_fps, check_outputs
     from ezvtb.pose import index
     from ezvtb.video import VideoWriter, parse_color
 
-    if not (math.isfinite(args.fps) and args.fps > 0):
-        raise ValueError(f"--fps: expected a number > 0, got {args.fps}")
+    check_fps(args.fps)
     out = Path(args.out)
-    if out.suffix.lower() != ".mp4":
-        raise ValueError(f"--out: expected a path ending in .mp4, got {args.out!r}")
+    check_outputs([("--out", out)], [("SPEECH", args.speech), ("--profile", args.profile),
+                                     ("--sadtalker", args.sadtalker), ("--bfm", args.bfm),
+                                     ("--exp-profile", args.exp_profile), *core_input_files(args)],
+                  suffixes={"--out": (".mp4", ".webm")})
     if args.exp_profile and not args.bfm:
         raise ValueError("--exp-profile: needs --bfm (and --sadtalker)")
     mouth = expression_mouth(args) if args.bfm else None
@@ -155,30 +138,25 @@ def run(args: argparse.Namespace) -> int:
     kwargs = core_kwargs(args)
     image = load_character(args.image)
     core = get_core(**kwargs)
-    silent = out.with_name(f".{out.stem}.{os.getpid()}.video.mp4")
     writer = None
-    ok = False
     try:
         core.setImage(image)
         for pose in tqdm(poses, desc="speak", unit="frame"):
             for frame in core.inference(np.ascontiguousarray(pose)):
                 if writer is None:
-                    writer = VideoWriter(silent, args.fps * max(1, args.interpolation),
-                                         (frame.shape[1], frame.shape[0]), parse_color(args.background))
+                    writer = VideoWriter(out, args.fps * max(1, args.interpolation), (frame.shape[1], frame.shape[0]),
+                                         parse_color(args.background), audio=args.speech)
                 writer.write(frame)
         if writer is None:
             raise RuntimeError("the core returned no frames")
         writer.close()
-        ok = True
-        if mux_audio(silent, Path(args.speech), out):
-            log.info("wrote %s (%d frames, audio muxed)", out, writer.frames)
-        else:
-            os.replace(silent, out)
-            log.warning("ffmpeg not found: %s has no audio track", out)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
     finally:
         core.close()
-        if not ok and writer is not None:
-            writer.abort()
-        Path(silent).unlink(missing_ok=True)
+    if writer.has_audio:
+        log.info("wrote %s (%d frames, speech muxed in)", out, writer.frames)
     print(f"{out}: {writer.frames} frames at {args.fps:g} fps, {len(samples) / RATE:.2f} s of speech")
     return 0

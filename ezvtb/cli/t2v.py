@@ -5,6 +5,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from ezvtb.cli.core_options import seed_type
 from ezvtb.engines.policy import RUNNER_BACKENDS
 
 log = logging.getLogger("ezvtb.cli.t2v")
@@ -31,11 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
     p.add_argument("--guidance", type=float, default=9.0, help="classifier-free guidance scale (default 9.0)")
     p.add_argument("--size", type=_size, default=(256, 256), help="WIDTHxHEIGHT, multiples of 8 (default 256x256)")
-    p.add_argument("--seed", type=int, default=None, help="noise seed (default: random)")
+    p.add_argument("--seed", type=seed_type, default=None, help="noise seed, 0..2**64-1 (default: random)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0)")
     p.add_argument("--init", default=None, help="video-to-video: a folder of frames or a GIF")
     p.add_argument("--strength", type=float, default=0.7, help="with --init: share of the steps re-run (0..1)")
-    p.add_argument("--out", default="out.mp4", help="output .mp4, .gif or a folder for PNGs (default out.mp4)")
+    p.add_argument("--out", default="out.mp4", help="output .mp4, .webm, .gif or a folder for PNGs (default out.mp4)")
     p.add_argument("--fps", type=float, default=8.0, help="frames per second of an .mp4 (default 8)")
     p.add_argument("--backend", choices=RUNNER_BACKENDS, default="auto", help="exported-graph backend or torch")
     p.add_argument("--device", default="cpu", help="torch device for --backend torch (default cpu)")
@@ -44,10 +45,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ezvtb.extras import require
+    from ezvtb.outputs import check_fps, check_outputs
 
     require("diffusion", "ezvtb t2v")
     from ezvtb.sd_video.loader import detect_layout
 
+    check_fps(args.fps)
+    folder = Path(args.out).suffix == ""
+    check_outputs([("--out", args.out)], [("--model", args.model), ("--init", args.init)],
+                  suffixes={"--out": (".mp4", ".webm", ".gif", "")}, folders=("--out",) if folder else ())
     model_dir = Path(args.model)
     detect_layout(model_dir)  # clear error (which files, where to get weights) before importing torch
     if not 0.0 <= args.strength <= 1.0:
@@ -66,7 +72,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         kw.update(num_frames=args.frames)
     video = model(args.prompt, **kw)
-    out = save_video(video, args.out, fps=args.fps)
+    try:
+        out = save_video(video, args.out, fps=args.fps)
+    except OSError as e:
+        from ezvtb.atomic import OutputError
+        from ezvtb.outputs import rescue
+        from ezvtb.sd_video.media import video_to_uint8
+
+        model.close()
+        raise OutputError(rescue(video_to_uint8(video), e, "--out", args.out)) from e
     log.info("wrote %s (%d frames, %dx%d)", out, video.shape[2], video.shape[4], video.shape[3])
     model.close()
     return 0
