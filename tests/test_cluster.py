@@ -260,7 +260,7 @@ def test_batch_render_matches_local_ezvtb_run_byte_for_byte_and_retries_a_dead_w
     def kill_when_rendering(pid: int, out: Path) -> None:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and "done" not in killed:
-            if list(out.parent.glob(f".{out.stem}.*.tmp.mp4")):  # first frame written, second rendering
+            if list(out.parent.glob(f".{out.name}.ezvtb-*.tmp.mp4")):  # first frame written, second rendering
                 os.kill(pid, signal.SIGKILL)
                 killed["pid"] = pid
                 return
@@ -308,3 +308,74 @@ def test_render_batch_cli_reports_a_failing_job_without_retrying_it(ray_instance
     assert row["status"] == "failed" and row["attempts"] == 1  # the job's own error: no retry
     assert "broken.png" in row["error"] or "image" in row["error"].lower(), row["error"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.png", "jobs.json", "summary.json", "t.npy"]
+
+
+def test_a_job_whose_temporary_file_vanishes_is_retried_and_siblings_survive(ray_instance, characters, tmp_path):
+    """Outputs a.mp4 and a.b.mp4 on two workers; a.b.mp4's temporary file is deleted from outside
+    mid-render (what the old prefix glob of a.mp4's cleanup did): that attempt fails on its own
+    output file (an OSError, outside the job), is retried and succeeds; a.mp4 is unaffected."""
+    import json
+
+    from ezvtb.cluster.batch import run_jobs
+    from ezvtb.cluster.jobs import load_jobs
+
+    poses = make_poses()
+    np.save(tmp_path / "p.npy", np.stack(poses * 3))
+    img = str(characters["crypko_00"][0])
+    (tmp_path / "jobs.json").write_text(json.dumps({"defaults": {"fps": 20, "image": img, "poses": "p.npy",
+                                                                 "options": {"backend": "cpu", "threads": 1}},
+                                                    "jobs": [{"output": "a.mp4"}, {"output": "a.b.mp4"}]}))
+    jobs = load_jobs(tmp_path / "jobs.json")
+    removed: list[str] = []
+
+    def remove_b_temp_once() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not removed:
+            for t in tmp_path.glob(".a.b.mp4.ezvtb-*.tmp.mp4"):
+                t.unlink()
+                removed.append(t.name)
+                return
+            time.sleep(0.002)
+
+    events: list[tuple[str, int]] = []
+
+    def on_event(kind: str, info: dict) -> None:
+        events.append((kind, info["job"]))
+        if kind == "started" and info["job"] == 1 and info["attempt"] == 1:
+            threading.Thread(target=remove_b_temp_once, daemon=True).start()
+
+    results = run_jobs(jobs, workers=2, cpus_per_worker=0.5, retries=2, on_event=on_event)
+    assert removed, "the temporary file was never seen"
+    assert [r.status for r in results] == ["ok", "ok"], [r.error for r in results]
+    assert results[0].attempts == 1 and results[1].attempts == 2 and ("retry", 1) in events
+    for name in ("a.mp4", "a.b.mp4"):
+        assert (tmp_path / name).stat().st_size > 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.b.mp4", "a.mp4", "jobs.json", "p.npy"]
+
+
+def test_render_batch_driver_stopped_by_sigterm_leaves_no_temporary_file(tmp_path, characters):
+    """`ezvtb render-batch` (its own Ray instance) gets SIGTERM mid-job: exit, and no temporary file."""
+    import json
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "p.npy", np.stack(make_poses() * 200))
+    (tmp_path / "jobs.json").write_text(json.dumps([{"image": str(characters["crypko_00"][0]), "poses": "p.npy",
+                                                     "output": "j0.mp4", "options": {"backend": "cpu", "threads": 1}}]))
+    env = dict(os.environ, RAY_ADDRESS="", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env.pop("RAY_ADDRESS")
+    p = subprocess.Popen([sys.executable, "-m", "ezvtb", "-q", "render-batch", str(tmp_path / "jobs.json"),
+                          "--cpus-per-worker", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and p.poll() is None and not list(tmp_path.glob(".j0.mp4.ezvtb-*")):
+            time.sleep(0.05)
+        assert p.poll() is None and list(tmp_path.glob(".j0.mp4.ezvtb-*")), p.communicate()[0][-3000:]
+        time.sleep(1.0)
+        p.send_signal(signal.SIGTERM)
+        out = p.communicate(timeout=120)[0].decode(errors="replace")
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode != 0, out[-3000:]
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["jobs.json", "p.npy"], out[-3000:]

@@ -3,11 +3,15 @@
 Each `JobWorker` actor keeps the state of its last job kind and options loaded (for
 ``tha-render``: one core) and reuses it for the next job with the same `Job.state_key`; the
 scheduler hands a free worker the first pending job whose key matches what it holds, else the
-first pending job. A worker that dies (process killed, node lost) is restarted by Ray
-(``max_restarts``); the job it was running is cleaned up (`JobKind.cleanup`) and retried, up to
-`retries` more times, on whichever worker is free next. An error raised by the job itself (a
-corrupt image, say) is not retried: it would fail again. Outputs are written atomically by the
-kinds, so a failed or killed attempt never leaves a half-written file under the output name.
+first pending job. Every attempt gets its own token (`Job.attempt`), which names its temporary
+files. A worker that dies (process killed, node lost) is restarted by Ray (``max_restarts``);
+the attempt it was running is cleaned up (`JobKind.cleanup`: exactly that attempt's files) and
+retried, up to `retries` more times, on whichever worker is free next. So is an attempt that
+failed with an OSError (a file or the disk, outside the job). Any other error raised by the job
+itself (a corrupt image, say) is not retried: it would fail again. When the driver stops (an
+exception, SIGINT, SIGTERM) it kills the workers, waits for those on this node to exit and
+cleans up the attempts they were running. Outputs are written atomically by the kinds, so a
+failed or killed attempt never leaves a half-written file under the output name.
 
 Outputs are written by the worker on its own node: on a multi-node cluster, job paths must be on
 storage every node sees (NFS, a mounted bucket).
@@ -15,8 +19,11 @@ storage every node sees (NFS, a mounted bucket).
 from __future__ import annotations
 
 import collections
+import contextlib
+import dataclasses
 import logging
 import os
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -106,7 +113,7 @@ def run_jobs(jobs: list[Job], *, workers: int = 1, cpus_per_worker: float = 1.0,
     pids: list[int | None] = [i["pid"] for i in ray.get([w.info.remote() for w in pool])]
     holds: list[str | None] = [None] * n  # state key each worker holds
     pending = collections.deque(range(len(jobs)))
-    running: dict[Any, tuple[int, int]] = {}  # ObjectRef -> (job index, worker index)
+    running: dict[Any, tuple[int, int, Job]] = {}  # ObjectRef -> (job index, worker index, attempt)
     idle = list(range(n))
     try:
         while pending or running:
@@ -119,11 +126,12 @@ def run_jobs(jobs: list[Job], *, workers: int = 1, cpus_per_worker: float = 1.0,
                 r.workers.append(w)
                 if pids[w] is None:  # restarted after a death: wait for the new process
                     pids[w] = _wait_alive(pool[w])["pid"]
-                running[pool[w].run.remote(jobs[i])] = (i, w)
+                attempt = dataclasses.replace(jobs[i], attempt=f"j{i}a{r.attempts}-{secrets.token_hex(4)}")
+                running[pool[w].run.remote(attempt)] = (i, w, attempt)
                 emit("started", {"job": i, "worker": w, "pid": pids[w], "attempt": r.attempts})
             done, _ = ray.wait(list(running), num_returns=1)
             for ref in done:
-                i, w = running.pop(ref)
+                i, w, attempt = running.pop(ref)
                 r = results[i]
                 try:
                     r.result = ray.get(ref)
@@ -132,7 +140,7 @@ def run_jobs(jobs: list[Job], *, workers: int = 1, cpus_per_worker: float = 1.0,
                     emit("done", {"job": i, "worker": w, "result": r.result})
                 except ray.exceptions.RayActorError as e:
                     holds[w] = pids[w] = None  # restarted by Ray with nothing loaded
-                    resolve_kind(jobs[i].kind_path).cleanup(jobs[i])
+                    resolve_kind(jobs[i].kind_path).cleanup(attempt)
                     if r.attempts <= retries:
                         log.warning("%s: worker %d died (%s); retrying", jobs[i].label, w, _first_line(e))
                         pending.appendleft(i)
@@ -142,14 +150,43 @@ def run_jobs(jobs: list[Job], *, workers: int = 1, cpus_per_worker: float = 1.0,
                         emit("failed", {"job": i, "worker": w, "error": r.error})
                 except ray.exceptions.RayTaskError as e:
                     cause = e.cause if getattr(e, "cause", None) is not None else e
-                    r.status, r.error = "failed", f"{type(cause).__name__}: {cause}"
                     holds[w] = None  # the state may be half-built after a failed load
-                    emit("failed", {"job": i, "worker": w, "error": r.error})
+                    resolve_kind(jobs[i].kind_path).cleanup(attempt)
+                    if isinstance(cause, OSError) and r.attempts <= retries:  # a file or the disk: try again
+                        log.warning("%s: %s: %s; retrying", jobs[i].label, type(cause).__name__, cause)
+                        pending.appendleft(i)
+                        emit("retry", {"job": i, "worker": w, "attempt": r.attempts,
+                                       "error": f"{type(cause).__name__}: {cause}"})
+                    else:
+                        r.status, r.error = "failed", f"{type(cause).__name__}: {cause}"
+                        emit("failed", {"job": i, "worker": w, "error": r.error})
                 idle.append(w)
     finally:
         for a in pool:
-            ray.kill(a, no_restart=True)
+            with contextlib.suppress(Exception):
+                ray.kill(a, no_restart=True)
+        if running:  # stopped midway: the killed attempts' temporary files go too
+            _wait_exited([pids[w] for _, w, _ in running.values()])
+            for i, _, attempt in running.values():
+                try:
+                    resolve_kind(jobs[i].kind_path).cleanup(attempt)
+                except Exception as e:  # noqa: BLE001 - clean up the others still
+                    log.warning("%s: cleanup failed: %s", jobs[i].label, e)
     return results
+
+
+def _wait_exited(pids: list[int | None], timeout: float = 10.0) -> None:
+    """Wait until the worker processes `pids` (those on this machine) have exited, at most `timeout` s."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        if pid is None or pid == os.getpid():
+            continue
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except OSError:  # gone (or not on this machine)
+                break
+            time.sleep(0.02)
 
 
 def _wait_alive(worker: Any, timeout: float = 600.0) -> dict[str, Any]:

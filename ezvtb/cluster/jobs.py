@@ -9,14 +9,15 @@ Each job names its ``kind`` (default ``tha-render``); the kind validates the job
 
     {"image": "alice.png",            # character (prepare_image); omitted/null = sample crypko_00
      "poses": "alice_take1.npy",      # (N, 45) poses, .npy or .json (ezvtb.live.sources.load_poses)
-     "output": "out/alice_take1.mp4", # .mp4 (OpenCV mp4v, alpha over background) or raw BGRA frames
+     "output": "out/alice_take1.mp4", # .mp4 (H.264, alpha over background), .webm (alpha kept) or raw BGRA
      "fps": 30, "background": "#FFFFFF",
      "options": {"backend": "cpu"}}    # get_core keywords over the `ezvtb run` flag defaults
 
 The output is what ``ezvtb run --input "file://POSES?step=1&loop=0" --output mp4:OUTPUT --fps FPS
 --background BG --image IMAGE [flags for the same options]`` writes, byte for byte: the same
 loaders, the same sink (`ezvtb.live.sinks.open_sink`), every pose rendered once in order. Sinks
-write to a temporary sibling and rename on success, so no output is ever half-written. (With
+write to a temporary sibling named after the attempt and rename on success, so no output is ever
+half-written. No output may be another output or any job's input (compared as resolved files). (With
 ``use_cacher`` a reused core may answer from frames an earlier job cached, decoded from its JPEG
 codec, so byte identity then needs the cache off, its default, or ``cacher_quality=100``.)
 
@@ -47,7 +48,10 @@ class Job:
     """One validated job: what the driver schedules and a worker runs (picklable, plain data).
 
     `state_key` names the heavy state the job needs loaded (a core with these options): a worker
-    whose state has the same key runs it without reloading. `outputs` are the files it writes.
+    whose state has the same key runs it without reloading. `outputs` are the files it writes,
+    `inputs` the files it reads. `attempt` names the current attempt (set by the scheduler): the
+    kind puts it in its temporary file names (`ezvtb.atomic.temp_name`), so `cleanup` removes
+    exactly that attempt's files.
     """
 
     index: int
@@ -56,6 +60,8 @@ class Job:
     spec: dict[str, Any]
     state_key: str
     outputs: list[str] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)
+    attempt: str | None = None
 
     @property
     def label(self) -> str:
@@ -69,8 +75,11 @@ class JobKind:
         paths against `base`; never loads models.
     load(job) -> state: build what the job needs (models) in a worker; reused by every later job
         with the same `state_key` on that worker.
-    run(state, job) -> dict: do the job, write outputs atomically, return a JSON-able summary.
-    cleanup(job): remove what a worker that died during `run` may have left (temporary files).
+    run(state, job) -> dict: do the job, write outputs atomically (temporary names carrying
+        `job.attempt`), return a JSON-able summary. An OSError (files, disk) counts as a failure
+        outside the job and is retried; any other error is the job's own and is not.
+    cleanup(job): remove what attempt `job.attempt` may have left (its temporary files) after its
+        worker died or failed.
     close_state(state): release a state the worker replaces.
     """
 
@@ -163,7 +172,10 @@ def load_jobs(path: str | os.PathLike) -> list[Job]:
 
 def parse_jobs(specs: list[dict[str, Any]], base: str | os.PathLike = ".", defaults: dict[str, Any] | None = None
                ) -> list[Job]:
-    """Validate job dicts (module docstring) into `Job`s; outputs must be distinct."""
+    """Validate job dicts (module docstring) into `Job`s; outputs must be distinct files (resolved
+    paths and links compared) and none may be any job's input (`ezvtb.outputs.check_outputs`)."""
+    from ezvtb.outputs import check_outputs
+
     jobs: list[Job] = []
     seen: dict[str, int] = {}
     for i, raw in enumerate(specs):
@@ -179,6 +191,8 @@ def parse_jobs(specs: list[dict[str, Any]], base: str | os.PathLike = ".", defau
                 raise ValueError(f"job {i}: output {out!r} is also the output of job {seen[out]}")
             seen[out] = i
         jobs.append(job)
+    check_outputs([(f"job {j.index}: output", o) for j in jobs for o in j.outputs],
+                  [(f"job {j.index}'s input", p) for j in jobs for p in j.inputs])
     return jobs
 
 
@@ -236,6 +250,12 @@ class ThaRenderKind(JobKind):
             if not Path(image).is_file():
                 raise ValueError(f"{where}: image: no such file {image!r}")
         output = _resolve(base, spec["output"])
+        if output.suffix.lower() not in (".mp4", ".webm"):
+            from ezvtb.live.sinks import RAW_REFUSED_SUFFIXES
+
+            if output.suffix.lower() in RAW_REFUSED_SUFFIXES:
+                raise ValueError(f"{where}: output: expected .mp4, .webm or a raw BGRA file (.bgra, .raw), "
+                                 f"got {str(output)!r}")
         fps = spec.get("fps", 30.0)
         if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not (math.isfinite(fps) and fps > 0):
             raise ValueError(f"{where}: fps: expected a number > 0, got {fps!r}")
@@ -257,7 +277,8 @@ class ThaRenderKind(JobKind):
         norm = {"image": image, "poses": str(poses), "output": str(output), "fps": float(fps),
                 "background": str(background), "options": opts}
         key = json.dumps({"kind": self.name, "options": opts}, sort_keys=True, default=str)
-        return Job(index, self.name, _REGISTRY[self.name], norm, key, [str(output)])
+        return Job(index, self.name, _REGISTRY[self.name], norm, key, [str(output)],
+                   [p for p in (str(poses), image) if p is not None])
 
     def load(self, job: Job) -> Any:
         from ezvtb import get_core
@@ -275,7 +296,7 @@ class ThaRenderKind(JobKind):
         image = load_character(s["image"])
         out_fps = s["fps"] * frames_per_pose(s["options"])
         Path(s["output"]).parent.mkdir(parents=True, exist_ok=True)
-        sink = open_sink(_sink_url(s["output"]), out_fps, parse_color(s["background"]))
+        sink = open_sink(_sink_url(s["output"]), out_fps, parse_color(s["background"]), token=job.attempt)
         frames = 0
         try:
             core.setImage(image)
@@ -290,20 +311,21 @@ class ThaRenderKind(JobKind):
         return {"output": s["output"], "poses": int(len(poses)), "frames": frames}
 
     def cleanup(self, job: Job) -> None:
-        out = Path(job.spec["output"])
-        # VideoWriter's ".{stem}.{pid}.tmp.mp4" and atomic_write's ".{name}.XXXX.tmp": no other
-        # attempt at this output runs at the same time (outputs are distinct, one attempt at a time).
-        for pattern in (f".{out.stem}.*.tmp.mp4", f".{out.name}.*.tmp"):
-            for leftover in out.parent.glob(pattern):
-                try:
-                    leftover.unlink()
-                    log.info("%s: removed %s left by a worker that died", job.label, leftover)
-                except FileNotFoundError:
-                    pass
+        from ezvtb.atomic import temp_name
+
+        if job.attempt is None:
+            return
+        leftover = temp_name(job.spec["output"], job.attempt)
+        try:
+            leftover.unlink()
+            log.info("%s: removed %s left by attempt %s", job.label, leftover, job.attempt)
+        except FileNotFoundError:
+            pass
 
 
 def _sink_url(output: str) -> str:
-    return f"mp4:{output}" if output.lower().endswith(".mp4") else f"raw:{output}"
+    suffix = Path(output).suffix.lower()
+    return f"{suffix[1:]}:{output}" if suffix in (".mp4", ".webm") else f"raw:{output}"
 
 
 def _resolve(base: Path, path: str) -> Path:
