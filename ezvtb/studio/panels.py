@@ -328,7 +328,8 @@ class SpeakJob(Job):
     """A talking video of a speech file: mouth shapes from the voice, rendered by the studio's core.
 
     The poses are computed when the job is made (bad audio fails before any frame). The video is
-    WebM/VP8 (plays in every browser; written under a temporary name, renamed when complete).
+    a VP9 WebM that keeps the alpha channel, with the speech as an Opus track (`ezvtb.video.VideoWriter`:
+    written under a temporary name, checked and renamed when complete).
     """
 
     kind = "speak"
@@ -350,38 +351,32 @@ class SpeakJob(Job):
         self.fps = fps
         self.total = len(self.poses)
         self.out = folder.new_path("speak", ".webm")
-        self._tmp = self.out.with_name(f".{self.out.stem}.tmp.webm")
+        self.speech = speech
         self._writer: Any = None
         self.message = f"{self.seconds:.2f} s of speech, {self.total} frames at {fps:g} fps"
 
     def step(self, core: Any) -> tuple[bool, np.ndarray | None]:
-        import cv2
-
-        from ezvtb.video import composite
+        from ezvtb.video import VideoWriter
 
         frames = core.inference(self.poses[self.done])
         if self._writer is None:
             h, w = frames[0].shape[:2]
-            self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*"VP80"),
-                                           self.fps * len(frames), (w, h))
-            if not self._writer.isOpened():
-                raise OSError("speak: OpenCV cannot write WebM (VP8) here")
+            self._writer = VideoWriter(self.out, self.fps * len(frames), (w, h), audio=self.speech)
         for f in frames:
-            self._writer.write(composite(f))
+            self._writer.write(f)
         self.done += 1
         return self.done < self.total, frames[-1]
 
     def finish(self) -> None:
-        self._writer.release()
-        os.replace(self._tmp, self.out)
+        self._writer.close()
         self.result = {"file": self.out.name, "type": "video/webm", "frames": self.total, "fps": self.fps,
                        "seconds": round(self.seconds, 3)}
-        self.message = f"{self.out.name}: {self.total} frames, {self.seconds:.2f} s (silent WebM)"
+        sound = "with the speech" if self._writer.has_audio else "silent"
+        self.message = f"{self.out.name}: {self.total} frames, {self.seconds:.2f} s (WebM with alpha, {sound})"
 
     def abort(self) -> None:
         if self._writer is not None:
-            self._writer.release()
-        self._tmp.unlink(missing_ok=True)
+            self._writer.abort()
 
 
 # --- Generate -------------------------------------------------------------------------------------
