@@ -423,6 +423,7 @@ def test_offline_input_renders_every_pose_only_when_nothing_is_live(tmp_path):
     assert offline_input("file://p.npy", ["mp4:x.mp4"]) == "file://p.npy?step=1&loop=0"
     assert offline_input("trace://?frames=12", ["raw:x.bgra", "null:"]) == "trace://?frames=12&step=1&loop=0"
     assert offline_input("trace://?loop=1", ["webm:x.webm"]) == "trace://?loop=1&step=1"
+    assert offline_input("video://take.mp4", ["webm:x.webm"]) == "video://take.mp4?step=1&loop=0"
     assert offline_input("trace://?step=0", ["mp4:x.mp4"]) is None  # asked for real time
     for outs in (["raw:-"], ["shm://x"], ["vcam://"], ["mp4:x.mp4", "shm://y"]):
         assert offline_input("trace://", outs) is None

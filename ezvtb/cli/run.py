@@ -10,7 +10,7 @@ ticks (counted as late ticks) instead of running late ones back to back; "droppe
 source's poses that were never rendered (gaps in its sequence numbers). With RIFE x N each tick
 emits N frames, so the sinks receive N x fps frames per second.
 
-Offline renders: when the input is a file or the trace (``file://``, ``trace://``) and every
+Offline renders: when the input is a file or the trace (``file://``, ``trace://``, ``video://``) and every
 output is a file (``mp4:``, ``webm:``, ``raw:PATH``, ``null:``), nothing is live, so every pose is
 rendered once, in order, as fast as the core goes (``step=1``, ``loop=0`` unless the URL says
 otherwise; ``?step=0`` plays the file in real time instead).
@@ -185,7 +185,7 @@ def offline_input(url: str, outputs: Sequence[str]) -> str | None:
     from ezvtb.live.sinks import output_path
 
     scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() not in ("file", "trace"):
+    if not sep or scheme.lower() not in ("file", "trace", "video"):
         return None
     for u in outputs:
         if u.startswith(LIVE_SINKS):
@@ -216,7 +216,7 @@ def input_files(args: argparse.Namespace) -> list[tuple[str, str | None]]:
     for what, url in (("--input", args.input), ("--audio", getattr(args, "audio", None))):
         if url and "://" in url:
             scheme, _, rest = url.partition("://")
-            if scheme.lower() in ("file", "audio") and rest.split("?")[0] not in ("", "mic"):
+            if scheme.lower() in ("file", "audio", "video") and rest.split("?")[0] not in ("", "mic"):
                 files.append((what, urllib.parse.unquote(rest.split("?")[0])))
     return files
 
