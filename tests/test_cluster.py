@@ -332,7 +332,12 @@ def test_a_job_whose_temporary_file_vanishes_is_retried_and_siblings_survive(ray
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not removed:
             for t in tmp_path.glob(".a.b.mp4.ezvtb-*.tmp.mp4"):
-                t.unlink()
+                try:
+                    if t.stat().st_size == 0:  # the encoder has not opened it yet: it would just recreate it
+                        continue
+                    t.unlink()
+                except FileNotFoundError:
+                    continue
                 removed.append(t.name)
                 return
             time.sleep(0.002)
