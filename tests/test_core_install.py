@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CORE = ("numpy", "opencv-python-headless", "tqdm", "platformdirs", "lmdb", "onnxruntime")  # base deps + [cpu]
+CORE = ("numpy", "opencv-python-headless", "imageio-ffmpeg", "tqdm", "platformdirs", "lmdb", "onnxruntime")  # base + [cpu]
 
 
 def _closure(names: tuple[str, ...]) -> dict[str, str]:
