@@ -231,7 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     log(f"GPU: {', '.join(n for n, _ in facts.gpus)}; driver {facts.version}, CUDA {facts.cuda[0]}.{facts.cuda[1]} "
         f"({facts.source}); {why}")
 
-    env, record = install(log, kit)
+    try:
+        env, record = install(log, kit)
+    except (OSError, ValueError, RuntimeError) as e:  # a damaged payload, pip refusing a wheel, a full disk
+        log(f"gpu_check: the install failed: {type(e).__name__}: {e}")
+        (out / "summary.txt").write_text(f"install failed: {type(e).__name__}: {e}\n")
+        return 1
     steps = [record]
     py = [sys.executable, "-P"]  # -P: the installed ezvtb, not the tree through the working folder
     plan = [

@@ -174,3 +174,28 @@ def test_the_run_phase_end_to_end_with_a_driver_that_answers(prepared, tmp_path)
     assert (out / "bench_gpu.txt").read_text().startswith("bench_gpu: skipped: no CUDA device")
     assert sorted(p.name for p in out.iterdir()) == ["bench_gpu.txt", "doctor.txt", "gpu_check.log", "summary.txt",
                                                      "test_gpu.txt"]  # at most 8 files come back from $OUT
+
+
+def test_a_failed_install_is_reported_not_a_traceback(tmp_path, monkeypatch):
+    """A payload whose wheel pip refuses: the check says so in its log and summary and exits 1."""
+    import tarfile
+
+    import gpu_check
+
+    stage = tmp_path / "stage" / "wheels"
+    stage.mkdir(parents=True)
+    (stage / "broken-1.0-py3-none-any.whl").write_bytes(b"not a zip archive")
+    tar = tmp_path / "payload.tar"
+    with tarfile.open(tar, "w") as tf:
+        tf.add(stage, "wheels")
+    gpukit.split_file(tar, tmp_path / "parts", 1 << 20)
+    kit, out = tmp_path / "kit", tmp_path / "out"
+    gpukit.stash(tmp_path / "parts" / "part01", kit)
+    driver = gpu_check.driver_module()
+    facts = driver.DriverFacts("580.159.04", (13, 0), [("NVIDIA H100 80GB HBM3", (9, 0))], "test")
+    monkeypatch.setattr(driver, "driver_facts", lambda: facts)  # the GPU probe passes; nothing else is replaced
+    monkeypatch.setattr(gpu_check, "driver_module", lambda: driver)
+    assert gpu_check.main(["--kit", str(kit), "--out", str(out)]) == 1
+    summary = (out / "summary.txt").read_text()
+    assert summary.startswith("install failed: RuntimeError: pip install --no-index into") and "broken" in summary
+    assert "gpu_check: the install failed: RuntimeError" in (out / "gpu_check.log").read_text()
