@@ -26,12 +26,34 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpukit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-# The GPU image has numpy, opencv-python-headless, tqdm, onnx, torch, pytest; ezvtb also needs these.
-IMAGE_LACKS = ("lmdb==3.0.0", "platformdirs==4.14.9")
+# ezvtb's base dependencies that the GPU image already holds (its package list: KINDS.md of the device tool),
+# and those the check never imports (imageio-ffmpeg, ~30 MB, writes videos). The rest travel as wheels.
+IMAGE_HAS = {"numpy", "opencv-python-headless", "tqdm"}
+NOT_NEEDED = {"imageio-ffmpeg"}
 PLATFORM_ARGS = ["--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
                  *[a for p in ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
                                "manylinux2014_x86_64") for a in ("--platform", p)]]
 MARGIN = 1024**2
+
+
+def image_lacks() -> list[str]:
+    """Requirements for ezvtb's base dependencies the image lacks: pinned to the version installed here (what
+    the tests ran with), else as pyproject.toml states them."""
+    import importlib.metadata as md
+    import re
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    out = []
+    for req in deps:
+        name = re.match(r"[A-Za-z0-9_.-]+", req).group(0).lower().replace("_", "-")
+        if name in IMAGE_HAS or name in NOT_NEEDED:
+            continue
+        try:
+            out.append(f"{name}=={md.version(name)}")
+        except md.PackageNotFoundError:
+            out.append(req.split(";")[0].strip())
+    return out
 
 
 def tree_bytes(root: Path) -> int:
@@ -167,8 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         for w in found:
             shutil.copyfile(w, wheels / w.name)
     else:
-        print(f"downloading {a.ort} and {', '.join(IMAGE_LACKS)} (cp312 manylinux x86-64) ...", flush=True)
-        download_wheels([a.ort, *IMAGE_LACKS], wheels)
+        lacks = image_lacks()
+        print(f"downloading {a.ort} and {', '.join(lacks)} (cp312 manylinux x86-64) ...", flush=True)
+        download_wheels([a.ort, *lacks], wheels)
     if not a.no_weights:
         print("collecting weights, sample images" + ("" if a.no_graphs else ", THA3 graphs") + " from EZVTB_HOME ...",
               flush=True)

@@ -199,3 +199,16 @@ def test_a_failed_install_is_reported_not_a_traceback(tmp_path, monkeypatch):
     summary = (out / "summary.txt").read_text()
     assert summary.startswith("install failed: RuntimeError: pip install --no-index into") and "broken" in summary
     assert "gpu_check: the install failed: RuntimeError" in (out / "gpu_check.log").read_text()
+
+
+def test_the_wheels_that_travel_are_the_base_dependencies_the_image_lacks():
+    import importlib.metadata as md
+    import tomllib
+
+    import gpu_prepare
+
+    lacks = gpu_prepare.image_lacks()
+    assert "lmdb==" + md.version("lmdb") in lacks and "platformdirs==" + md.version("platformdirs") in lacks
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {d.split(">")[0].split("=")[0].split("<")[0].split(";")[0].strip().lower() for d in deps}
+    assert names == gpu_prepare.IMAGE_HAS | gpu_prepare.NOT_NEEDED | {x.split("==")[0] for x in lacks}
