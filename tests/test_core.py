@@ -185,6 +185,8 @@ def test_use_tensorrt_without_tensorrt_falls_back_with_a_warning(caplog):
     try:
         warned = [r.getMessage() for r in caplog.records if "use_tensorrt=True" in r.getMessage()]
         assert warned and "TensorRT is not usable" in warned[0], [r.getMessage() for r in caplog.records]
+        # one short line on a CPU machine: what is missing, not every import error and install hint
+        assert len(warned) == 1 and len(warned[0]) < 300 and "pip" not in warned[0], warned
     finally:
         c.close()
     caplog.clear()

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,6 +45,17 @@ def test_readme_and_ci_install_the_same_debian_packages():
     assert readme and ci
     assert sorted(readme.group(1).split()) == sorted(ci.group(1).split())
     assert {"espeak-ng", "libvulkan1", "libomp5", "libturbojpeg0"} <= set(ci.group(1).split())
+
+
+@pytest.mark.slow  # opens the THA3 graphs (exported once per test home)
+def test_readme_python_snippet_runs_verbatim(tmp_path):
+    text = (ROOT / "README.md").read_text()
+    snippet = re.search(r"## Use it from Python\n\n```python\n(.*?)```", text, re.S).group(1)
+    check = "\nassert len(frames) == 1 and frames[0].shape == (512, 512, 4) and frames[0].dtype == np.uint8\n"
+    r = subprocess.run([sys.executable, "-c", snippet + check], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert list(tmp_path.iterdir()) == []  # nothing written next to the user's script
 
 
 def test_no_weights_or_graphs_are_tracked_and_checkpoints_load_safely():

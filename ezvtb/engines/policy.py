@@ -63,27 +63,31 @@ def backend_chain(backend: str, use_tensorrt: bool) -> list[tuple[str, str]]:
     if not use_tensorrt:
         return [("auto", "use_tensorrt=False")]
     chain: list[tuple[str, str]] = []
-    skipped: list[str] = []
+    skipped: dict[str, str] = {}  # what is missing (short) -> why (long: errors, install hints)
     from ezvtb.engines.trt import available  # probes tensorrt and CUDA, both optional
 
     ok, why = available()
     if ok:
         chain.append(("trt", "use_tensorrt=True: native TensorRT"))
     else:
-        skipped.append(why)
+        skipped["native TensorRT"] = why
     try:
         from ezvtb.engines.ort import resolve_providers  # onnxruntime is optional (the cpu/gpu extras)
 
         for b, what in (("tensorrt", "ONNX Runtime's TensorRT EP"), ("cuda", "ONNX Runtime's CUDA EP")):
             try:
                 resolve_providers(b)
-                chain.append((b, f"use_tensorrt=True: {what}" + (f" (skipped: {'; '.join(skipped)})" if skipped else "")))
+                chain.append((b, f"use_tensorrt=True: {what}" + (" (native TensorRT skipped)" if skipped else "")))
             except BackendUnavailableError as e:
-                skipped.append(str(e))
+                skipped[what] = str(e)
     except BackendUnavailableError as e:  # onnxruntime missing: the error surfaces when opening
-        skipped.append(str(e))
-    chain.append(("auto", "use_tensorrt=True but no TensorRT or CUDA backend is available here"
-                          + (f" ({'; '.join(skipped)})" if skipped else "")))
+        skipped["onnxruntime"] = str(e)
+    # One short line (get_core logs it as a warning); the details are logged at debug level and
+    # `ezvtb doctor` shows them per backend.
+    chain.append(("auto", "use_tensorrt=True, but no TensorRT or CUDA backend is available here (missing: "
+                          + ", ".join(skipped) + ")" if skipped else "use_tensorrt=True: the last resort"))
+    for what, why in skipped.items():
+        log.debug("use_tensorrt=True: %s skipped: %s", what, why)
     return chain
 
 
