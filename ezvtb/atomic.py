@@ -22,12 +22,13 @@ import contextlib
 import errno
 import os
 import secrets
+import shutil
 import threading
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
 TEMP_MARK = ".ezvtb-"
-_LIVE: set[str] = set()
+_LIVE: set[tuple[int, str]] = set()  # (pid, path): a forked child never removes its parent's files
 _LIVE_LOCK = threading.Lock()
 
 
@@ -52,23 +53,27 @@ def temp_name(path: str | os.PathLike, token: str) -> Path:
 
 def _register(tmp: Path) -> None:
     with _LIVE_LOCK:
-        _LIVE.add(str(tmp))
+        _LIVE.add((os.getpid(), str(tmp)))
 
 
 def _unregister(tmp: Path) -> None:
     with _LIVE_LOCK:
-        _LIVE.discard(str(tmp))
+        _LIVE.discard((os.getpid(), str(tmp)))
 
 
 @atexit.register
 def remove_temporaries() -> None:
     """Remove every temporary output of this process that was neither committed nor discarded."""
+    pid = os.getpid()
     with _LIVE_LOCK:
-        live = list(_LIVE)
+        live = [t for p, t in _LIVE if p == pid]
         _LIVE.clear()
     for t in live:
         with contextlib.suppress(OSError):
-            os.unlink(t)
+            if os.path.isdir(t) and not os.path.islink(t):
+                shutil.rmtree(t)
+            else:
+                os.unlink(t)
 
 
 def fsync_path(path: str | os.PathLike) -> None:
@@ -163,6 +168,77 @@ class AtomicOutput:
             self.discard()
         if isinstance(exc, OSError) and not isinstance(exc, OutputError):  # a write failed: name the file
             raise OutputError(f"{str(self.path)!r} could not be written ({exc}); {kept(self.path)}", exc.errno) from exc
+
+
+class AtomicFolder:
+    """A folder of files (a PNG sequence) that appears complete or not at all: files go into a
+    temporary sibling folder (`temp_name`), each flushed to the disk, and `commit` renames the
+    folder into place. A folder is never written into or replaced: an existing non-empty target
+    is refused here, and one that appears meanwhile makes `commit` pick a free ``NAME.TAG`` name.
+    """
+
+    def __init__(self, path: str | os.PathLike, token: str | None = None) -> None:
+        self.path = Path(path)
+        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+            raise OutputError(f"{str(self.path)!r} already exists and is not an empty folder; ezvtb never writes "
+                              f"into or over it, pick a new folder name")
+        self.token = token or attempt_token()
+        self.tmp = temp_name(self.path, self.token)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            os.mkdir(self.tmp)
+        except OSError as e:
+            raise OutputError(f"cannot create a folder next to {str(self.path)!r}: {e.strerror or e}",
+                              e.errno) from None
+        _register(self.tmp)
+        self.files = 0
+        self.done = False
+
+    def write(self, name: str, data: bytes) -> None:
+        """One file of the folder, flushed to the disk; OutputError naming the folder on failure."""
+        if os.path.basename(name) != name or name in ("", ".", ".."):
+            raise ValueError(f"name: expected a plain file name, got {name!r}")
+        try:
+            with open(self.tmp / name, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise OutputError(f"{str(self.path)!r} could not be written ({e}); {kept(self.path)}", e.errno) from None
+        self.files += 1
+
+    def commit(self, tag: str = "partial") -> Path:
+        """Rename the folder into place (a free ``NAME.TAG`` when the name was taken meanwhile)."""
+        dest = self.path
+        try:
+            fsync_path(self.tmp)
+            for _ in range(100):
+                try:
+                    if os.path.lexists(dest) and not (dest.is_dir() and not any(dest.iterdir())):
+                        raise FileExistsError(str(dest))
+                    os.rename(self.tmp, dest)  # replaces only an empty folder
+                    break
+                except (FileExistsError, OSError) as e:
+                    if isinstance(e, OSError) and not isinstance(e, FileExistsError) \
+                            and e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                        raise
+                    dest = free_name(self.path, tag)
+            fsync_path(dest.parent)
+        except BaseException as e:
+            self.discard()
+            if not isinstance(e, Exception):
+                raise
+            raise OutputError(f"{str(self.path)!r} could not be written completely ({e}); {kept(self.path)}",
+                              getattr(e, "errno", None)) from e
+        self.done = True
+        _unregister(self.tmp)
+        return dest
+
+    def discard(self) -> None:
+        """Remove the temporary folder and what it holds."""
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        _unregister(self.tmp)
+        self.done = True
 
 
 def _rename_no_replace(src: Path, dest: Path) -> None:

@@ -7,7 +7,7 @@ refused. ``EZVTB_VIDEO_ENCODER=opencv`` forces the fallback.
 
 | suffix | video | alpha | sound |
 |---|---|---|---|
-| ``.mp4`` | H.264, yuv420p, faststart (plays in browsers and editors) | composited over a background colour | AAC, from `audio=` |
+| ``.mp4`` | H.264, yuv420p, faststart (browsers, editors) | composited over `background` | AAC, from `audio=` |
 | ``.webm`` | VP9, yuva420p | kept (OBS media source, browsers, editors) | Opus, from `audio=` |
 | ``.gif`` | 256 colours (Pillow) | composited | - |
 
@@ -266,14 +266,18 @@ class VideoWriter:
         if rc:
             err = self._ffmpeg_error()
             self._out.discard()
+            self._close_logs()
             code = 256 - rc if 128 < rc < 256 else None  # ffmpeg exits with a negated errno
             reason = err or (os.strerror(code) if code else "no message")
             raise OutputError(f"{str(self.path)!r} could not be written (ffmpeg exit status {rc}: {reason}); "
                               f"{kept(self.path)}", code)
-        if keep_existing:
-            final = commit_without_replacing(self._out, "partial", self._verify)
-        else:
-            final = self._out.commit(self._verify)
+        try:
+            if keep_existing:
+                final = commit_without_replacing(self._out, "partial", self._verify)
+            else:
+                final = self._out.commit(self._verify)
+        finally:
+            self._close_logs()
         if self.gif is not None and self._gif_frames:
             write_gif(self.gif, self._gif_frames, 1.0 / self.fps)
         return final
@@ -282,6 +286,12 @@ class VideoWriter:
         """Stop without writing anything (the temporary file is removed)."""
         self._stop_encoder(kill=True)
         self._out.discard()
+        self._close_logs()
+
+    def _close_logs(self) -> None:
+        for f in (getattr(self, "_log", None), getattr(self, "_progress", None)):
+            if f is not None:
+                f.close()
 
     def __enter__(self) -> "VideoWriter":
         return self

@@ -210,15 +210,18 @@ def test_full_disk_video_fails_loudly_and_keeps_the_good_file(encoder):
 
 
 @pytest.mark.parametrize("writer", ["sd_video.save_mp4", "sd_video.save_gif", "novel_view.write_mp4", "atomic_write",
-                                    "raw_sink"])
+                                    "raw_sink", "png_sink"])
 def test_every_writer_fails_loudly_on_a_full_disk(writer):
     with small_filesystem(300) as fs:
-        good = fs / {"sd_video.save_gif": "good.gif", "atomic_write": "good.bin", "raw_sink": "good.bgra"}.get(
-            writer, "good.mp4")
-        good.write_bytes(b"GOOD")
+        good = fs / {"sd_video.save_gif": "good.gif", "atomic_write": "good.bin", "raw_sink": "good.bgra",
+                     "png_sink": "frames"}.get(writer, "good.mp4")
+        if writer == "png_sink":
+            (fs / "good.bin").write_bytes(b"GOOD")
+        else:
+            good.write_bytes(b"GOOD")
         _fill(fs, 40_000)
         frames = np.stack(_noise(40, 96, 96, 3, seed=3))
-        with pytest.raises(OutputError, match="good"):
+        with pytest.raises(OutputError, match=good.name):
             if writer == "sd_video.save_mp4":
                 from ezvtb.sd_video.media import save_mp4
 
@@ -237,7 +240,7 @@ def test_every_writer_fails_loudly_on_a_full_disk(writer):
             else:
                 from ezvtb.live import open_sink
 
-                sink = open_sink(f"raw:{good}")
+                sink = open_sink(f"{'png' if writer == 'png_sink' else 'raw'}:{good}")
                 try:
                     for fr in _noise(40, 96, 96, 4):
                         sink.write(fr)
@@ -245,8 +248,11 @@ def test_every_writer_fails_loudly_on_a_full_disk(writer):
                 except BaseException:
                     sink.abort()
                     raise
-        assert good.read_bytes() == b"GOOD"
-        assert sorted(p.name for p in fs.iterdir()) == ["filler.bin", good.name]
+        if writer == "png_sink":
+            assert sorted(p.name for p in fs.iterdir()) == ["filler.bin", "good.bin"]
+        else:
+            assert good.read_bytes() == b"GOOD"
+            assert sorted(p.name for p in fs.iterdir()) == ["filler.bin", good.name]
 
 
 def test_speech_is_muxed_into_an_h264_mp4_and_webm_keeps_alpha(tmp_path, encoder):
@@ -294,6 +300,35 @@ def test_a_result_that_cannot_be_written_is_kept_elsewhere_and_the_message_says_
         assert kept.parent == tmp_path and "orbit.mp4" in msg and "--out" in msg
         assert np.array_equal(np.load(kept), frames)
         assert sorted(p.name for p in fs.iterdir()) == ["filler.bin"]
+
+
+def test_png_sequence_keeps_alpha_appears_complete_and_never_writes_into_a_folder(tmp_path):
+    import cv2
+
+    from ezvtb.live import open_sink
+
+    frames = _noise(3, 32, 48, 4, seed=5)
+    sink = open_sink(f"png:{tmp_path / 'seq'}")
+    for f in frames:
+        sink.write(f)
+    assert not (tmp_path / "seq").exists()  # under a temporary name until close
+    sink.close()
+    names = sorted(p.name for p in (tmp_path / "seq").iterdir())
+    assert names == ["frame_000000.png", "frame_000001.png", "frame_000002.png"]
+    for f, name in zip(frames, names):
+        assert np.array_equal(cv2.imread(str(tmp_path / "seq" / name), cv2.IMREAD_UNCHANGED), f)  # lossless, alpha
+    with pytest.raises(ValueError, match="not empty"):
+        open_sink(f"png:{tmp_path / 'seq'}")
+    aborted = open_sink(f"png:{tmp_path / 'other'}")
+    aborted.write(frames[0])
+    aborted.abort()
+    late = open_sink(f"png:{tmp_path / 'late'}")
+    late.write(frames[0])
+    (tmp_path / "late").mkdir()
+    (tmp_path / "late" / "mine.txt").write_text("appeared meanwhile")
+    late.close(keep_existing=True)
+    assert late.written == tmp_path / "late.partial" and (tmp_path / "late" / "mine.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["late", "late.partial", "seq"]
 
 
 # --- outputs never replace inputs; checks before any model loads -----------------------------

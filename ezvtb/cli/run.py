@@ -11,7 +11,7 @@ source's poses that were never rendered (gaps in its sequence numbers). With RIF
 emits N frames, so the sinks receive N x fps frames per second.
 
 Offline renders: when the input is a file or the trace (``file://``, ``trace://``, ``video://``) and every
-output is a file (``mp4:``, ``webm:``, ``raw:PATH``, ``null:``), nothing is live, so every pose is
+output is a file (``mp4:``, ``webm:``, ``png:``, ``raw:PATH``, ``null:``), nothing is live, so every pose is
 rendered once, in order, as fast as the core goes (``step=1``, ``loop=0`` unless the URL says
 otherwise; ``?step=0`` plays the file in real time instead).
 
@@ -50,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="speech drives the mouth on top of --input: audio://mic or audio://speech.wav "
                         "(ezvtb.live.lipsync; --input audio://... alone also works)")
     p.add_argument("--output", action="append", required=True, metavar="URL",
-                   help="raw:-, raw:PATH, shm://NAME, mp4:PATH, webm:PATH (alpha kept), vcam://, null: (repeatable)")
+                   help="raw:-, raw:PATH, shm://NAME, mp4:PATH, webm:PATH (alpha kept), png:FOLDER (PNG sequence "
+                        "with alpha), vcam://, null: (repeatable)")
     p.add_argument("--fps", type=float, default=30.0, help="render rate (default: %(default)s)")
     p.add_argument("--frames", type=int, help="stop after N rendered ticks")
     p.add_argument("--seconds", type=float, help="stop after S seconds")
@@ -193,10 +194,11 @@ def offline_input(url: str, outputs: Sequence[str]) -> str | None:
         path = output_path(u)
         if path is not None:
             try:
-                if not stat.S_ISREG(os.stat(path).st_mode):
-                    return None  # a FIFO or a device: someone reads it live
+                mode = os.stat(path).st_mode
             except OSError:
-                pass
+                continue
+            if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+                return None  # a FIFO or a device: someone reads it live
     base, _, query = rest.partition("?")
     q = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
     if q.get("step", "1") in ("0", "false", "no", "off"):
@@ -232,7 +234,8 @@ def run(args: argparse.Namespace) -> int:
     check_fps(args.fps)
     kwargs = core_kwargs(args)
     background = parse_color(args.background)
-    check_outputs([("--output", output_path(u)) for u in args.output], input_files(args))
+    check_outputs([("--output" if not u.startswith("png:") else "--output png:", output_path(u)) for u in args.output],
+                  input_files(args), folders=("--output png:",))
     out_fps = args.fps * max(1, args.interpolation)
     offline = None if getattr(args, "audio", None) else offline_input(args.input, args.output)
     input_url = offline or args.input

@@ -9,6 +9,7 @@ Open one with `open_sink(url, fps)`:
 | ``shm://NAME`` | a shared-memory ring of frame slots (layout below); ``?slots=N`` (default 4) |
 | ``mp4:PATH`` | an H.264 mp4 (`ezvtb.video`), alpha composited over the background colour |
 | ``webm:PATH`` | a VP9 WebM that keeps the alpha channel (`ezvtb.video`; OBS, browsers, editors) |
+| ``png:FOLDER`` | a PNG sequence with alpha (``frame_000000.png``, ...) in a new folder (every editor reads it) |
 | ``vcam://[DEVICE]`` | a virtual camera via ``pyvirtualcam`` (optional; alpha composited) |
 | ``null:`` | discards frames (measurements) |
 
@@ -421,6 +422,46 @@ class VideoFileSink(FrameSink):
 Mp4Sink = VideoFileSink
 
 
+class PngSequenceSink(FrameSink):
+    """BGRA frames as ``frame_000000.png``, ... (alpha kept) in a new folder, through
+    `ezvtb.atomic.AtomicFolder`: the folder appears complete on `close`, never over an existing one."""
+
+    def __init__(self, folder: str, token: str | None = None) -> None:
+        super().__init__()
+        p = Path(folder)
+        if p.exists() and (not p.is_dir() or any(p.iterdir())):
+            raise ValueError(f"output: png:{folder} needs a new (or empty) folder; {folder!r} exists and is not empty")
+        if p.suffix.lower() in RAW_REFUSED_SUFFIXES:
+            raise ValueError(f"output: png:FOLDER names a folder, got {folder!r} (a {p.suffix} name)")
+        self.url = f"png:{folder}"
+        self.path, self.token = folder, token
+        self.written: Path | None = None
+        self._dir: Any = None
+
+    def _open(self, shape: tuple[int, int, int]) -> None:
+        from ezvtb.atomic import AtomicFolder
+
+        self._dir = AtomicFolder(self.path, self.token)
+
+    def _write(self, frame: np.ndarray) -> None:
+        import cv2
+
+        ok, buf = cv2.imencode(".png", frame, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        if not ok:
+            raise RuntimeError(f"output {self.url}: OpenCV could not encode frame {self.frames} as PNG")
+        self._dir.write(f"frame_{self.frames:06d}.png", buf.tobytes())
+
+    def close(self, keep_existing: bool = False) -> None:
+        if self._dir is not None:
+            d, self._dir = self._dir, None
+            self.written = d.commit("partial")
+
+    def abort(self) -> None:
+        if self._dir is not None:
+            self._dir.discard()
+            self._dir = None
+
+
 class VirtualCameraSink(FrameSink):
     """A virtual camera through pyvirtualcam (OBS virtual camera, v4l2loopback, Unity Capture)."""
 
@@ -457,8 +498,8 @@ class VirtualCameraSink(FrameSink):
 
 
 def output_path(url: str) -> str | None:
-    """The file a sink URL writes (mp4:, webm:, raw:PATH), or None (stdout, shm, vcam, null)."""
-    for scheme in ("raw:", "mp4:", "webm:"):
+    """The file (or png: folder) a sink URL writes (mp4:, webm:, raw:PATH, png:), or None (stdout, shm, vcam, null)."""
+    for scheme in ("raw:", "mp4:", "webm:", "png:"):
         if isinstance(url, str) and url.startswith(scheme):
             path = url[len(scheme):]
             path = path[2:] if path.startswith("//") else path
@@ -486,6 +527,11 @@ def open_sink(url: str, fps: float = 30.0, background: tuple[int, int, int] = (2
         if url.startswith("webm:") and not path.lower().endswith(".webm"):
             raise ValueError(f"output: webm:PATH needs a path ending in .webm, got {path!r}")
         return VideoFileSink(path, fps, background, token)
+    if url.startswith("png:"):
+        path = output_path(url)
+        if not path:
+            raise ValueError("output: png: needs a folder, e.g. png:frames")
+        return PngSequenceSink(path, token)
     if url.startswith("shm://"):
         rest, _, query = url[6:].partition("?")
         q = dict(urllib.parse.parse_qsl(query))
@@ -501,4 +547,4 @@ def open_sink(url: str, fps: float = 30.0, background: tuple[int, int, int] = (2
         dev = url[5:].lstrip("/")
         return VirtualCameraSink(dev or None, fps, background)
     raise ValueError(f"output: unknown sink {url!r}; expected raw:-, raw:PATH, shm://NAME, mp4:PATH, webm:PATH, "
-                     f"vcam:// or null:")
+                     f"png:FOLDER, vcam:// or null:")
