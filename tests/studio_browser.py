@@ -27,8 +27,9 @@ def missing() -> str | None:
     return None
 
 
-def open_chromium(width: int = 1400, height: int = 1000) -> Any:
-    """A headless Chromium WebDriver (no network downloads: the system browser and driver)."""
+def open_chromium(width: int = 1400, height: int = 1000, fake_camera: str | None = None) -> Any:
+    """A headless Chromium WebDriver (no network downloads: the system browser and driver); `fake_camera`: a
+    .y4m / .mjpeg file the page's getUserMedia camera plays instead of a device."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -38,6 +39,10 @@ def open_chromium(width: int = 1400, height: int = 1000) -> Any:
               f"--window-size={width},{height}", "--force-device-scale-factor=1",
               "--autoplay-policy=no-user-gesture-required"):
         opts.add_argument(a)
+    if fake_camera:
+        for a in ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                  f"--use-file-for-fake-video-capture={fake_camera}"):
+            opts.add_argument(a)
     return webdriver.Chrome(service=Service(_which(DRIVER_NAMES)), options=opts)
 
 
@@ -60,3 +65,14 @@ def element_png(driver: Any, element_id: str):
 
     png = driver.find_element("id", element_id).screenshot_as_png
     return cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+
+
+def write_y4m(path: Any, frames: list, fps: int = 10) -> None:
+    """Uncompressed YUV4MPEG2 (4:2:0) video of BGR uint8 frames (even sizes): Chromium's fake camera format."""
+    import cv2
+
+    h, w = frames[0].shape[:2]
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for frame in frames:
+            f.write(b"FRAME\n" + cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420).tobytes())

@@ -25,13 +25,6 @@ MOUTH_BOX = (slice(145, 215), slice(210, 305))
 HEAD_ROWS = slice(0, 270)
 
 
-def _chromium():
-    why = sb.missing()
-    if why:
-        pytest.skip(f"browser tests: {why}")
-    return sb.open_chromium()
-
-
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     if sb.missing():
@@ -45,9 +38,31 @@ def app(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser(app):
+def face_video(tmp_path_factory):
+    """A fake camera for Chromium: scikit-image's astronaut photograph (a real face) in a 640x480 y4m video,
+    or None without scikit-image."""
+    try:
+        from skimage.data import astronaut
+    except ImportError:
+        return None
+    import cv2
+
+    face = cv2.resize(astronaut()[:, :, ::-1], (480, 480), interpolation=cv2.INTER_AREA)
+    frame = np.full((480, 640, 3), 90, np.uint8)
+    frame[:, 80:560] = face
+    path = tmp_path_factory.mktemp("camera") / "astronaut.y4m"
+    sb.write_y4m(path, [frame] * 10)
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser(app, face_video):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    d = _chromium()
+    why = sb.missing()
+    if why:
+        pytest.skip(f"browser tests: {why}")
+    d = sb.open_chromium(fake_camera=str(face_video) if face_video else None)
+    d.fake_camera = face_video
     d.get(app.url)
     sb.wait_js(d, "window.studio && window.studio.ready")
     yield d
@@ -242,6 +257,26 @@ def test_trace_source_advances_the_preview(app, browser):
     cap = cv2.VideoCapture(str(app.studio.folder.resolve(files[0])))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) >= 2
     cap.release()
+
+
+def test_browser_camera_drives_the_face_tracker(app, browser):
+    from selenium.webdriver.support.ui import Select
+
+    d = browser
+    if d.fake_camera is None:
+        pytest.skip("scikit-image is not installed (the test face is skimage.data.astronaut)")
+    tab(d, "live")
+    Select(d.find_element("id", "live-source")).select_by_value("webcam")
+    d.find_element("id", "live-start").click()
+    sb.wait_js(d, "window.studio.stats && window.studio.stats.live && "
+                  "window.studio.stats.live.source_stats.faces >= 3")
+    start = frames_shown(d)
+    sb.wait_js(d, f"window.studio.previewFrames >= {start + 2} && window.studio.lastMeta.source === 'live'")
+    assert "face found" in d.find_element("id", "camera-info").text
+    shot(d, "camera")
+    d.find_element("id", "live-stop").click()
+    sb.wait_js(d, "window.studio.stats.mode === 'poser' && window.studio.camera === null")
+    assert error_text(d) == ""
 
 
 def test_bad_images_show_errors_and_the_app_keeps_working(app, browser, tmp_path, sample_image_paths):

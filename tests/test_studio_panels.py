@@ -70,8 +70,10 @@ def test_live_urls_follow_ezvtb_run_and_typed_paths_must_exist(tmp_path):
         panels.live_url({"source": "file", "path": str(tmp_path / "missing.json")})
     with pytest.raises(ValueError, match="needs the phone's address"):
         panels.live_url({"source": "ifm"})
-    with pytest.raises(ValueError, match="face tracker"):
-        panels.live_url({"source": "webcam"})
+    assert panels.live_url({"source": "webcam", "mirror": True}) == (panels.BROWSER_CAMERA + "?mirror=1", None)
+    assert panels.live_url({"source": "cam", "address": "1"})[0] == "cam://1"
+    with pytest.raises(ValueError, match="is a number"):
+        panels.live_url({"source": "cam", "address": "/dev/video0; rm"})
     with pytest.raises(ValueError, match="fps"):
         panels.live_url({"source": "trace", "fps": -1})
     with pytest.raises(ValueError, match="needs a tracker source"):

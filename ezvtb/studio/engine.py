@@ -212,8 +212,9 @@ class RenderLoop:
 
     def stats(self) -> dict[str, Any]:
         now = time.perf_counter()
-        times = [t for t in self._render_times if now - t < 5.0]
-        fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 2 and times[-1] > times[0] else 0.0
+        times = list(self._render_times)[-16:]  # the last renders, while they are recent
+        recent = bool(times) and now - times[-1] < 2.0 * (times[-1] - times[0]) / max(1, len(times) - 1) + 1.0
+        fps = (len(times) - 1) / (times[-1] - times[0]) if recent and len(times) > 1 and times[-1] > times[0] else 0.0
         out: dict[str, Any] = {
             "ready": self.ready.is_set() and self.core is not None, "core_error": self.core_error,
             "rendered": self.rendered, "preview_seq": self.bus.seq, "fps": round(fps, 2),

@@ -209,38 +209,45 @@ def pose_from_json(data: bytes, name: str = "pose JSON") -> np.ndarray:
 # --- Live ---------------------------------------------------------------------------------------
 LIVE_SOURCES = {
     "trace": "built-in trace (a recorded-looking head and face motion)",
+    "webcam": "the browser's camera -> face tracker",
+    "cam": "a camera on the server (cam://INDEX) -> face tracker",
     "vmc": "VMC protocol (VSeeFace, VNyan, ...): listens on HOST:PORT",
     "ifm": "iFacialMocap on a phone: the phone's address",
     "osf": "OpenSeeFace: listens on HOST:PORT",
     "file": "a pose file (.npy or .json, read only)",
     "audio": "speech file (lip sync only)",
     "mic": "microphone (lip sync only)",
-    "webcam": "the browser's camera",
 }
 DEFAULT_ADDRESS = {"vmc": "127.0.0.1:39539", "osf": "127.0.0.1:11573"}
-WEBCAM_UNAVAILABLE = ("the browser's camera needs the face tracker (ezvtb.live face tracking), which this "
-                      "version of ezvtb does not have yet")
+BROWSER_CAMERA = "browser-camera://"
 
 
 def live_url(form: Mapping[str, Any]) -> tuple[str, str | None]:
-    """(source URL, audio URL or None) for the Live panel's form, in `ezvtb run`'s --input / --audio syntax.
+    """(source URL, audio URL or None) for the Live panel's form, in `ezvtb run`'s --input / --audio syntax
+    (`BROWSER_CAMERA` for the page's camera, which only the studio has).
 
-    form: ``source`` (a `LIVE_SOURCES` key), ``address`` (vmc/osf/ifm), ``path`` (file/audio, read only),
-    ``fps``, ``audio`` (``none``, ``file`` or ``mic``: lip sync on top of a tracker) and ``audio_path``.
+    form: ``source`` (a `LIVE_SOURCES` key), ``address`` (vmc/osf/ifm; the camera index for cam), ``path``
+    (file/audio, read only), ``fps``, ``mirror`` (cameras), ``audio`` (``none``, ``file`` or ``mic``: lip sync on
+    top of a tracker) and ``audio_path``.
     """
     kind = str(form.get("source") or "")
     if kind not in LIVE_SOURCES:
         raise ValueError(f"source: expected one of {list(LIVE_SOURCES)}, got {kind!r}")
-    if kind == "webcam":
-        raise ValueError(f"source: {WEBCAM_UNAVAILABLE}")
     fps = live_fps(form)
     address = str(form.get("address") or "").strip()
+    mirror = "?mirror=1" if form.get("mirror") else ""
     if kind in ("vmc", "osf"):
         url = f"{kind}://{address or DEFAULT_ADDRESS[kind]}"
     elif kind == "ifm":
         if not address:
             raise ValueError("address: iFacialMocap needs the phone's address, e.g. 192.168.1.20:49983")
         url = f"ifm://{address}"
+    elif kind == "webcam":
+        url = BROWSER_CAMERA + mirror
+    elif kind == "cam":
+        if address and not address.isdigit():
+            raise ValueError(f"address: a camera on the server is a number (0 = the first), got {address!r}")
+        url = f"cam://{address or 0}" + mirror
     elif kind == "trace":
         url = f"trace://?fps={fps:g}"
     elif kind == "file":
@@ -289,7 +296,12 @@ def open_live(form: Mapping[str, Any]) -> tuple[Any, str]:
     from ezvtb.live import open_source
 
     url, audio_url = live_url(form)
-    source = open_source(url)
+    if url.startswith(BROWSER_CAMERA):
+        from ezvtb.studio.camera import BrowserCameraSource
+
+        source = BrowserCameraSource(mirror=url.endswith("mirror=1"))
+    else:
+        source = open_source(url)
     if audio_url:
         from ezvtb.live.lipsync import MouthOverlaySource
 

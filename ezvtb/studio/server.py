@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ezvtb.pose import PARAMETER_NAMES
 from ezvtb.studio import panels
+from ezvtb.studio.camera import BrowserCameraSource
 from ezvtb.studio.engine import LiveSession, RenderLoop, encode_png
 from ezvtb.studio.options import core_kwargs_from, option_fields
 
@@ -89,6 +90,13 @@ class Studio:
         self.loop.call(lambda: self.loop.cmd_start_live(session))
         return {"source": describe}
 
+    def camera(self) -> BrowserCameraSource | None:
+        """The running live source's browser camera, if it has one (the page feeds it frames)."""
+        live = self.loop.live
+        source = None if live is None else live.source
+        source = getattr(source, "base", source)  # lip sync on top of the camera
+        return source if isinstance(source, BrowserCameraSource) else None
+
     def set_output(self, name: str, on: bool) -> dict[str, Any]:
         live = self.loop.live
         if on:
@@ -124,7 +132,7 @@ class Studio:
         return {"options": option_fields(self.options), "poser": panels.poser_layout(),
                 "pose": pose.tolist(), "pose_version": version, "samples": panels.sample_names(),
                 "character_messages": self.character_messages,
-                "live_sources": panels.LIVE_SOURCES, "webcam": panels.WEBCAM_UNAVAILABLE,
+                "live_sources": panels.LIVE_SOURCES,
                 "outputs": panels.OUTPUTS, "overlay_url": self.url.rstrip("/") + "/overlay",
                 "generate": panels.generate_availability(), "output_folder": str(self.folder.root),
                 "limits": {"image_mb": panels.MAX_IMAGE_BYTES // panels.MB,
@@ -354,8 +362,34 @@ def create_app(studio: Studio) -> FastAPI:
                     try:
                         await asyncio.wait_for(ws.receive_text(), 0.5)
                         break
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         continue
+            await ws.close()
+        except (WebSocketDisconnect, RuntimeError, asyncio.CancelledError):
+            return
+
+    @app.websocket("/ws/camera")
+    async def camera(ws: WebSocket) -> None:
+        """Frames from the page's camera -> the face tracker; one reply per frame (the page sends the next
+        frame after it), so a slow tracker slows the camera upload, never the render loop."""
+        await ws.accept()
+        try:
+            while not studio.closing.is_set():
+                try:
+                    msg = await asyncio.wait_for(ws.receive(), 0.5)
+                except TimeoutError:
+                    continue
+                if msg["type"] == "websocket.disconnect":
+                    return
+                cam = studio.camera()
+                try:
+                    if cam is None:
+                        raise ValueError("camera: start Live with the browser camera as the source first")
+                    found = await run_in_threadpool(cam.feed, msg.get("bytes") or b"")
+                    reply: dict[str, Any] = {"face": found, "frames": cam.frames, "faces": cam.faces}
+                except ValueError as e:
+                    reply = {"error": str(e)}
+                await ws.send_text(json.dumps(reply))
             await ws.close()
         except (WebSocketDisconnect, RuntimeError, asyncio.CancelledError):
             return

@@ -170,10 +170,8 @@ function buildLive(st) {
   for (const [k, v] of Object.entries(st.live_sources)) {
     const o = document.createElement("option");
     o.value = k; o.textContent = `${k}: ${v}`;
-    if (k === "webcam") { o.disabled = true; o.textContent += ` (unavailable: ${st.webcam})`; }
     sel.appendChild(o);
   }
-  $("webcam-note").textContent = "Browser camera: " + st.webcam + ".";
   const outs = $("outputs");
   for (const [k, v] of Object.entries(st.outputs)) {
     const l = document.createElement("label");
@@ -190,16 +188,65 @@ function buildLive(st) {
 }
 $("live-start").onclick = async () => {
   clearError();
+  stopCamera();
+  const source = $("live-source").value;
   try {
-    await post("/api/live/start", { source: $("live-source").value, address: $("live-address").value,
+    await post("/api/live/start", { source, address: $("live-address").value, mirror: $("live-mirror").checked,
       path: $("live-path").value, audio: $("live-audio").value, audio_path: $("live-audio-path").value,
       fps: +$("live-fps").value });
-  } catch (e) {}
+  } catch (e) { return; }
+  if (source === "webcam") startCamera();
 };
 $("live-stop").onclick = async () => {
+  stopCamera();
   try { await post("/api/live/stop"); } catch (e) {}
-  document.querySelectorAll("#outputs input").forEach((i) => { i.checked = false; });
+  document.querySelectorAll("#outputs input").forEach((i) => {
+    i.checked = false;
+    $(`out-${i.dataset.output}-where`).textContent = "";
+  });
 };
+
+// the browser's camera: frames go to the server's face tracker, one in flight at a time
+async function startCamera() {
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    showError("camera: this browser allows the camera only on https:// or http://127.0.0.1 / localhost pages");
+    return;
+  }
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 } });
+  } catch (e) { showError(`camera: ${e.message}`); return; }
+  const video = $("camera-video");
+  video.srcObject = stream;
+  await video.play().catch(() => {});
+  const canvas = document.createElement("canvas");
+  const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws/camera");
+  const cam = { stream, ws, sent: 0, faces: 0, frames: 0 };
+  studio.camera = cam;
+  const send = () => {
+    if (studio.camera !== cam || ws.readyState !== WebSocket.OPEN) return;
+    if (!video.videoWidth) { setTimeout(send, 50); return; }
+    canvas.width = video.videoWidth; canvas.height = video.videoHeight;
+    canvas.getContext("2d").drawImage(video, 0, 0);
+    canvas.toBlob((b) => { if (b && ws.readyState === WebSocket.OPEN) { ws.send(b); cam.sent++; } }, "image/jpeg", 0.85);
+  };
+  ws.onopen = send;
+  ws.onmessage = (ev) => {
+    const r = JSON.parse(ev.data);
+    if (r.error) { showError(r.error); stopCamera(); return; }
+    cam.faces = r.faces; cam.frames = r.frames;
+    $("camera-info").textContent = `camera: ${r.frames} frames tracked, face ${r.face ? "found" : "not found"}`;
+    setTimeout(send, 30);
+  };
+}
+function stopCamera() {
+  const cam = studio.camera;
+  if (!cam) return;
+  studio.camera = null;
+  cam.stream.getTracks().forEach((t) => t.stop());
+  cam.ws.close();
+  $("camera-video").srcObject = null;
+}
 
 // --- speak --------------------------------------------------------------------------------------
 $("speak-run").onclick = async () => {
