@@ -29,10 +29,14 @@ log = logging.getLogger("ezvtb.studio")
 class FrameBus:
     """The newest rendered frame and what it shows; publishers never wait, readers take the newest.
 
-    `publish` copies the BGRA frame (the core reuses its buffers). `wait(after)` blocks until a frame
-    newer than sequence number `after` exists and returns (seq, png_bytes, meta); the PNG (alpha kept) is
-    encoded at most once per frame, by the first reader that asks for it, never on the render thread.
+    `publish` copies the BGRA frame (the core reuses its buffers). `wait(after, fmt)` blocks until a frame
+    newer than sequence number `after` exists and returns (seq, data, meta): ``fmt="png"`` a PNG with alpha,
+    ``fmt="rgba"`` the raw RGBA bytes (no compression: for pages on this machine, where encoding and decoding a
+    PNG would cost more than copying a megabyte). Each frame is encoded at most once per format, by the first
+    reader that asks for it, never on the render thread.
     """
+
+    FORMATS = ("png", "rgba")
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -40,13 +44,14 @@ class FrameBus:
         self.seq = 0
         self._frame: np.ndarray | None = None
         self._meta: dict[str, Any] = {}
-        self._png: tuple[int, bytes] | None = None
+        self._encoded: dict[str, tuple[int, bytes]] = {}
 
     def publish(self, frame: np.ndarray, meta: dict[str, Any]) -> int:
         copy = np.array(frame, np.uint8, copy=True)
         with self._cond:
             self.seq += 1
-            self._frame, self._meta = copy, {**meta, "seq": self.seq, "t": time.time()}
+            self._frame, self._meta = copy, {**meta, "seq": self.seq, "t": time.time(),
+                                             "width": copy.shape[1], "height": copy.shape[0]}
             self._cond.notify_all()
             return self.seq
 
@@ -54,18 +59,24 @@ class FrameBus:
         with self._cond:
             return self.seq, self._frame, dict(self._meta)
 
-    def wait(self, after: int, timeout: float) -> tuple[int, bytes, dict[str, Any]] | None:
+    def wait(self, after: int, timeout: float, fmt: str = "png") -> tuple[int, bytes, dict[str, Any]] | None:
+        if fmt not in self.FORMATS:
+            raise ValueError(f"format: expected one of {self.FORMATS}, got {fmt!r}")
         with self._cond:
             if not self._cond.wait_for(lambda: self.seq > after and self._frame is not None, timeout):
                 return None
             seq, frame, meta = self.seq, self._frame, dict(self._meta)
-        return seq, self.png(seq, frame), meta
+        return seq, self.encoded(seq, frame, fmt), {**meta, "format": fmt}
 
-    def png(self, seq: int, frame: np.ndarray) -> bytes:
+    def encoded(self, seq: int, frame: np.ndarray, fmt: str) -> bytes:
         with self._encode_lock:
-            if self._png is None or self._png[0] != seq:
-                self._png = (seq, encode_png(frame))
-            return self._png[1]
+            cached = self._encoded.get(fmt)
+            if cached is None or cached[0] != seq:
+                import cv2
+
+                data = encode_png(frame) if fmt == "png" else cv2.cvtColor(frame, cv2.COLOR_BGRA2RGBA).tobytes()
+                cached = self._encoded[fmt] = (seq, data)
+            return cached[1]
 
 
 def encode_png(frame: np.ndarray, level: int = 1) -> bytes:

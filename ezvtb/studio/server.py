@@ -172,7 +172,8 @@ def upload_name(request: Request, default: str) -> str:
 
 
 def frame_message(seq: int, png: bytes, meta: dict[str, Any]) -> bytes:
-    """One preview message: 4-byte big-endian header length, the JSON header, the PNG."""
+    """One preview message: 4-byte big-endian header length, the JSON header (seq, format, width, height, what
+    rendered it), the image (PNG or raw RGBA rows)."""
     head = json.dumps({**meta, "seq": seq}).encode()
     return struct.pack(">I", len(head)) + head + png
 
@@ -348,12 +349,16 @@ def create_app(studio: Studio) -> FastAPI:
     @app.websocket("/ws/preview")
     async def preview(ws: WebSocket) -> None:
         """Newest frame only; the next one is sent after the page acknowledges the last (a slow page
-        just sees fewer frames)."""
+        just sees fewer frames). ``?format=rgba`` sends raw RGBA (pages on this machine), default PNG."""
+        fmt = ws.query_params.get("format", "png")
+        if fmt not in studio.loop.bus.FORMATS:
+            await ws.close(code=1003, reason=f"format: expected one of {studio.loop.bus.FORMATS}")
+            return
         await ws.accept()
         last = 0
         try:
             while not studio.closing.is_set():
-                got = await run_in_threadpool(studio.loop.bus.wait, last, 0.5)
+                got = await run_in_threadpool(studio.loop.bus.wait, last, 0.5, fmt)
                 if got is None:
                     continue
                 last, png, meta = got

@@ -3,7 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 const studio = { state: null, pose: [], poseVersion: 0, timings: [], previewFrames: 0, lastMeta: null,
-                 errors: 0, speakBlob: null };
+                 errors: 0, speakBlob: null, shownSeqs: [] };
 window.studio = studio;
 
 function showError(msg) {
@@ -56,6 +56,7 @@ for (const b of document.querySelectorAll("#tabs button")) {
 connectPreview($("preview"), (meta, shownAt) => {
   studio.previewFrames++;
   studio.lastMeta = meta;
+  if (studio.shownSeqs.length < 100000) studio.shownSeqs.push(meta.seq);
   $("preview-count").textContent = studio.previewFrames;
   $("preview-seq").textContent = meta.seq;
   $("preview-source").textContent = meta.source || "";
@@ -375,7 +376,9 @@ async function poll() {
     if (s.job && s.job.kind === "speak") jobView("speak", s.job);
     if (s.generate) jobView("generate", s.generate);
   } catch (e) { $("status").textContent = "server not answering"; }
-  setTimeout(poll, 500);
+  const busy = studio.stats && (studio.stats.mode !== "poser" ||
+                                (studio.stats.generate && studio.stats.generate.state === "running"));
+  setTimeout(poll, busy ? 500 : 1500);
 }
 
 // --- start ----------------------------------------------------------------------------------------
