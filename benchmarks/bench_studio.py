@@ -95,7 +95,7 @@ def main(argv=None) -> int:
 
         # 1. slider release -> frame visible
         driver.find_element("css selector", '#tabs button[data-tab="poser"]').click()
-        overhead, total, render = [], [], []
+        overhead, total, render, server, page = [], [], [], [], []
         for i in range(args.releases + 1):  # the first release warms the rotator's caches and is not counted
             name = "head_y" if i % 2 else "mouth_aaa"
             n = driver.execute_script("return window.studio.timings.length")
@@ -106,6 +106,8 @@ def main(argv=None) -> int:
                 total.append(t["shown"] - t["release"])
                 render.append(t["render_ms"])
                 overhead.append(t["shown"] - t["release"] - t["render_ms"])
+                server.append(t["arrived"] - t["release"] - t["render_ms"])
+                page.append(t["shown"] - t["arrived"])
             time.sleep(0.3)
 
         # 2. preview vs core on the trace at 10 fps, then with stalled preview sockets
@@ -146,6 +148,8 @@ def main(argv=None) -> int:
         ["THA frame time of those frames (p50 ms)", f"{tha:.0f}", ""],
         ["overhead over the THA frame (p50 / p95 ms)", f"{pct(overhead, 50):.0f} / {pct(overhead, 95):.0f}",
          "<= 100 ms"],
+        ["  of which release -> frame message arrived, less the render (p50 ms)", f"{pct(server, 50):.0f}", ""],
+        ["  of which message -> painted (p50 ms)", f"{pct(page, 50):.0f}", ""],
         ["trace at 10 fps: core frames / frames the page showed", f"{rendered} / {shown}", ""],
         ["preview share of core frames", f"{100.0 * shown / max(1, rendered):.0f} %", ">= 90 %"],
         ["core fps: 1 page / 1 page + 3 stalled sockets", f"{core_fps:.2f} / {core_fps_s:.2f}", "no slower"],

@@ -45,6 +45,7 @@ class FrameBus:
         self._frame: np.ndarray | None = None
         self._meta: dict[str, Any] = {}
         self._encoded: dict[str, tuple[int, bytes]] = {}
+        self._listeners: set[Callable[[], None]] = set()
 
     def publish(self, frame: np.ndarray, meta: dict[str, Any]) -> int:
         copy = np.array(frame, np.uint8, copy=True)
@@ -53,7 +54,24 @@ class FrameBus:
             self._frame, self._meta = copy, {**meta, "seq": self.seq, "t": time.time(),
                                              "width": copy.shape[1], "height": copy.shape[0]}
             self._cond.notify_all()
-            return self.seq
+            listeners = list(self._listeners)
+        for notify in listeners:  # must not block (e.g. an event loop's call_soon_threadsafe)
+            try:
+                notify()
+            except RuntimeError:  # its event loop has closed
+                self._listeners.discard(notify)
+        return self.seq
+
+    def listen(self, notify: Callable[[], None]) -> Callable[[], None]:
+        """Call `notify()` (from the render thread, so it must not block) after each publish; returns the
+        function that stops it."""
+        with self._cond:
+            self._listeners.add(notify)
+        return lambda: self._listeners.discard(notify)
+
+    def take(self, after: int, fmt: str) -> tuple[int, bytes, dict[str, Any]] | None:
+        """The newest frame if it is newer than `after` (encoded as `wait` does), else None; never blocks."""
+        return self.wait(after, 0.0, fmt)
 
     def latest(self) -> tuple[int, np.ndarray | None, dict[str, Any]]:
         with self._cond:

@@ -355,14 +355,25 @@ def create_app(studio: Studio) -> FastAPI:
             await ws.close(code=1003, reason=f"format: expected one of {studio.loop.bus.FORMATS}")
             return
         await ws.accept()
+        bus = studio.loop.bus
+        fresh = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        stop_listening = bus.listen(lambda: loop.call_soon_threadsafe(fresh.set))
         last = 0
         try:
             while not studio.closing.is_set():
-                got = await run_in_threadpool(studio.loop.bus.wait, last, 0.5, fmt)
+                if bus.seq <= last:
+                    try:
+                        await asyncio.wait_for(fresh.wait(), 0.5)
+                    except TimeoutError:
+                        continue
+                fresh.clear()
+                # raw RGBA is a copy (about a millisecond): done here; a PNG is encoded on a worker thread
+                got = bus.take(last, fmt) if fmt == "rgba" else await run_in_threadpool(bus.take, last, fmt)
                 if got is None:
                     continue
-                last, png, meta = got
-                await ws.send_bytes(frame_message(last, png, meta))
+                last, data, meta = got
+                await ws.send_bytes(frame_message(last, data, meta))
                 while not studio.closing.is_set():
                     try:
                         await asyncio.wait_for(ws.receive_text(), 0.5)
@@ -372,6 +383,8 @@ def create_app(studio: Studio) -> FastAPI:
             await ws.close()
         except (WebSocketDisconnect, RuntimeError, asyncio.CancelledError):
             return
+        finally:
+            stop_listening()
 
     @app.websocket("/ws/camera")
     async def camera(ws: WebSocket) -> None:

@@ -14,6 +14,7 @@ function connectPreview(canvas, onFrame) {
     ws.binaryType = "arraybuffer";
     ws.onopen = () => { retry = 250; };
     ws.onmessage = async (ev) => {
+      const arrived = performance.now();
       const buf = ev.data;
       const n = new DataView(buf).getUint32(0);
       const meta = JSON.parse(new TextDecoder().decode(new Uint8Array(buf, 4, n)));
@@ -30,7 +31,7 @@ function connectPreview(canvas, onFrame) {
           ctx.drawImage(bmp, 0, 0);
           bmp.close();
         }
-        requestAnimationFrame(() => onFrame && onFrame(meta, performance.now()));
+        requestAnimationFrame(() => onFrame && onFrame(meta, performance.now(), arrived));
       } finally {
         if (ws.readyState === WebSocket.OPEN) ws.send("ack");
       }

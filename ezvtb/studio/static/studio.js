@@ -53,7 +53,7 @@ for (const b of document.querySelectorAll("#tabs button")) {
 }
 
 // --- preview ------------------------------------------------------------------------------------
-connectPreview($("preview"), (meta, shownAt) => {
+connectPreview($("preview"), (meta, shownAt, arrivedAt) => {
   studio.previewFrames++;
   studio.lastMeta = meta;
   if (studio.shownSeqs.length < 100000) studio.shownSeqs.push(meta.seq);
@@ -64,7 +64,7 @@ connectPreview($("preview"), (meta, shownAt) => {
   if (meta.pose_version !== undefined) {
     for (const t of studio.timings) {
       if (t.shown === undefined && t.version !== undefined && meta.pose_version >= t.version) {
-        t.shown = shownAt; t.render_ms = meta.render_ms; t.frameVersion = meta.pose_version;
+        t.shown = shownAt; t.arrived = arrivedAt; t.render_ms = meta.render_ms; t.frameVersion = meta.pose_version;
       }
     }
   }
@@ -77,16 +77,17 @@ function refreshCharacter(messages) {
   ul.innerHTML = "";
   for (const m of messages || []) { const li = document.createElement("li"); li.textContent = m; ul.appendChild(li); }
 }
-$("image-file").onchange = async (ev) => {
-  const f = ev.target.files[0];
-  if (!f) return;
-  clearError();
-  try {
-    const r = await upload("/api/character/upload", f, studio.state.limits.image_mb, "image");
-    refreshCharacter(r.messages);
-  } catch (e) { /* shown */ }
-  ev.target.value = "";
-};
+function onFileUpload(inputId, path, limit, what, done) {
+  // a chosen file is uploaded at once; errors show in the banner, the input is cleared for the next choice
+  $(inputId).onchange = async (ev) => {
+    const f = ev.target.files[0];
+    if (!f) return;
+    clearError();
+    try { done(await upload(path, f, studio.state.limits[limit], what)); } catch (e) { /* shown */ }
+    ev.target.value = "";
+  };
+}
+onFileUpload("image-file", "/api/character/upload", "image_mb", "image", (r) => refreshCharacter(r.messages));
 
 // --- poser --------------------------------------------------------------------------------------
 let poseInFlight = false, posePending = null;
@@ -153,17 +154,10 @@ function buildPoser(layout, pose) {
   }
 }
 $("pose-reset").onclick = async () => { try { const r = await post("/api/preset", { name: "neutral" }); setSliders(r.pose); } catch (e) {} };
-$("pose-file").onchange = async (ev) => {
-  const f = ev.target.files[0];
-  if (!f) return;
-  clearError();
-  try {
-    const r = await upload("/api/pose.json", f, studio.state.limits.pose_mb, "pose JSON");
-    setSliders(r.pose);
-    studio.loadedPoseVersion = r.pose_version;
-  } catch (e) { /* shown */ }
-  ev.target.value = "";
-};
+onFileUpload("pose-file", "/api/pose.json", "pose_mb", "pose JSON", (r) => {
+  setSliders(r.pose);
+  studio.loadedPoseVersion = r.pose_version;
+});
 
 // --- live ---------------------------------------------------------------------------------------
 function buildLive(st) {
