@@ -323,6 +323,7 @@ def test_doctor_panel_and_generated_option_controls(app, browser):
     labels = d.find_elements("css selector", "#options label")
     assert [el.text.split()[0] for el in labels] == [f["flag"] for f in option_fields()]
     assert "model_seperable=" in d.find_element("id", "options").text  # the CLI's help text
+    shot(d, "doctor")
     # a bad value is refused with the CLI's message before the running core is touched
     field = d.find_element("css selector", '#options input[name="interpolation"]')
     field.clear()
@@ -335,6 +336,7 @@ def test_doctor_panel_and_generated_option_controls(app, browser):
     field.clear()
     field.send_keys("1")
     tab(d, "generate")
+    shot(d, "generate")
     if d.find_element("id", "generate-forms").get_attribute("disabled"):
         assert "diffusion extra" in d.find_element("id", "generate-reason").text
         return
