@@ -96,7 +96,14 @@ def run(args: argparse.Namespace) -> int:
         views, t0 = sv4d_novel_views(model, frames, sv3d=sv3d, seed=args.seed, decoding_t=args.decoding_t,
                                      elevation_deg=10.0 if args.elevation is None else args.elevation,
                                      return_t0_views=True)
-    paths = write_novel_view_videos(out_dir, views, t0_views=t0)
+    try:
+        paths = write_novel_view_videos(out_dir, views, t0_views=t0)
+    except OSError as e:
+        from ezvtb.atomic import OutputError
+        from ezvtb.outputs import rescue
+
+        frames = (views.clamp(0, 1).permute(0, 1, 3, 4, 2).cpu().numpy() * 255.0 + 0.5).astype("uint8")
+        raise OutputError(rescue(frames, e, "--out-dir", Path(out_dir) / "views.mp4")) from e
     for p in paths:
         print(p)
     log.info("wrote %d videos to %s", len(paths), out_dir)
