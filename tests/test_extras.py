@@ -34,7 +34,8 @@ def test_require_and_explain():
                             "pip install 'ezvtb[audio]'")
     assert "`export` or `diffusion` extra" in explain(ModuleNotFoundError("x", name="torch"))
     assert explain(MissingExtraError("ezvtb speak needs the `audio` extra")) == "ezvtb speak needs the `audio` extra"
-    assert explain(ModuleNotFoundError("No module named 'zzz'", name="zzz")) == "ModuleNotFoundError: No module named 'zzz'"
+    unrelated = ModuleNotFoundError("No module named 'zzz'", name="zzz")
+    assert explain(unrelated) == "ModuleNotFoundError: No module named 'zzz'"
 
 
 def _cuda_provider() -> bool:

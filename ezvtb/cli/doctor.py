@@ -12,7 +12,8 @@ from pathlib import Path
 # (torch alone takes seconds to import)
 NOT_IMPORTED = {"torch": "ezvtb[export]: exporting graphs", "onnx": "ezvtb[export]: exporting graphs",
                 "pyvirtualcam": "`pip install pyvirtualcam`: the vcam:// output"}
-TOOLS = {"ffmpeg": "on PATH; videos use it only without imageio-ffmpeg (see 'video encoder')", "espeak-ng": "speech for the lip-sync tests"}
+TOOLS = {"ffmpeg": "on PATH; videos use it only without imageio-ffmpeg (see 'video encoder')",
+         "espeak-ng": "speech for the lip-sync tests"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -214,6 +214,9 @@ class VmcAccumulator:
     """
 
     def __init__(self) -> None:
+        from ezvtb.extras import require
+
+        require("io", "the VMC input (vmc://)")  # when the source opens, not in its receiver thread
         self.pending: dict[str, float] = {}
         self.blend: dict[str, float] = {}
         self.head_q: tuple[float, float, float, float] | None = None
