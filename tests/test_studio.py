@@ -84,7 +84,7 @@ def frames_shown(d) -> int:
 def wait_new_frame(d, after: int, source: str | None = None) -> None:
     cond = f"window.studio.previewFrames > {after}"
     if source:
-        cond += f" && window.studio.lastMeta.source === '{source}'"
+        cond += f" && window.studio.lastMeta && window.studio.lastMeta.source === '{source}'"
     sb.wait_js(d, cond)
 
 
@@ -160,7 +160,7 @@ def test_load_pose_json(app, browser, tmp_path):
                              "pose": {"eye_happy_wink_left": 1.0, "eye_happy_wink_right": 1.0, "mouth_iii": 1.0}}))
     d.find_element("id", "pose-file").send_keys(str(f))
     version = sb.wait_js(d, "window.studio.loadedPoseVersion")
-    sb.wait_js(d, f"window.studio.lastMeta.pose_version >= {version}")
+    sb.wait_js(d, f"window.studio.lastMeta && window.studio.lastMeta.pose_version >= {version}")
     assert d.execute_script("return document.getElementById('p-mouth_iii').value") == "1"
     assert d.execute_script("return document.getElementById('p-head_y').value") == "0"  # a file sets all 45
     after = preview(d)
@@ -234,9 +234,9 @@ def test_trace_source_advances_the_preview(app, browser):
     fps.clear()
     fps.send_keys("10")
     d.find_element("id", "live-start").click()
-    sb.wait_js(d, "window.studio.lastMeta.source === 'live'")
+    sb.wait_js(d, "window.studio.lastMeta && window.studio.lastMeta.source === 'live'")
     start = frames_shown(d)
-    sb.wait_js(d, f"window.studio.previewFrames >= {start + 2} && window.studio.lastMeta.source === 'live'")
+    wait_new_frame(d, start + 1, "live")
     assert int(d.find_element("id", "preview-count").text) >= start + 2
     sb.wait_js(d, "window.studio.stats && window.studio.stats.live && window.studio.stats.live.ticks >= 2")
     assert "trace://" in d.find_element("id", "live-stats").text
@@ -271,7 +271,7 @@ def test_browser_camera_drives_the_face_tracker(app, browser):
     sb.wait_js(d, "window.studio.stats && window.studio.stats.live && "
                   "window.studio.stats.live.source_stats.faces >= 3")
     start = frames_shown(d)
-    sb.wait_js(d, f"window.studio.previewFrames >= {start + 2} && window.studio.lastMeta.source === 'live'")
+    wait_new_frame(d, start + 1, "live")
     assert "face found" in d.find_element("id", "camera-info").text
     shot(d, "camera")
     d.find_element("id", "live-stop").click()
