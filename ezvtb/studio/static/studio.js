@@ -65,6 +65,7 @@ connectPreview($("preview"), (meta, shownAt, arrivedAt) => {
     for (const t of studio.timings) {
       if (t.shown === undefined && t.version !== undefined && meta.pose_version >= t.version) {
         t.shown = shownAt; t.arrived = arrivedAt; t.render_ms = meta.render_ms; t.frameVersion = meta.pose_version;
+        t.published = meta.t * 1000 - performance.timeOrigin;  // the server's clock is this machine's
       }
     }
   }
