@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -117,7 +118,9 @@ def main(argv=None) -> int:
 
         def trace_run(stalled: int) -> tuple[int, int, float]:
             post(url, "api/live/start", {"source": "trace", "fps": 10})
-            socks = [connect(url.replace("http://", "ws://") + "ws/preview") for _ in range(stalled)]
+            socks = contextlib.ExitStack()
+            for _ in range(stalled):  # connected, never reading: each holds one unacknowledged frame
+                socks.enter_context(connect(url.replace("http://", "ws://") + "ws/preview"))
             try:
                 wait(lambda: (stats(url).get("live") or {}).get("ticks", 0) >= 1, what="the first live frame")
                 first = stats(url)
@@ -128,8 +131,7 @@ def main(argv=None) -> int:
                 time.sleep(1.0)  # the last frame's trip to the page
                 seqs = driver.execute_script("return window.studio.shownSeqs")
             finally:
-                for s in socks:
-                    s.close()
+                socks.close()
                 post(url, "api/live/stop", {})
             # every live frame is published with the next sequence number: the page's share is exact
             shown_in = len({q for q in seqs if seq0 < q <= seq1})

@@ -224,6 +224,30 @@ def test_speak_renders_a_playable_video(app, browser, tmp_path):
     shot(d, "speak")
 
 
+def test_speak_records_in_the_browser(app, browser):
+    """The Record button: the microphone (Chromium's fake one) -> a WAV made in the page -> the Speak job."""
+    d = browser
+    if d.fake_camera is None:
+        pytest.skip("needs Chromium's fake media devices (enabled with the test face video)")
+    tab(d, "speak")
+    previous = d.execute_script("return document.getElementById('speak-result').dataset.file || ''")
+    fps = d.find_element("id", "speak-fps")
+    fps.clear()
+    fps.send_keys("2")
+    d.execute_script("document.getElementById('speak-file').value = ''")
+    d.find_element("id", "speak-record").click()
+    sb.wait_js(d, "document.getElementById('speak-record').textContent === 'Stop recording'", timeout=30)
+    time.sleep(1.5)
+    d.find_element("id", "speak-record").click()
+    size = sb.wait_js(d, "window.studio.speakBlob && window.studio.speakBlob.size", timeout=30)
+    assert size > 44 + 2 * 8000  # a WAV header and more than 0.5 s of 16-bit samples at >= 16 kHz
+    d.find_element("id", "speak-run").click()
+    sb.wait_js(d, f"(document.getElementById('speak-result').dataset.file || '') !== '{previous}'")
+    assert sb.wait_js(d, "(() => { const v = document.getElementById('speak-result-video');"
+                         " return v && v.readyState >= 2 && v.duration > 0.5 })()", timeout=60)
+    assert error_text(d) == ""
+
+
 def test_trace_source_advances_the_preview(app, browser):
     from selenium.webdriver.support.ui import Select
 
@@ -403,3 +427,23 @@ def test_overlay_is_transparent_outside_the_character(app, browser):
     assert (shown[outside] == 0).mean() > 0.999
     assert (shown[inside] == 255).mean() > 0.999
     assert (shot_rgba[:, :x, 3] == 0).all() if x > 0 else True  # page margins are transparent too
+
+
+def test_the_command_prints_its_loopback_url_and_serves(tmp_path):
+    import signal
+    import sys
+
+    if sb.missing():
+        pytest.skip(f"browser tests: {sb.missing()}")
+    proc = subprocess.Popen([sys.executable, "-m", "ezvtb", "-q", "studio", "--port", "0", "--out-dir", str(tmp_path)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("ezvtb studio: http://127.0.0.1:"), line
+        url = line.split()[2]
+        state = json.loads(urllib.request.urlopen(url + "api/state", timeout=60).read())
+        assert state["overlay_url"] == url + "overlay" and state["output_folder"] == str(tmp_path.resolve())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(60)
+    assert rc in (0, 143, -signal.SIGTERM), rc

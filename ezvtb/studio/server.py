@@ -463,8 +463,9 @@ def start_server(studio: Studio, host: str = "127.0.0.1", port: int = 0, log_lev
     shown = f"[{host}]" if ":" in host else host
     studio.url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown}:{real_port}/"
     app = create_app(studio)
+    # no per-message deflate: compressing a megabyte of RGBA per preview frame costs tens of milliseconds
     server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, ws_max_size=16 * 1024 * 1024,
-                                           timeout_graceful_shutdown=2))
+                                           ws_per_message_deflate=False, timeout_graceful_shutdown=2))
     studio.start()
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="ezvtb-studio-http", daemon=True)
     thread.start()
