@@ -13,10 +13,11 @@ logging.getLogger("ezvtb").addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
 
-__all__ = ["Core", "get_core", "prepare_image", "__version__"]
+__all__ = ["Core", "CoreOptions", "get_core", "prepare_image", "__version__"]
 
 # The public names load on first use, so that `ezvtb --help` and light subpackages do not pay for the core.
-_LAZY = {"Core": "ezvtb.core", "get_core": "ezvtb.factory", "prepare_image": "ezvtb.image"}
+_LAZY = {"Core": "ezvtb.core", "CoreOptions": "ezvtb.options", "get_core": "ezvtb.factory",
+         "prepare_image": "ezvtb.image"}
 
 
 def __getattr__(name: str):

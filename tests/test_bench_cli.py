@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from ezvtb.cli import bench
-from ezvtb.cli.core_options import add_core_arguments, core_kwargs
+from ezvtb.cli.core_options import add_core_arguments
+from ezvtb.options import CoreOptions
 
 
 def parse(*argv):
@@ -16,22 +17,35 @@ def parse(*argv):
     return p.parse_args(list(argv))
 
 
-def test_core_flags_map_to_get_core_keywords():
+def core_kwargs(args):
+    return CoreOptions.from_args(args).as_dict()
+
+
+def test_core_flags_map_to_get_core_keywords(tmp_path):
     kw = core_kwargs(parse())
-    assert kw["use_interpolation"] is False and kw["use_cacher"] is False and kw["use_sr"] is False
-    assert kw["model_half"] is None and kw["model_seperable"] is True and kw["use_tensorrt"] is False  # auto
+    assert kw["use_interpolation"] is False and kw["use_cacher"] is True and kw["use_sr"] is False
+    assert kw["model_half"] is None and kw["model_seperable"] is True and kw["use_tensorrt"] is True  # as get_core
+    rife = tmp_path / "f.pkl"
+    rife.write_bytes(b"")
     kw = core_kwargs(parse("--backend", "trt", "--half", "--model", "standard", "--interpolation", "3",
-                           "--rife-model", "f.pkl", "--cache", "--cache-quality", "70", "--sr", "x2", "--sr-noise",
+                           "--rife-model", str(rife), "--cache", "--cache-quality", "70", "--sr", "x2", "--sr-noise",
                            "2", "--no-model-cache", "--no-eyebrow", "--weights-dir", "w"))
     assert kw["use_tensorrt"] and kw["backend"] == "trt" and kw["model_half"] and not kw["model_seperable"]
-    assert kw["interpolation_scale"] == 3 and kw["rife_model"] == "f.pkl" and kw["use_interpolation"]
+    assert kw["interpolation_scale"] == 3 and kw["rife_model"] == str(rife) and kw["use_interpolation"]
     assert kw["use_cacher"] and kw["cacher_quality"] == 70 and kw["use_sr"] and kw["sr_x4"] is False
     assert kw["sr_noise"] == 2 and kw["model_cache"] is False and kw["model_use_eyebrow"] is False
     assert kw["weights_dir"] == "w"
     kw = core_kwargs(parse("--cache-db", "/tmp/db"))
     assert kw["use_cacher"] and kw["cacher_on_database"] and kw["cacher_db_path"] == "/tmp/db"
+    kw = core_kwargs(parse("--no-cache", "--no-tensorrt", "--sr-region", "0,96", "--sr", "x4", "--sr-region-size",
+                           "320", "--sr-alpha", "bicubic", "--no-model-vram-cache", "--pipelined"))
+    assert kw["use_cacher"] is False and kw["use_tensorrt"] is False and kw["sr_region"] == (0, 96)
+    assert kw["sr_region_size"] == 320 and kw["sr_alpha"] == "bicubic" and kw["model_vram_cache"] is False
+    assert kw["pipelined"] is True
     with pytest.raises(ValueError, match="--interpolation"):
         core_kwargs(parse("--interpolation", "5"))
+    with pytest.raises(ValueError, match=r"^--cache-quality: cacher_quality: expected an int in 1\.\.100"):
+        core_kwargs(parse("--cache-quality", "0"))
 
 
 def test_load_trace(tmp_path):

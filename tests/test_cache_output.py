@@ -164,11 +164,15 @@ def test_queued_frames_are_stored_at_exit_without_close(tmp_path):
 def test_cli_pose_quantization_flag():
     import argparse
 
-    from ezvtb.cli.core_options import add_core_arguments, core_kwargs
+    from ezvtb.cli.core_options import add_core_arguments
+    from ezvtb.options import CoreOptions
+
+    def core_kwargs(args):
+        return CoreOptions.from_args(args).as_dict()
 
     p = argparse.ArgumentParser()
     add_core_arguments(p)
-    assert "pose_quantization" not in core_kwargs(p.parse_args([]))
+    assert core_kwargs(p.parse_args([]))["pose_quantization"] is None
     assert core_kwargs(p.parse_args(["--pose-quantization", "1/16", "--cache"]))["pose_quantization"] == 1 / 16
     assert core_kwargs(p.parse_args(["--pose-quantization", "0.125"]))["pose_quantization"] == 0.125
     for bad in ("0", "2", "1/0", "fine"):

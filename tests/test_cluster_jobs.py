@@ -30,12 +30,11 @@ def test_job_file_defaults_paths_and_state_keys(job_dir):
     assert a.spec["image"] == str(job_dir / "img.png") and b.spec["image"] is None
     assert a.spec["output"] == str(job_dir / "out/a.mp4") and a.outputs == [a.spec["output"]]
     assert a.spec["fps"] == b.spec["fps"] == 24.0
-    # options are `ezvtb run`'s flag defaults overlaid with the job's (defaults merged key by key)
-    assert a.spec["options"] == {**J.run_flag_defaults(), "backend": "cpu"}
-    assert b.spec["options"] == {**J.run_flag_defaults(), "backend": "cpu", "threads": 1}
+    # options are the job defaults (`ezvtb run`'s, cache off) overlaid with the job's (merged key by key)
+    assert a.spec["options"] == {**J.job_defaults().as_dict(), "backend": "cpu"}
+    assert b.spec["options"] == {**J.job_defaults().as_dict(), "backend": "cpu", "threads": 1}
+    assert a.spec["options"]["use_cacher"] is False and a.spec["options"]["use_interpolation"] is False
     assert a.state_key != b.state_key  # different options: a worker reloads between them
-    assert J.frames_per_pose(a.spec["options"]) == 1
-    assert J.frames_per_pose({"use_interpolation": True, "interpolation_scale": 3}) == 3
 
 
 @pytest.mark.parametrize("job, message", [
@@ -45,7 +44,7 @@ def test_job_file_defaults_paths_and_state_keys(job_dir):
     ({"poses": "t.npy", "output": "o.mp4", "fps": 0}, "job 0: fps: expected a number > 0"),
     ({"poses": "t.npy", "output": "o.mp4", "background": "blue"}, "job 0: background: expected"),
     ({"poses": "t.npy", "output": "o.mp4", "options": {"use_rtx": True}},
-     r"job 0: options: unknown get_core keyword\(s\) \['use_rtx'\]"),
+     r"job 0: options: unknown get_core option\(s\) \['use_rtx'\]"),
     ({"poses": "t.npy", "output": "o.mp4", "frames": 3}, r"job 0: unknown field\(s\) \['frames'\]"),
     ({"kind": "text-to-video", "prompt": "a cat"}, "job 0: kind: expected one of"),
 ])

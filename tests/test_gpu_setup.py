@@ -185,7 +185,7 @@ def test_get_core_falls_back_when_native_tensorrt_fails_to_build(monkeypatch, ca
     the next (here the CPU, real sessions); the failing GPU part is simulated (no GPU here)."""
     import logging
 
-    from ezvtb import factory
+    from ezvtb import factory, options
     from ezvtb.engines import policy
     from ezvtb.engines.cuda import CudaError
 
@@ -201,7 +201,7 @@ def test_get_core_falls_back_when_native_tensorrt_fails_to_build(monkeypatch, ca
     monkeypatch.setattr(factory, "create_session", trt_fails)
     # "trt" is simulated here: the provider check that runs before each candidate opens would refuse it first
     monkeypatch.setattr(policy, "require_backend", lambda backend: None)
-    monkeypatch.setattr(factory, "backend_chain", lambda backend, use_tensorrt: [
+    monkeypatch.setattr(options, "backend_chain", lambda backend, use_tensorrt: [
         ("trt", "use_tensorrt=True: native TensorRT"), ("auto", "fallback")] if backend == "auto"
         else [(backend, "requested")])
     opts = dict(use_tensorrt=True, model_half=False, use_interpolation=False, use_cacher=False, threads=1)
@@ -252,7 +252,7 @@ def test_a_frame_stage_that_fails_on_thas_backend_falls_back_too(monkeypatch, ca
     import logging
 
     import ezvtb.engines as engines
-    from ezvtb import factory
+    from ezvtb import factory, options
 
     real = engines.create_session
     tried = []
@@ -266,7 +266,7 @@ def test_a_frame_stage_that_fails_on_thas_backend_falls_back_too(monkeypatch, ca
 
     monkeypatch.setattr(engines, "create_session", rife_fails_on_cpu)
     monkeypatch.setattr(factory, "create_session", rife_fails_on_cpu)
-    monkeypatch.setattr(factory, "backend_chain", lambda backend, use_tensorrt: [
+    monkeypatch.setattr(options, "backend_chain", lambda backend, use_tensorrt: [
         ("cpu", "first candidate"), ("auto", "second candidate")] if backend == "auto" else [(backend, "requested")])
     opts = dict(use_tensorrt=True, model_half=False, interpolation_half=False, use_interpolation=True,
                 use_cacher=False, threads=1)

@@ -64,13 +64,17 @@ def test_bad_flow_scale_is_refused_before_any_export():
 
 
 def test_cli_flags_default_to_auto():
-    from ezvtb.cli.core_options import add_core_arguments, core_kwargs
+    from ezvtb.cli.core_options import add_core_arguments
+    from ezvtb.options import CoreOptions
+
+    def core_kwargs(args):
+        return CoreOptions.from_args(args).as_dict()
 
     p = argparse.ArgumentParser()
     add_core_arguments(p)
     kw = core_kwargs(p.parse_args(["--interpolation", "2", "--sr", "x4"]))
     assert kw["model_half"] is None and kw["interpolation_half"] is None and kw["sr_half"] is None
-    assert "interpolation_flow_scale" not in kw
+    assert kw["interpolation_flow_scale"] is None
     kw = core_kwargs(p.parse_args(["--no-half", "--interpolation", "2", "--interpolation-half", "--sr", "x2",
                                    "--no-sr-half", "--interpolation-flow-scale", "0.25"]))
     assert kw["model_half"] is False and kw["interpolation_half"] is True and kw["sr_half"] is False

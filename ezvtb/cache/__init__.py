@@ -20,7 +20,7 @@ from ezvtb.cache.ram import RamStore
 GB = 1024**3
 
 __all__ = ["OutputCache", "RamStore", "JpegCodec", "LosslessCodec", "FrameKeys", "character_digest",
-           "make_codec", "lossless_codec", "check_cacher_options", "probe_cacher_options", "create_output_cache",
+           "make_codec", "lossless_codec", "check_cacher_options", "create_output_cache",
            "default_db_path"]
 
 
@@ -61,20 +61,6 @@ def check_cacher_options(cacher_quality: Any, cacher_ram_size: Any, cacher_on_da
             "db_path": None if cacher_db_path is None else Path(os.fspath(cacher_db_path)).expanduser()}
 
 
-def probe_cacher_options(cacher_quality: Any, cacher_ram_size: Any, cacher_on_database: Any,
-                         cacher_db_path: Any) -> Any:
-    """`check_cacher_options`, then, for the database, open it (path errors early, a damaged file set
-    aside). Returns that open `LmdbStore` (hand it to `create_output_cache(store=...)`, so what the
-    opening found stays in its stats), or None for the RAM store."""
-    o = check_cacher_options(cacher_quality, cacher_ram_size, cacher_on_database, cacher_db_path)
-    make_codec(o["quality"])
-    if o["on_database"]:
-        from ezvtb.cache.lmdb_store import LmdbStore
-
-        return LmdbStore(o["db_path"] or default_db_path(), o["budget_bytes"])
-    return None
-
-
 def create_output_cache(cacher_quality: int = 85, cacher_ram_size: float = 2.0, cacher_on_database: bool = False,
                         cacher_db_path: str | os.PathLike | None = None, *, jpeg_backend: str = "auto",
                         queue_size: int = 16, store: Any = None) -> OutputCache:
@@ -83,7 +69,7 @@ def create_output_cache(cacher_quality: int = 85, cacher_ram_size: float = 2.0, 
     cacher_quality 1..99: JPEG (colour 4:4:4 + alpha planes); 100: lossless (`lossless_codec`).
     cacher_ram_size: budget in GB, of the RAM LRU or of the LMDB map.
     cacher_on_database / cacher_db_path: LMDB environment at that path (default `default_db_path()`).
-    store: the store `probe_cacher_options` opened for these options (used instead of opening again).
+    store: a store to use instead of opening one for these options.
     """
     o = check_cacher_options(cacher_quality, cacher_ram_size, cacher_on_database, cacher_db_path)
     codec = make_codec(o["quality"], jpeg_backend)

@@ -4,7 +4,7 @@
     ezvtb bench --trace poses.npy --backend cuda --half --interpolation 2 --cache
     ezvtb bench --frames 20 --reference --json bench.json
 
-The core is built from the same options as `get_core` (flags in `ezvtb.cli.core_options`).
+The core is built from the same options as `get_core` (flags from `ezvtb.options.CoreOptions`).
 `--warmup` calls run first on a mirrored copy of the character (not measured, and never served
 from the output cache later); then `setImage` runs again (fresh THA caches) and
 every trace pose goes through `core.inference` once, timed. The table lists p50/p95/p99 per
@@ -31,7 +31,8 @@ import platform
 import time
 from typing import TYPE_CHECKING, Any
 
-from ezvtb.cli.core_options import add_core_arguments, core_kwargs, load_character
+from ezvtb.cli.core_options import add_core_arguments
+from ezvtb.options import CoreOptions
 
 if TYPE_CHECKING:
     import numpy as np
@@ -275,19 +276,20 @@ def _jsonable(x: Any) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ezvtb import get_core
     from ezvtb.cli.core_options import core_input_files
+    from ezvtb.factory import build_core
     from ezvtb.outputs import check_outputs
+    from ezvtb.weights.tha3 import load_character
 
     check_outputs([("--json", args.json)], [("--trace", args.trace), *core_input_files(args)],
                   suffixes={"--json": (".json",)})
     poses = load_trace(args.trace, args.frames, args.fps)
     if args.warmup < 0:
         raise ValueError(f"--warmup: expected >= 0, got {args.warmup}")
-    kwargs = core_kwargs(args)
+    opts = CoreOptions.from_args(args)
     image = load_character(args.image)
     t0 = time.perf_counter()
-    core = get_core(**kwargs)
+    core = build_core(opts)
     try:
         core.setImage(image)
         log.info("core ready in %.1f s; %d poses", time.perf_counter() - t0, len(poses))
@@ -297,17 +299,17 @@ def run(args: argparse.Namespace) -> int:
     ref_ms = None
     if args.reference:
         half = "/fp16/" in getattr(core, "variant", "")  # the precision get_core resolved
-        if half or not kwargs["model_seperable"]:
+        if half or not opts.model_seperable:
             log.warning("--reference runs upstream's separable_float poser; the core uses %s%s",
-                        "standard" if not kwargs["model_seperable"] else "separable", " fp16" if half else "")
+                        opts.variant, " fp16" if half else "")
         ref_ms = run_reference(image, poses, args.warmup, args.threads, not args.no_progress)
     fig = figures(res, args.fps, ref_ms)
-    fig["options"] = dict(kwargs)
+    fig["options"] = opts.as_dict()
     fig["trace"] = args.trace or "built-in"
     fig["machine"] = machine()
     fig["variant"] = getattr(core, "variant", "")
-    ran_on = res["stats"]["tha"].get("backend", kwargs["backend"])
-    asked = "" if ran_on == kwargs["backend"] else f" (--backend {kwargs['backend']})"
+    ran_on = res["stats"]["tha"].get("backend", opts.backend)
+    asked = "" if ran_on == opts.backend else f" (--backend {opts.backend})"
     print(f"ezvtb bench: {fig['variant']} backend={ran_on}{asked}, precision "
           f"{', '.join(f'{k} {v}' for k, v in fig['precision'].items())}, {fig['poses']} poses "
           f"({fig['trace']}), warmup {args.warmup}; {fig['machine']}")

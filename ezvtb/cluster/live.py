@@ -43,6 +43,8 @@ import numpy as np
 
 from ezvtb.cluster._ray import NAMESPACE, ensure_ray, import_ray
 from ezvtb.image import validate_image
+from ezvtb.ipc.engine import ENGINES, build_engine, expected_output
+from ezvtb.options import check_option_names
 from ezvtb.pose import POSE_SIZE, validate_pose
 from ezvtb.stages.timing import Timings
 
@@ -50,7 +52,6 @@ log = logging.getLogger("ezvtb.cluster")
 
 ray = import_ray()
 
-ENGINES = ("core", "echo")
 # ezvtb.ipc.Client.spawn keywords about its server process, meaningless on Ray (accepted, ignored)
 IPC_ONLY_KEYWORDS = frozenset({"slots", "message_timeout", "log_level", "python", "stderr", "env"})
 DEFAULT_NAME = "ezvtb"
@@ -70,19 +71,6 @@ def image_digest(img: np.ndarray) -> str:
     h.update(repr((img.shape, img.dtype.str)).encode())
     h.update(np.ascontiguousarray(img).data)
     return h.hexdigest()
-
-
-def build_engine(engine: str, options: dict[str, Any]) -> Any:
-    """A core (``get_core(**options)``) or, for ``echo``, `ezvtb.ipc.echo.EchoCore` (no model)."""
-    if engine == "echo":
-        from ezvtb.ipc.echo import EchoCore, echo_frames
-
-        return EchoCore(frames=echo_frames(options))
-    if engine != "core":
-        raise ValueError(f"engine: expected one of {list(ENGINES)}, got {engine!r}")
-    from ezvtb import get_core
-
-    return get_core(**options)
 
 
 class _Slot:
@@ -107,9 +95,7 @@ class CoreReplica:
         self._in_flight = 0
         self._started = time.time()
         probe = self._slots[0].core
-        self._frames = int(getattr(probe, "n", 0)) or _frames_of(options, engine)
-        side = 1024 if engine == "core" and options.get("use_sr") else 512  # both SR modes output 1024x1024
-        self._shape = (side, side, 4)
+        self._shape, self._frames = expected_output(engine, options, probe)
 
     def info(self) -> dict[str, Any]:
         with self._lock:
@@ -159,12 +145,6 @@ class CoreReplica:
             slot = self._by_digest.pop(digest, None)
             if slot is not None:
                 slot.digest = None
-
-
-def _frames_of(options: dict[str, Any], engine: str) -> int:
-    from ezvtb.cluster.jobs import frames_per_pose
-
-    return frames_per_pose({"use_interpolation": True, **options}) if engine == "core" else 1
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
@@ -262,14 +242,8 @@ def start_service(options: dict[str, Any] | None = None, *, engine: str = "core"
             raise ValueError(f"{key}: expected a number >= 0, got {v!r}")
     if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < -1:
         raise ValueError(f"max_restarts: expected an int >= -1 (-1 = unlimited), got {max_restarts!r}")
-    if engine == "core":  # argument names and types, before any replica starts
-        import inspect
-
-        from ezvtb.factory import get_core
-
-        bad = sorted(set(options or {}) - set(inspect.signature(get_core).parameters))
-        if bad:
-            raise ValueError(f"options: unknown get_core keyword(s) {bad}")
+    if engine == "core":  # argument names, before any replica starts
+        check_option_names(options or {})
     ensure_ray(address)
     opts = {"namespace": NAMESPACE}
     if name:

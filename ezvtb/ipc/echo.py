@@ -15,11 +15,14 @@ returned arrays are owned by the engine and overwritten by the next `inference` 
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from ezvtb.image import IMAGE_SHAPE, validate_image
+from ezvtb.models.rife.spec import SCALES
+from ezvtb.options import CoreOptions, check_option_names, frames_per_pose
 from ezvtb.pose import POSE_SIZE, index, validate_pose
 from ezvtb.stages.timing import Timings
 
@@ -27,14 +30,21 @@ SHIFT_PIXELS = 32
 HEAD_X, HEAD_Y = index("head_x"), index("head_y")
 
 
-def echo_frames(options: dict[str, Any]) -> int:
-    """Frames per inference the echo engine gives for get_core-style options."""
-    if not options.get("use_interpolation", True):
+def echo_frames(options: Mapping[str, Any]) -> int:
+    """Frames per inference the echo engine gives for get_core options (`frames_per_pose`).
+
+    Option names are checked as the core checks them; of the values only `use_interpolation` and
+    `interpolation_scale` (any of 2, 3, 4: no RIFE weights are involved) matter here.
+    """
+    check_option_names(options)
+    defaults = CoreOptions()
+    use = options.get("use_interpolation", defaults.use_interpolation)
+    scale = options.get("interpolation_scale", defaults.interpolation_scale)
+    if not use:
         return 1
-    scale = options.get("interpolation_scale", 2)
-    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or int(scale) not in (2, 3, 4):
-        raise ValueError(f"interpolation_scale: expected one of [2, 3, 4], got {scale!r}")
-    return int(scale)
+    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or int(scale) not in SCALES:
+        raise ValueError(f"interpolation_scale: expected one of {list(SCALES)}, got {scale!r}")
+    return frames_per_pose(use, scale)
 
 
 def shift_image(img: np.ndarray, dx: int, dy: int, out: np.ndarray) -> np.ndarray:

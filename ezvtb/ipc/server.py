@@ -20,7 +20,6 @@ segment and the socket on every one of those paths.
 from __future__ import annotations
 
 import fcntl
-import inspect
 import json
 import logging
 import os
@@ -37,11 +36,11 @@ from typing import Any, Callable
 import numpy as np
 
 from ezvtb.ipc import protocol as P
+from ezvtb.ipc.engine import ENGINES, build_engine, expected_output
 from ezvtb.ipc.shm import MAX_GROUPS, FrameRing
 
 log = logging.getLogger("ezvtb.ipc")
 
-ENGINES = ("core", "echo")
 READ_CHUNK = 256 * 1024
 OUT_LIMIT = 256 * 1024  # unsent small replies above which the server stops reading requests
 
@@ -54,64 +53,6 @@ class ClientGone(Exception):
     """The client closed its end (EOF, EPIPE, ECONNRESET)."""
 
 
-# --- engines --------------------------------------------------------------------------------
-def _core_signature() -> inspect.Signature:
-    from ezvtb.factory import get_core
-
-    return inspect.signature(get_core)
-
-
-def resolve_options(options: dict[str, Any]) -> dict[str, Any]:
-    """`options` with get_core's defaults filled in; ValueError naming an unknown option."""
-    sig = _core_signature()
-    known = [n for n in sig.parameters]
-    for k in options:
-        if k not in sig.parameters:
-            raise ValueError(f"options: unknown get_core option {k!r} (known: {', '.join(known)})")
-    bound = sig.bind(**options)
-    bound.apply_defaults()
-    return dict(bound.arguments)
-
-
-def expected_output(engine: str, options: dict[str, Any], core: Any = None) -> tuple[tuple[int, int, int], int]:
-    """(frame shape, frames per inference) that `engine` built from `options` produces.
-
-    Frames per call: `interpolation_scale` with `use_interpolation`, else 1. Shape: 512x512x4, or
-    1024x1024x4 with `use_sr` (4 x `sr_region_size` with `sr_x4`); a built `core` whose last stage
-    declares its output (`out_spec`) is taken at its word. Every frame is checked at runtime too.
-    """
-    a = resolve_options(options)
-    if engine == "echo":
-        from ezvtb.ipc.echo import echo_frames
-
-        return (512, 512, 4), echo_frames(a)
-    n = int(a["interpolation_scale"]) if a["use_interpolation"] else 1
-    side = 4 * int(a.get("sr_region_size") or 256) if a["sr_x4"] else 1024
-    shape = (side, side, 4) if a["use_sr"] else (512, 512, 4)
-    for stage in getattr(core, "after", None) or []:
-        out = getattr(stage, "out_spec", None)
-        dims = tuple(getattr(out, "shape", ()) or ())
-        if len(dims) == 3 and dims[2] == 4 and all(isinstance(d, int) and d > 0 for d in dims):
-            shape = dims
-    return shape, n
-
-
-def build_engine(engine: str, options: dict[str, Any]) -> Any:
-    """The frame source: ``core`` = ``ezvtb.get_core(**options)``, ``echo`` = `EchoCore`."""
-    if engine not in ENGINES:
-        raise ValueError(f"engine: expected one of {list(ENGINES)}, got {engine!r}")
-    if engine == "echo":
-        from ezvtb.ipc.echo import EchoCore
-
-        _, n = expected_output("echo", options)
-        return EchoCore(frames=n)
-    resolve_options(options)
-    from ezvtb.factory import get_core
-
-    return get_core(**options)
-
-
-# --- channels -------------------------------------------------------------------------------
 class Channel:
     """A byte stream: `read` (b"" = EOF, only after select said readable), non-blocking `write`."""
 
@@ -823,5 +764,5 @@ def serve(transport: str = "stdio", options: dict[str, Any] | None = None, *, en
             signal.signal(signal.SIGTERM, old_term if old_term is not None else signal.SIG_DFL)
 
 
-__all__ = ["serve", "Server", "ENGINES", "build_engine", "expected_output", "resolve_options", "bind_socket",
+__all__ = ["serve", "Server", "ENGINES", "build_engine", "expected_output", "bind_socket",
            "accept_client", "refuse", "Terminated", "ClientGone"]

