@@ -35,7 +35,6 @@ frame per `latest` call, for tests and offline use), ``iris=0`` (the plain mesh:
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -51,7 +50,16 @@ import numpy as np
 
 from ezvtb.live.filters import OneEuroFilter
 from ezvtb.live.mapping import Mapper, MappingConfig, TrackerState, breathing_value, ramp
-from ezvtb.live.sources import PoseSample, PoseSource  # sources imports this module lazily: no cycle
+from ezvtb.live.source_base import (
+    TRACKER_KEYS,
+    PoseSample,
+    PoseSource,
+    filter_params,
+    inverted_axes,
+    mapping_config,
+    query_bool,
+    query_number,
+)
 from ezvtb.models.facetrack.spec import (
     DETECTOR_SIZE,
     LANDMARK_SIZE,
@@ -734,12 +742,10 @@ def open_camera_source(url: str, scheme: str, rest: str, q: Mapping[str, str]) -
     """`CameraSource` for ``cam://INDEX``, ``cam://PATH`` or ``video://PATH`` with query `q` (module docstring)."""
     import urllib.parse
 
-    from ezvtb.live.sources import _COMMON_KEYS, _bool, _num, mapping_config
-
-    unknown = sorted(set(q) - (_COMMON_KEYS | CAMERA_KEYS))
+    unknown = sorted(set(q) - (TRACKER_KEYS | CAMERA_KEYS))
     if unknown:
         raise ValueError(f"input: unknown option(s) {unknown} for {scheme}:// (allowed: "
-                         f"{sorted(_COMMON_KEYS | CAMERA_KEYS)})")
+                         f"{sorted(TRACKER_KEYS | CAMERA_KEYS)})")
     rest = urllib.parse.unquote(rest)
     if not rest:
         raise ValueError(f"input: {scheme}:// needs a camera index (cam://0) or a video file path, got {url!r}")
@@ -753,25 +759,24 @@ def open_camera_source(url: str, scheme: str, rest: str, q: Mapping[str, str]) -
     size = {}
     for k in ("width", "height"):
         if k in q:
-            v = _num(k, q[k])
+            v = query_number(k, q[k])
             if v < 1 or v != int(v):
                 raise ValueError(f"input: {k} expects a positive integer (pixels), got {q[k]!r}")
             size[k] = int(v)
-    fps = _num("fps", q["fps"]) if "fps" in q else None
+    fps = query_number("fps", q["fps"]) if "fps" in q else None
     if fps is not None and fps <= 0:
         raise ValueError(f"input: fps expects a number > 0, got {q['fps']!r}")
-    filter_params: dict[str, float] = {} if "filter" in q and not _bool("filter", q["filter"]) else \
-        {k: _num(k, q.get(k, "1.0")) for k in ("min_cutoff", "beta", "d_cutoff")}
-    invert = tuple(a.strip() for a in q.get("invert", "").split(",") if a.strip())
+    invert = inverted_axes(q)
     profile = q.get("profile") or None
     if profile is not None and not Path(profile).is_file():
         raise ValueError(f"input: profile={profile!r}: no such file (write one with FaceTracker.calibrate)")
     record = q.get("record") or None
     if record is not None and not Path(record).parent.resolve().is_dir():
         raise ValueError(f"input: record={record!r}: its folder does not exist")
-    kw: dict[str, Any] = {"backend": q.get("backend", "cpu"), "threads": int(_num("threads", q.get("threads", "1"))),
-                          "profile": profile, "mapping": mapping_config(q), "filter_params": filter_params,
-                          "invert": invert, "iris": _bool("iris", q.get("iris", "1"))}
-    loop, step = _bool("loop", q.get("loop", "0")), _bool("step", q.get("step", "0"))
+    kw: dict[str, Any] = {"backend": q.get("backend", "cpu"),
+                          "threads": int(query_number("threads", q.get("threads", "1"))),
+                          "profile": profile, "mapping": mapping_config(q), "filter_params": filter_params(q),
+                          "invert": invert, "iris": query_bool("iris", q.get("iris", "1"))}
+    loop, step = query_bool("loop", q.get("loop", "0")), query_bool("step", q.get("step", "0"))
     src = CameraSource(url, target, lambda: FaceTracker(**kw), fps=fps, loop=loop, step=step, record=record, **size)
     return src.start()

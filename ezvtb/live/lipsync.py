@@ -45,6 +45,15 @@ from typing import Any
 import numpy as np
 
 from ezvtb.audio2coeff.frontend import hann_periodic
+from ezvtb.live.mapping import breathing_value
+from ezvtb.live.source_base import (
+    PLAYBACK_KEYS,
+    PlaybackClock,
+    PoseSample,
+    PoseSource,
+    playback_options,
+    query_number,
+)
 from ezvtb.pose import POSE_SIZE, index
 
 log = logging.getLogger("ezvtb.live.lipsync")
@@ -261,8 +270,6 @@ def mouth_pose(weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray
 
 
 # --- pose sources ---------------------------------------------------------------------------------
-from ezvtb.live.sources import PoseSample, PoseSource  # noqa: E402  (sources imports nothing from here)
-from ezvtb.live.mapping import breathing_value  # noqa: E402
 
 
 class AudioFilePoseSource(PoseSource):
@@ -275,24 +282,21 @@ class AudioFilePoseSource(PoseSource):
             raise ValueError(f"input: {url!r} has less than 10 ms of audio")
         self.url, self.samples, self.est = url, np.asarray(samples, np.float32), estimator
         self.fps, self.loop, self.step = _check_positive("fps", fps), bool(loop), bool(step)
+        self.clock = PlaybackClock(self.fps, self.step)
         self.breathing_period = breathing_period
-        self._t0: float | None = None
         self._pos = 0  # samples fed so far (absolute, grows across loops)
-        self._ticks = 0
         self._seq = 0
         self.analysis_s = 0.0
 
     def start(self) -> "AudioFilePoseSource":
-        if self._t0 is None:
-            self._t0 = time.perf_counter()
+        self.clock.start()
         return self
 
     def _target(self) -> int:
+        """Samples to have fed: up to the end of this tick (step), or up to now (wall clock)."""
         if self.step:
-            self._ticks += 1
-            return int(round(self._ticks * RATE / self.fps))
-        self.start()
-        return int((time.perf_counter() - self._t0) * RATE)  # type: ignore[operator]
+            return int(round((self.clock.tick() + 1) * RATE / self.fps))
+        return int(self.clock.elapsed() * RATE)
 
     def latest(self) -> PoseSample:
         target = self._target()
@@ -408,21 +412,19 @@ class MouthOverlaySource(PoseSource):
         self.audio.close()
 
 
-AUDIO_KEYS = {"fps", "loop", "step", "profile", "silence_db", "loud_db", "attack", "release", "temperature",
+AUDIO_KEYS = PLAYBACK_KEYS | {"profile", "silence_db", "loud_db", "attack", "release", "temperature",
               "breathing", "device", "sadtalker", "bfm", "exp_profile", "pose_style", "seed"}
 SADTALKER_KEYS = ("sadtalker", "bfm", "exp_profile", "pose_style", "seed")  # ezvtb.audio2coeff.mouth
 
 
 def open_audio_source(url: str, rest: str, q: dict[str, str]) -> PoseSource:
     """``audio://PATH`` or ``audio://mic`` (module docstring); called by `ezvtb.live.open_source`."""
-    from ezvtb.live.sources import _bool, _num
-
     unknown = sorted(set(q) - AUDIO_KEYS)
     if unknown:
         raise ValueError(f"input: unknown option(s) {unknown} for audio:// (allowed: {sorted(AUDIO_KEYS)})")
-    kw = {k: _num(k, q[k]) for k in ("silence_db", "loud_db", "attack", "release", "temperature") if k in q}
+    kw = {k: query_number(k, q[k]) for k in ("silence_db", "loud_db", "attack", "release", "temperature") if k in q}
     est = VowelEstimator.load_profile(q["profile"], **kw) if q.get("profile") else VowelEstimator(**kw)
-    breathing = _num("breathing", q.get("breathing", "0"))
+    breathing = query_number("breathing", q.get("breathing", "0"))
     target = urllib.parse.unquote(rest)
     if any(k in q for k in SADTALKER_KEYS):
         est = _expression_player(url, target, q)
@@ -434,16 +436,13 @@ def open_audio_source(url: str, rest: str, q: dict[str, str]) -> PoseSource:
     from ezvtb.audio2coeff.frontend import load_wav
 
     samples = load_wav(target, RATE, "input")
-    return AudioFilePoseSource(url, samples, est, fps=_num("fps", q.get("fps", "30")),
-                               loop=_bool("loop", q.get("loop", "0")), step=_bool("step", q.get("step", "0")),
-                               breathing_period=breathing).start()
+    fps, loop, step = playback_options(q, loop=False)
+    return AudioFilePoseSource(url, samples, est, fps=fps, loop=loop, step=step, breathing_period=breathing).start()
 
 
 def _expression_player(url: str, target: str, q: dict[str, str]) -> Any:
     """``sadtalker=CKPT&bfm=PATH[&exp_profile=JSON&pose_style=N&seed=N]``: the mouth from Audio2Coeff's
     expression coefficients (`ezvtb.audio2coeff.mouth`), precomputed for the whole file."""
-    from ezvtb.live.sources import _num
-
     if target in ("mic", "microphone"):
         raise ValueError(f"input: {url!r}: sadtalker=/bfm= need a file (Audio2Coeff looks 0.2 s ahead); "
                          f"use audio://mic without them")
@@ -453,8 +452,8 @@ def _expression_player(url: str, target: str, q: dict[str, str]) -> Any:
     from ezvtb.audio2coeff.mouth import expression_player
 
     return expression_player(target, q["sadtalker"], q["bfm"], profile=q.get("exp_profile") or None,
-                             pose_style=int(_num("pose_style", q.get("pose_style", "0"))),
-                             seed=int(_num("seed", q.get("seed", "0"))))
+                             pose_style=int(query_number("pose_style", q.get("pose_style", "0"))),
+                             seed=int(query_number("seed", q.get("seed", "0"))))
 
 
 def mouth_track(samples: np.ndarray, fps: float, estimator: VowelEstimator | None = None) -> np.ndarray:

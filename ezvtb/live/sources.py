@@ -28,7 +28,6 @@ the caller.
 """
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import json
 import logging
@@ -45,6 +44,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ezvtb.live.filters import OneEuroFilter
+from ezvtb.live.lipsync import open_audio_source
 from ezvtb.live.mapping import (
     OSF_FEATURES,
     VRM_PRESETS,
@@ -59,6 +59,18 @@ from ezvtb.live.mapping import (
     quaternion_to_unity_euler,
     unity_to_arkit,
 )
+from ezvtb.live.source_base import (
+    PLAYBACK_KEYS,
+    TRACKER_KEYS,
+    PlaybackClock,
+    PoseSample,
+    PoseSource,
+    filter_params,
+    inverted_axes,
+    mapping_config,
+    playback_options,
+    query_number,
+)
 from ezvtb.pose import POSE_MAX, POSE_MIN, POSE_SIZE, index
 
 log = logging.getLogger("ezvtb.live")
@@ -67,44 +79,6 @@ BREATHING = index("breathing")
 IFM_PORT, OSF_PORT, VMC_PORT = 49983, 11573, 39539
 IFM_START = b"iFacialMocap_sahuasouryya9218sauhuiayeta91555dy3719|sendDataVersion=v2"
 IFM_HANDSHAKE_INTERVAL = 2.0  # s without data before the start string is sent again
-
-
-class PoseSample(NamedTuple):
-    """pose: float32 (45,) (a copy owned by the caller); t: `time.perf_counter()` when the data
-    arrived (playback: when the pose was produced); seq: increases with every new tracker pose."""
-
-    pose: np.ndarray
-    t: float
-    seq: int
-
-
-class PoseSource:
-    """Base: `start()`, `latest()`, `stats()`, `close()`; usable as a context manager."""
-
-    url = ""
-
-    def start(self) -> "PoseSource":
-        return self
-
-    def latest(self) -> PoseSample | None:
-        raise NotImplementedError
-
-    @property
-    def finished(self) -> bool:
-        """True when a non-looping playback has played its last pose."""
-        return False
-
-    def stats(self) -> dict[str, Any]:
-        return {}
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> "PoseSource":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # --- parsers (pure functions, tested directly and through the receivers) ----------------------
@@ -283,41 +257,6 @@ class VmcAccumulator:
 
 
 # --- live (UDP) sources ------------------------------------------------------------------------
-_FILTER_KEYS = {"min_cutoff", "beta", "d_cutoff", "filter"}
-_COMMON_KEYS = _FILTER_KEYS | {"invert", "breathing"} | {f.name for f in dataclasses.fields(MappingConfig)}
-
-
-def _bool(name: str, v: str) -> bool:
-    if v.lower() in ("1", "true", "yes", "on"):
-        return True
-    if v.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"input: {name} expects 0 or 1, got {v!r}")
-
-
-def _num(name: str, v: str) -> float:
-    try:
-        x = float(v)
-    except ValueError:
-        raise ValueError(f"input: {name} expects a number, got {v!r}") from None
-    if not math.isfinite(x):
-        raise ValueError(f"input: {name} expects a finite number, got {v!r}")
-    return x
-
-
-def mapping_config(q: dict[str, str]) -> MappingConfig:
-    """A `MappingConfig` from URL query values (unknown keys are left to the caller)."""
-    kw: dict[str, Any] = {}
-    for f in dataclasses.fields(MappingConfig):
-        if f.name in q:
-            v = q[f.name]
-            kw[f.name] = v if f.type in ("str", str) else _bool(f.name, v) if f.type in ("bool", bool) \
-                else _num(f.name, v)
-    if "breathing" in q:
-        kw["breathing_period"] = _num("breathing", q["breathing"])
-    return MappingConfig(**kw)
-
-
 class LiveSource(PoseSource):
     """Common part of the UDP receivers: socket, thread, mapping, filter, latest-pose slot."""
 
@@ -574,36 +513,21 @@ class PlaybackSource(PoseSource):
     """Plays an (N, 45) array at `fps` by wall clock (or one pose per `latest` call with `step`)."""
 
     def __init__(self, url: str, poses: np.ndarray, fps: float = 30.0, loop: bool = True, step: bool = False) -> None:
-        if not (math.isfinite(fps) and fps > 0):
-            raise ValueError(f"input: fps expects a number > 0, got {fps!r}")
+        self.clock = PlaybackClock(fps, step)
         self.url = url
         self.poses = poses
-        self.fps = float(fps)
+        self.fps = self.clock.fps
         self.loop = bool(loop)
         self.step = bool(step)
-        self._t0: float | None = None
-        self._calls = 0
         self._index = -1
 
     def start(self) -> "PlaybackSource":
         """Starts the playback clock (the first `latest` does it otherwise)."""
-        if self._t0 is None:
-            self._t0 = time.perf_counter()
+        self.clock.start()
         return self
 
-    def _position(self) -> int:
-        if self.step:
-            i = self._calls
-            self._calls += 1
-        else:
-            now = time.perf_counter()
-            if self._t0 is None:
-                self._t0 = now
-            i = int((now - self._t0) * self.fps)
-        return i
-
     def latest(self) -> PoseSample | None:
-        i = self._position()
+        i = self.clock.frame()
         n = len(self.poses)
         if i >= n and not self.loop:
             self._index = n
@@ -663,25 +587,21 @@ def open_source(url: str) -> PoseSource:
             raise ValueError(f"input: unknown option(s) {unknown} for {scheme}:// (allowed: {sorted(allowed)})")
 
     if scheme in ("file", "trace"):
-        check_keys({"fps", "loop", "step", "frames"})
-        fps = _num("fps", q.get("fps", "30"))
-        loop = _bool("loop", q.get("loop", "1"))
-        step = _bool("step", q.get("step", "0"))
+        check_keys(PLAYBACK_KEYS | {"frames"})
+        fps, loop, step = playback_options(q, loop=True)
         if scheme == "file":
             poses = load_poses(urllib.parse.unquote(rest), "input")
         else:
-            frames = int(_num("frames", q.get("frames", "300")))
+            frames = int(query_number("frames", q.get("frames", "300")))
             if frames < 1:
                 raise ValueError(f"input: frames expects >= 1, got {frames}")
             poses = builtin_trace(frames, fps, rest)
         return PlaybackSource(url, poses, fps, loop, step).start()
 
     if scheme == "audio":  # speech -> mouth (ezvtb.live.lipsync)
-        from ezvtb.live.lipsync import open_audio_source
-
         return open_audio_source(url, rest, q)
     if scheme in ("cam", "video"):  # webcam or video file -> face tracker (ezvtb.live.facetrack)
-        from ezvtb.live.facetrack import open_camera_source
+        from ezvtb.live.facetrack import open_camera_source  # loads OpenCV and the tracker's graphs
 
         return open_camera_source(url, scheme, rest, q)
     live = {"ifm": IFM_PORT, "osf": OSF_PORT, "vmc": VMC_PORT}
@@ -689,23 +609,19 @@ def open_source(url: str) -> PoseSource:
         raise ValueError(f"input: unknown scheme {scheme!r} in {url!r}; expected ifm, osf, vmc, file, trace, audio, "
                          "cam or video")
     extra = {"ifm": {"listen", "bind"}, "osf": {"face"}, "vmc": set()}[scheme]
-    check_keys(_COMMON_KEYS | extra)
+    check_keys(TRACKER_KEYS | extra)
     host, port = _host_port(url, rest, live[scheme], "0.0.0.0" if scheme != "ifm" else "")
     if scheme == "ifm" and not host:
         raise ValueError(f"input: ifm:// needs the phone's address, e.g. ifm://192.168.1.20:49983, got {url!r}")
-    kw: dict[str, Any] = {"mapping": mapping_config(q)}
-    if "filter" in q and not _bool("filter", q["filter"]):
-        kw["filter_params"] = {}
-    else:
-        kw["filter_params"] = {k: _num(k, q.get(k, "1.0")) for k in ("min_cutoff", "beta", "d_cutoff")}
+    kw: dict[str, Any] = {"mapping": mapping_config(q), "filter_params": filter_params(q)}
     if q.get("invert"):
-        kw["invert"] = tuple(a.strip() for a in q["invert"].split(",") if a.strip())
+        kw["invert"] = inverted_axes(q)
     if scheme == "ifm":
-        listen = int(_num("listen", q["listen"])) if "listen" in q else port
+        listen = int(query_number("listen", q["listen"])) if "listen" in q else port
         bind = q.get("bind", "127.0.0.1" if is_loopback(host) else "0.0.0.0")
         src: LiveSource = IFacialMocapSource(url, (host, port), (bind, listen), **kw)
     elif scheme == "osf":
-        face = int(_num("face", q["face"])) if "face" in q else None
+        face = int(query_number("face", q["face"])) if "face" in q else None
         src = OpenSeeFaceSource(url, (host, port), face=face, **kw)
     else:
         src = VmcSource(url, (host, port), **kw)
