@@ -350,7 +350,7 @@ class Flag:
 
     A flag with `choices` or a `type` takes a value; one without is ``--name/--no-name`` for a bool option.
     `to_options` turns the parsed value into option values (default: the one option = the value); `show`
-    turns options back into the flag's value (for the default shown in the help).
+    turns options back into the flag's value (the flag's default, shown in the help; None = not set).
     """
 
     name: str
@@ -370,18 +370,20 @@ class Flag:
     def is_switch(self) -> bool:
         return self.type is None and self.choices is None and self.metavar is None
 
+    def default(self, defaults: Any) -> Any:
+        """The flag's value when it is not given: `defaults` (options) in the flag's terms."""
+        return self.show(defaults) if self.show else getattr(defaults, self.options[0])
+
     def add_to(self, group: Any, defaults: Any, docs: Mapping[str, str]) -> None:
         doc = docs[self.options[0]]
-        shown = self.show(defaults) if self.show else getattr(defaults, self.options[0])
-        if shown is None:
-            shown = "auto" if "(auto)" in doc else "none"
-        elif isinstance(shown, bool):
-            shown = "on" if shown else "off"
+        value = self.default(defaults)
+        shown = ("auto" if "(auto)" in doc else "none") if value is None else \
+            ("on" if value else "off") if isinstance(value, bool) else value
         notes = [CLI_DIFFERENCES[o] for o in self.options if o in CLI_DIFFERENCES]
         text = " ".join([f"{'/'.join(f'{o}=' for o in self.options)}", self.note, doc, *notes,
                          f"(default: {shown})"])
         text = " ".join(text.split()).replace("%", "%%")
-        kw: dict[str, Any] = {"dest": self.dest, "default": None, "help": text}
+        kw: dict[str, Any] = {"dest": self.dest, "default": value, "help": text}
         if self.is_switch:
             group.add_argument(self.name, action=argparse.BooleanOptionalAction, **kw)
             return
@@ -416,7 +418,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--cache-ram", ("cacher_ram_size",), type=float, metavar="GB"),
     Flag("--cache-db", ("cacher_on_database", "cacher_db_path"), metavar="PATH",
          to_options=lambda v: {"cacher_on_database": True, "cacher_db_path": v},
-         show=lambda o: o.cacher_db_path or "off", note="the LMDB environment at PATH:"),
+         show=lambda o: o.cacher_db_path if o.cacher_on_database else None, note="the LMDB environment at PATH:"),
     Flag("--pose-quantization", ("pose_quantization",), type=_step, metavar="STEP",
          note="STEP is a number or a fraction such as 1/16;"),
     Flag("--interpolation", ("use_interpolation", "interpolation_scale"), type=int, metavar="N",

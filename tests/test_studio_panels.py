@@ -10,10 +10,15 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the studio needs the web extra (pip install 'ezvtb[web]')")
 
-from ezvtb.cli.core_options import add_core_arguments, core_kwargs  # noqa: E402
+from ezvtb.cli.core_options import add_core_arguments  # noqa: E402
+from ezvtb.options import CoreOptions  # noqa: E402
 from ezvtb.pose import PARAMETER_NAMES, index  # noqa: E402
 from ezvtb.studio import panels  # noqa: E402
 from ezvtb.studio.options import core_kwargs_from, option_fields  # noqa: E402
+
+
+def core_kwargs(args):
+    return CoreOptions.from_args(args).as_dict()
 
 
 def test_option_controls_are_the_cli_flags_with_their_help_and_defaults():

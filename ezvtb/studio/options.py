@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any, Mapping
 
-from ezvtb.cli.core_options import add_core_arguments, core_kwargs
+from ezvtb.cli.core_options import add_core_arguments
+from ezvtb.options import CoreOptions
 
 # Options the page does not offer: the character comes from the Character panel.
 _HIDDEN = {"image"}
@@ -86,7 +87,7 @@ def parse_values(values: Mapping[str, Any]) -> argparse.Namespace:
 
 def core_kwargs_from(values: Mapping[str, Any]) -> dict[str, Any]:
     """`get_core` keywords for the page's option values (validated like the CLI's flags)."""
-    return core_kwargs(parse_values(values))
+    return CoreOptions.from_args(parse_values(values)).as_dict()
 
 
 def values_from_args(args: argparse.Namespace) -> dict[str, Any]:
