@@ -310,11 +310,15 @@ def command_line_defaults() -> CoreOptions:
     return CoreOptions(**CLI_DEFAULTS)
 
 
+def option_defaults() -> dict[str, Any]:
+    """get_core's defaults by option name (read from the fields, nothing validated or imported)."""
+    return {f.name: f.default for f in dataclasses.fields(CoreOptions)}
+
+
 def _unchecked_defaults() -> Any:
     """`command_line_defaults()`'s values without validating them (for help texts: validation may import the
     cache package, which loads OpenCV)."""
-    values = {f.name: f.default for f in dataclasses.fields(CoreOptions)}
-    return types.SimpleNamespace(**{**values, **CLI_DEFAULTS})
+    return types.SimpleNamespace(**{**option_defaults(), **CLI_DEFAULTS})
 
 
 def _step(text: str) -> float:
@@ -439,4 +443,4 @@ FLAGS: tuple[Flag, ...] = (
 )
 
 __all__ = ["CLI_DEFAULTS", "CLI_DIFFERENCES", "CoreOptions", "FLAGS", "Flag", "OptionInfo", "check_option_names",
-           "command_line_defaults", "frames_per_pose"]
+           "command_line_defaults", "frames_per_pose", "option_defaults"]

@@ -22,7 +22,7 @@ import numpy as np
 
 from ezvtb.image import IMAGE_SHAPE, validate_image
 from ezvtb.models.rife.spec import SCALES
-from ezvtb.options import CoreOptions, check_option_names, frames_per_pose
+from ezvtb.options import check_option_names, frames_per_pose, option_defaults
 from ezvtb.pose import POSE_SIZE, index, validate_pose
 from ezvtb.stages.timing import Timings
 
@@ -37,9 +37,9 @@ def echo_frames(options: Mapping[str, Any]) -> int:
     `interpolation_scale` (any of 2, 3, 4: no RIFE weights are involved) matter here.
     """
     check_option_names(options)
-    defaults = CoreOptions()
-    use = options.get("use_interpolation", defaults.use_interpolation)
-    scale = options.get("interpolation_scale", defaults.interpolation_scale)
+    defaults = option_defaults()
+    use = options.get("use_interpolation", defaults["use_interpolation"])
+    scale = options.get("interpolation_scale", defaults["interpolation_scale"])
     if not use:
         return 1
     if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or int(scale) not in SCALES:
