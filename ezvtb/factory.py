@@ -151,8 +151,8 @@ def _assemble(opts: CoreOptions, cache: Any) -> Core:
     resolved = "" if actual == backend else f", resolved from {backend!r}"
     if opts.wants_tensorrt and actual not in ("trt", "tensorrt"):
         # The seed's contract: use_tensorrt=True without TensorRT falls back with a logged warning.
-        log.warning("use_tensorrt=True, but TensorRT is not usable here: running on %r (%s)%s", actual, reason,
-                    resolved)
+        # One line: the reason names what is missing; `ezvtb doctor` has the details.
+        log.warning("TensorRT is not usable here: running on %r (%s)%s", actual, reason, resolved)
     else:
         log.info("backend: %s (%s)%s", actual, reason, resolved)
     if resolve_precision(opts.model_half, actual) != precision:  # auto precision, ORT fell back to the CPU

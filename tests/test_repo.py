@@ -58,6 +58,34 @@ def test_readme_python_snippet_runs_verbatim(tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing written next to the user's script
 
 
+def _readme_option_rows() -> list[tuple[str, str, str]]:
+    text = (ROOT / "README.md").read_text()
+    table = re.search(r"### `get_core` options\n.*?\| option \| default \| meaning \|\n\|---\|---\|---\|\n(.*?)\n\n",
+                      text, re.S)
+    assert table, "README.md: the get_core options table is missing"
+    rows = []
+    for line in table.group(1).splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        rows.append((cells[0], cells[1], " | ".join(cells[2:])))
+    return rows
+
+
+def test_readme_get_core_table_lists_every_option_with_its_default():
+    """The table has one row per CoreOptions field, in get_core's order, with its default; the keyword-only
+    ones say so."""
+    import ast
+
+    from ezvtb.options import CoreOptions
+
+    infos = CoreOptions.describe()
+    rows = _readme_option_rows()
+    assert [r[0] for r in rows] == [f"`{i.name}`" for i in infos]
+    for (name, default, meaning), info in zip(rows, infos):
+        assert ast.literal_eval(default) == info.default, (name, default, info.default)
+        assert meaning.startswith("keyword-only") == info.keyword_only, name
+        assert info.help, name
+
+
 def test_no_weights_or_graphs_are_tracked_and_checkpoints_load_safely():
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
     heavy = [f for f in files if re.search(r"\.(pt|pth|pkl|onnx|engine|plan|trt|mdb|safetensors|bin)$", f)]
