@@ -241,13 +241,14 @@ class RenderLoop:
 
     def stats(self) -> dict[str, Any]:
         now = time.perf_counter()
+        render_ms = list(self.render_ms)  # one copy (the render thread appends meanwhile)
         times = list(self._render_times)[-16:]  # the last renders, while they are recent
         recent = bool(times) and now - times[-1] < 2.0 * (times[-1] - times[0]) / max(1, len(times) - 1) + 1.0
         fps = (len(times) - 1) / (times[-1] - times[0]) if recent and len(times) > 1 and times[-1] > times[0] else 0.0
         out: dict[str, Any] = {
             "ready": self.ready.is_set() and self.core is not None, "core_error": self.core_error,
             "rendered": self.rendered, "preview_seq": self.bus.seq, "fps": round(fps, 2),
-            "render_ms_p50": float(np.median(self.render_ms)) if self.render_ms else None,
+            "render_ms_p50": float(np.median(render_ms)) if render_ms else None,
             "mode": "job" if self.job else ("live" if self.live else "poser"),
             "pose_version": self._pose_version, "preview": {k: v for k, v in self.bus.latest()[2].items() if k != "t"},
         }
