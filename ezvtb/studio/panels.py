@@ -436,8 +436,11 @@ class GenerateJob:
             from ezvtb.sd_video.loader import detect_layout
 
             detect_layout(model)  # clear error naming the expected files, before any process starts
+            size = str(form.get("size") or "256x256").strip().lower()
+            if not re.fullmatch(r"\d{2,4}x\d{2,4}", size):
+                raise ValueError(f"size: expected WIDTHxHEIGHT such as 256x256, got {size!r}")
             return base + [prompt, "--model", str(model), "--steps", num("steps", 50), "--frames",
-                           num("frames", 16), "--out", str(self.out)]
+                           num("frames", 16), "--size", size, "--out", str(self.out)]
         ckpt = Path(str(form.get("model") or "").strip()).expanduser()
         image = Path(str(form.get("image") or "").strip()).expanduser()
         if not ckpt.is_file():

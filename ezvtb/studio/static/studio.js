@@ -299,7 +299,7 @@ function buildGenerate(g) {
   $("generate-forms").disabled = !g.available;
 }
 $("t2v-run").onclick = () => post("/api/generate/t2v", { prompt: $("t2v-prompt").value, model: $("t2v-model").value,
-  steps: +$("t2v-steps").value, frames: +$("t2v-frames").value }).catch(() => {});
+  steps: +$("t2v-steps").value, frames: +$("t2v-frames").value, size: $("t2v-size").value }).catch(() => {});
 $("orbit-run").onclick = () => post("/api/generate/orbit", { model: $("orbit-model").value,
   image: $("orbit-image").value, steps: +$("orbit-steps").value }).catch(() => {});
 $("generate-cancel").onclick = () => post("/api/generate-cancel").catch(() => {});
