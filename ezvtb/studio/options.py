@@ -1,38 +1,45 @@
-"""The core's option controls, generated from the command line's own option definitions.
+"""The core's option controls, generated from `ezvtb.options.CoreOptions`.
 
-One source for names, defaults, choices and help: the `get_core` flags of `ezvtb run` / `ezvtb studio`.
-`option_fields()` lists them for the page; `core_kwargs_from(values)` turns the page's values (by name)
-back into `get_core` keywords through the same parser, so the page and the CLI validate alike.
+One source for names, defaults, choices and help: `CoreOptions` (its command-line flags, as `ezvtb run` and
+`ezvtb studio` take them, and the `get_core` keywords each flag sets). `option_fields()` lists them for the page;
+`core_kwargs_from(values)` turns the page's values (by flag destination) back into `get_core` keywords through
+the same flags and `CoreOptions.from_args`, so the page and the command line validate alike.
 """
 from __future__ import annotations
 
 import argparse
 from typing import Any, Mapping
 
-from ezvtb.cli.core_options import add_core_arguments
 from ezvtb.options import CoreOptions
-
-# Options the page does not offer: the character comes from the Character panel.
-_HIDDEN = {"image"}
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ezvtb studio", add_help=False, exit_on_error=False)
-    add_core_arguments(p)
+    CoreOptions.add_arguments(p)
     return p
 
 
 def _actions() -> list[argparse.Action]:
-    return [a for a in _parser()._actions if a.option_strings and a.dest not in _HIDDEN]
+    return [a for a in _parser()._actions if a.option_strings]
+
+
+def _keywords_by_flag() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for info in CoreOptions.describe():
+        if info.flag:
+            out.setdefault(info.flag, []).append(info.name)
+    return out
 
 
 def option_fields(values: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-    """[{name, flag, kind, default, value, choices, help}] for every core option, in the CLI's order.
+    """[{name, flag, kind, default, value, choices, help, sets}] for every core option flag, in the CLI's order
+    (``sets``: the `get_core` keywords the flag sets).
 
     kind: ``bool`` (on/off), ``auto-bool`` (auto/on/off), ``choice``, ``int``, ``float`` or ``text``.
     `values` (by name) fills ``value``; missing names show their default.
     """
     values = values or {}
+    keywords = _keywords_by_flag()
     out = []
     for a in _actions():
         if isinstance(a, argparse.BooleanOptionalAction):
@@ -50,7 +57,7 @@ def option_fields(values: Mapping[str, Any] | None = None) -> list[dict[str, Any
         help_text = (a.help or "").replace("%(default)s", str(a.default))
         out.append({"name": a.dest, "flag": a.option_strings[0], "kind": kind, "default": a.default,
                     "value": values.get(a.dest, a.default), "choices": list(a.choices) if a.choices else None,
-                    "help": help_text})
+                    "help": help_text, "sets": keywords.get(a.option_strings[0], [])})
     return out
 
 

@@ -477,7 +477,8 @@ class GenerateJob:
         if self.state == "cancelled":
             self.out.unlink(missing_ok=True)
         elif rc == 0 and self.out.is_file():
-            self.state = "done"
+            self.state, self.done = "done", self.total
+            self.message = f"wrote {self.out.name}"
             self.result = {"file": self.out.name, "type": "video/mp4"}
         else:
             self.state = "failed"
