@@ -3,14 +3,21 @@
 A random diffusers UNet3DConditionModel (the ModelScope text-to-video layout) at a mid size: base
 channels 64 (x1, x2, x4), 2 res blocks per level, 8 frames, 32x32 latent, cond + uncond batched
 (batch 2), 77-token 1024-d context. The graph is exported with `ezvtb.export.generic` (cached, so a
-second run skips the export) and run through `GraphRunner` on the CPU provider. Eager and ORT calls
-alternate; the table reports p50/min per step and the eager/ORT ratio (target: ORT >= 1.5x eager).
+second run skips the export) and run the way the pipelines run it: a `NetworkSet` network on the
+"torch" backend (eager) and on the CPU backend (ORT). Calls alternate between the sides; the table
+reports p50/min per step and the ratio to eager (target: ORT >= 1.5x eager).
 
-    python benchmarks/bench_diffusion.py [--rounds 5] [--channels 64] [--frames 8] [--size 32] [--append]
+``--baseline DIR``: also time the runner of another checkout of ezvtb (DIR is its repository root,
+e.g. a ``git worktree`` of an older commit) on the same module and inputs, calling it as that code
+called it (eager: the module itself; ORT: its GraphRunner), alternating with the current code, so a
+change to the runtime path is measured before/after in one process on one machine state.
+
+    python benchmarks/bench_diffusion.py [--rounds 5] [--channels 64] [--frames 8] [--size 32] [--baseline DIR] [--append]
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import time
@@ -18,6 +25,19 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import pct, publish, table  # noqa: E402
+
+
+def baseline_runner_class(root: str):
+    """`GraphRunner` from the checkout at `root`, loaded under its own module name (the rest of ezvtb is shared)."""
+    for rel in ("ezvtb/engines/runner.py", "ezvtb/export/generic.py"):
+        path = os.path.join(root, rel)
+        if os.path.isfile(path):
+            spec = importlib.util.spec_from_file_location("baseline_runner", path)
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules["baseline_runner"] = mod
+            spec.loader.exec_module(mod)
+            return mod.GraphRunner
+    raise SystemExit(f"--baseline: no ezvtb/engines/runner.py or ezvtb/export/generic.py under {root}")
 
 
 def main() -> None:
@@ -30,13 +50,15 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=32, help="latent height and width")
     ap.add_argument("--batch", type=int, default=2, help="2 = cond and uncond in one call")
     ap.add_argument("--threads", type=int, default=0, help="threads for both sides (0: torch's and ORT's default)")
+    ap.add_argument("--baseline", help="repository root of another ezvtb checkout to time alongside")
+    ap.add_argument("--baseline-label", default="before", help="how the baseline rows are labelled")
     ap.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
     args = ap.parse_args()
 
     import torch
 
+    from ezvtb.diffusion.networks import NetworkSet
     from ezvtb.diffusion.unet3d import UNet3DStep, parameter_count, unet3d, unet3d_step_spec
-    from ezvtb.engines.runner import GraphRunner
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -46,36 +68,58 @@ def main() -> None:
     x = torch.randn(args.batch, 4, args.frames, args.size, args.size, generator=g)
     t = torch.full((args.batch,), 500.0)
     ctx = torch.randn(args.batch, 77, 1024, generator=g)
-    runner = GraphRunner(net, unet3d_step_spec, name=f"bench_unet3d_c{args.channels}", backend="cpu",
-                         intra_op_threads=args.threads)
+    name = f"bench_unet3d_c{args.channels}"
+    opts = {"intra_op_threads": args.threads} if args.threads else {}
+
+    def pipeline(backend: str) -> NetworkSet:
+        nets = NetworkSet()
+        nets.init_networks(backend=backend, device="cpu", **opts)
+        nets.add_network("unet", net, unet3d_step_spec, graph_name=name)
+        return nets
+
+    eager_set, ort_set = pipeline("torch"), pipeline("cpu")
+    sides = {"torch eager": eager_set.network("unet"), "ORT CPU": ort_set.network("unet")}
+    if args.baseline:
+        old_runner = baseline_runner_class(os.path.abspath(args.baseline))
+        sides[f"torch eager ({args.baseline_label})"] = net
+        sides[f"ORT CPU ({args.baseline_label})"] = old_runner(net, unet3d_step_spec, name=name, backend="cpu",
+                                                                **opts)
     t0 = time.perf_counter()
     with torch.no_grad():
-        got = runner(x, t, ctx)  # export (or cache hit) + session + first run
-    setup_s = time.perf_counter() - t0
-    with torch.no_grad():
+        got = sides["ORT CPU"](x, t, ctx)  # export (or cache hit) + session + first run
+        setup_s = time.perf_counter() - t0
         ref = net(x, t, ctx)
-    err = float((got - ref).abs().max())
-    times: dict[str, list[float]] = {"torch eager": [], "ORT CPU": []}
+        errs = {k: float((f(x, t, ctx) - ref).abs().max()) for k, f in sides.items() if k != "ORT CPU"}
+    errs["ORT CPU"] = float((got - ref).abs().max())
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    order = list(sides.items())
     with torch.no_grad():
         for r in range(args.rounds):
-            order = (("torch eager", net), ("ORT CPU", runner))
-            for name, fn in (order if r % 2 == 0 else order[::-1]):
+            for k, fn in (order if r % 2 == 0 else order[::-1]):
                 s = time.perf_counter()
                 fn(x, t, ctx)
-                times[name].append((time.perf_counter() - s) * 1e3)
-    runner.close()
+                times[k].append((time.perf_counter() - s) * 1e3)
+    eager_set.close()
+    ort_set.close()
+    if args.baseline:
+        sides[f"ORT CPU ({args.baseline_label})"].close()
     eager_p50 = pct(times["torch eager"], 50)
     rows = []
-    for name, ts in times.items():
+    for k, ts in times.items():
         p50 = pct(ts, 50)
-        rows.append([name, len(ts), f"{p50:.0f}", f"{min(ts):.0f}", f"{eager_p50 / p50:.2f}x"])
-    text = table(["UNet step", "calls", "p50 ms", "min ms", "vs eager (p50)"], rows)
+        rows.append([k, len(ts), f"{p50:.0f}", f"{min(ts):.0f}", f"{eager_p50 / p50:.2f}x", f"{errs[k]:.1e}"])
+    text = table(["UNet step", "calls", "p50 ms", "min ms", "vs eager (p50)", "max abs vs module"], rows)
     chans = ", ".join(str(args.channels * 2 ** i) for i in range(args.levels))
+    base = (f" Rows marked ({args.baseline_label}) run the code of {args.baseline} (eager: the module called directly;"
+            " ORT: its GraphRunner) on the same module, inputs and cached graph." if args.baseline else "")
+    load = os.getloadavg()
     note = (f"diffusers UNet3DConditionModel ({chans}) channels, {args.layers} res blocks per level, "
             f"{parameter_count(net) / 1e6:.1f} M parameters, random weights; input {args.batch}x4x{args.frames}x"
-            f"{args.size}x{args.size}, context {args.batch}x77x1024, fp32. ORT vs eager max abs {err:.1e}. "
-            f"Threads: {args.threads or 'library defaults'}; calls alternate between the two sides. First ORT call "
-            f"(export or cache hit + session) {setup_s:.0f} s. Target: ORT >= 1.5x eager.")
+            f"{args.size}x{args.size}, context {args.batch}x77x1024, fp32. Eager and ORT run as the pipelines run "
+            f"them (a NetworkSet network on the torch and cpu backends).{base} Threads: "
+            f"{args.threads or 'library defaults'}; calls alternate between the sides. First ORT call (export or "
+            f"cache hit + session) {setup_s:.0f} s. Load average at the end {load[0]:.1f} / {load[1]:.1f} / "
+            f"{load[2]:.1f} (shared machine: compare ratios within this table only). Target: ORT >= 1.5x eager.")
     publish("UNet3D step: torch eager vs ORT (CPU)", text, note, args.append)
 
 

@@ -9,6 +9,7 @@ pytest.importorskip("onnxruntime")
 from scipy.io import savemat  # noqa: E402
 
 from ezvtb.models.sadtalker.spec import audio2exp_spec, audio2pose_spec  # noqa: E402
+from pipeline_contract import PipelineContract  # noqa: E402
 
 
 def _randomize(module, seed):
@@ -61,11 +62,11 @@ def test_graphs_match_torch(home):
     prun.close()
 
 
-def test_audio2coeff_ort_matches_torch(home):
+def tiny_bundle(home):
+    """A random SadTalker V0.0.2-layout safetensors bundle, a 1.4 s wav and a first-frame .mat in `home`."""
     import soundfile
     from safetensors.torch import save_file
 
-    from ezvtb.audio2coeff import Audio2Coeff
     from ezvtb.models.sadtalker.networks import ExpressionNet, PoseNet
 
     exp, pose = _randomize(ExpressionNet(), 3), _randomize(PoseNet(), 4)
@@ -74,10 +75,16 @@ def test_audio2coeff_ort_matches_torch(home):
     bundle = {f"audio2exp.{k}": v for k, v in exp.state_dict().items()}
     bundle |= {f"audio2pose.{k}": v for k, v in pose.state_dict().items()}
     save_file(bundle, str(home / "bundle.safetensors"))
-    paths = {"use_safetensor": True, "checkpoint": str(home / "bundle.safetensors")}
     rng = np.random.default_rng(0)
     soundfile.write(str(home / "s.wav"), (0.2 * rng.standard_normal(int(16000 * 1.4))).astype(np.float32), 16000)
     savemat(str(home / "face.mat"), {"coeff_3dmm": rng.normal(0, 0.3, (1, 73))})
+    return {"use_safetensor": True, "checkpoint": str(home / "bundle.safetensors")}
+
+
+def test_audio2coeff_ort_matches_torch(home):
+    from ezvtb.audio2coeff import Audio2Coeff
+
+    paths = tiny_bundle(home)
     eager = Audio2Coeff(paths, "cpu", backend="torch").from_wav(home / "s.wav", home / "face.mat", pose_style=3, seed=1)
     ort = Audio2Coeff(paths, "cpu", backend="cpu")
     got = ort.from_wav(home / "s.wav", home / "face.mat", pose_style=3, seed=1)
@@ -110,3 +117,30 @@ def test_speak_sadtalker_head_motion(home):
     assert head.shape == (10, 3) and np.isfinite(head).all() and np.abs(head).max() <= 1.0
     assert np.ptp(head, axis=0).max() > 0  # the head moves with the (random-weight) pose
     assert np.array_equal(head, sadtalker_head(args, 10))  # seeded
+
+
+class TestAudio2CoeffContract(PipelineContract):
+    """The pipeline contract on a random SadTalker bundle (real key layout): 35 frames of coefficients."""
+
+    tolerance = 1e-4
+
+    @pytest.fixture(scope="class")
+    def pipelines(self, tmp_path_factory):
+        from ezvtb.audio2coeff import Audio2Coeff
+
+        home = tmp_path_factory.mktemp("a2c")
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("EZVTB_HOME", str(home / "home"))
+            paths = tiny_bundle(home)
+            type(self).home = home
+            eager, graph = Audio2Coeff(paths, "cpu", backend="torch"), Audio2Coeff(paths, "cpu", backend="cpu")
+            yield eager, graph
+            graph.close()
+
+    def run(self, pipe, seed):
+        return torch.from_numpy(pipe.from_wav(self.home / "s.wav", self.home / "face.mat", pose_style=3, seed=seed))
+
+    def bad_calls(self, pipe):
+        return [("pose_style", lambda: pipe.from_wav(self.home / "s.wav", self.home / "face.mat", pose_style=99)),
+                ("audio_path", lambda: pipe.from_wav(self.home / "none.wav", self.home / "face.mat")),
+                ("first_coeff_path", lambda: pipe.from_wav(self.home / "s.wav", self.home / "none.mat"))]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pipeline_contract import PipelineContract
 from sd_video_tiny import tiny_modelscope_folder  # noqa: F401 - fixture
 
 
@@ -59,3 +60,24 @@ def test_sampled_video_matches_eager(models):
     kw = dict(timesteps=2, image_size=(32, 32), num_frames=2, seed=5)
     a, b = eager("a cat", **kw), ort("a cat", **kw)
     _cmp("t2v video (2 steps, CFG 9)", a, b, 1e-3)
+
+
+@pytest.mark.slow  # exports the tiny graphs (tens of seconds on 2 cores)
+class TestSDVideoContract(PipelineContract):
+    """The pipeline contract on a tiny ModelScope folder (real layout): 2 DDIM steps, CFG 9, 2 frames of 32x32."""
+
+    tolerance = 1e-3
+
+    @pytest.fixture(scope="class")
+    def pipelines(self, models):
+        ort, eager = models
+        return eager, ort
+
+    def run(self, pipe, seed):
+        return pipe("a cat", timesteps=2, image_size=(32, 32), num_frames=2, seed=seed)
+
+    def bad_calls(self, pipe):
+        return [("guidance_scale", lambda: pipe("a cat", guidance_scale="9")),
+                ("image_size", lambda: pipe("a cat", image_size=(30, 32))),
+                ("num_frames", lambda: pipe("a cat", num_frames=0)),
+                ("t_start", lambda: pipe("a cat", t_start=2))]

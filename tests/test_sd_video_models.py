@@ -121,7 +121,7 @@ def test_text_tower_matches_an_independent_open_clip_computation():
 def test_sampler_matches_original_ddim_loop(tmp_path, tiny_modelscope_folder):
     """Our DDIM + two-call CFG on the converted UNet == modelscope's GaussianDiffusion.ddim_sample_loop."""
     from ezvtb.sd_video import SDVideo
-    from ezvtb.sd_video.pipeline import ddim_timesteps, make_scheduler
+    from ezvtb.diffusion.schedulers import modelscope_ddim
 
     diffusion = upstream("diffusion")
     ms = SDVideo(tiny_modelscope_folder, backend="torch")
@@ -137,8 +137,9 @@ def test_sampler_matches_original_ddim_loop(tmp_path, tiny_modelscope_folder):
     with torch.no_grad():
         ref = gd.ddim_sample_loop(noise=noise.clone(), model=up, model_kwargs=[{"y": cond}, {"y": uncond}],
                                   guide_scale=9.0, ddim_timesteps=steps, eta=0.0)
-    sched = make_scheduler()
-    ts = ddim_timesteps(sched, steps)
+    sched = modelscope_ddim()
+    sched.set_timesteps(steps)
+    ts = [int(t) for t in sched.timesteps]
     assert ts == [999, 667, 334, 1]  # ModelScope: 1 + arange(0, 1000, 333), clamped to 999
     ours = ms.denoise(noise.clone(), sched, ts, cond, uncond, 9.0)
     assert _report("DDIM x CFG 9.0, 3 steps", ref, ours) <= 1e-3 * max(1.0, ref.abs().max().item())

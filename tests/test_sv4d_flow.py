@@ -11,6 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from pipeline_contract import PipelineContract  # noqa: E402
 from sgm_video_fixtures import clip_visual_tensors, ldm_vae_parts  # noqa: E402
 from sgm_video_fixtures import tiny_checkpoint as tiny_sv3d_checkpoint  # noqa: E402
 from test_sv4d_unet import tiny_checkpoint as tiny_unet_checkpoint  # noqa: E402
@@ -55,14 +56,42 @@ def eager(parts):
     return SV4DModel(parts, "sv4d", backend="torch", **KW)
 
 
+@pytest.fixture(scope="module")
+def ort(parts, tmp_path_factory):
+    from ezvtb.novel_view.sv4d import SV4DModel
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EZVTB_HOME", str(tmp_path_factory.mktemp("ezvtb_home")))
+        model = SV4DModel(parts, "sv4d", backend="cpu", **KW)
+        yield model
+        model.close()
+
+
 def video(n=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, 3, 64, 64, generator=g) * 2 - 1
 
 
-def test_spatiotemporal_scales_match_upstream_formula():
-    from ezvtb.novel_view.sv4d import spatiotemporal_scales
+def spatiotemporal_scales(num_frames, num_views, max_scale, min_scale=1.0):
+    from ezvtb.diffusion.guidance import grid_guidance_scales
 
+    return grid_guidance_scales("spatiotemporal", num_frames, num_views, max_scale, min_scale)
+
+
+def euler_step(unet, x, sigmas, i, cond, uncond, scales):
+    """Step i (sigmas[i] -> sigmas[i + 1] of an `len(sigmas) - 1`-step EDM schedule) of the shared loop."""
+    from ezvtb.diffusion.sampling import denoise
+    from ezvtb.diffusion.schedulers import edm_euler
+    from ezvtb.novel_view.sv4d import sv4d_denoiser
+
+    sched = edm_euler()
+    sched.set_timesteps(len(sigmas) - 1)
+    assert abs(float(sched.sigmas[i]) / float(sigmas[i]) - 1) < 1e-5
+    return denoise(sched, sv4d_denoiser(unet, cond, uncond, scales), x, len(sigmas) - 1,
+                   timesteps=[sched.timesteps[i]], scale_noise=False)
+
+
+def test_spatiotemporal_scales_match_upstream_formula():
     got = spatiotemporal_scales(2, 3, 2.0, 1.0)
     assert torch.allclose(got, torch.tensor([1.0, 1.5, 1.0, 1.5, 2.0, 1.5]), atol=1e-6)
     full = spatiotemporal_scales(5, 8, 2.0, 1.0)
@@ -178,11 +207,9 @@ def test_flow_from_the_sv3d_orbit_and_videos(eager, tmp_path):
 
 
 @pytest.mark.slow
-def test_exported_sessions_match_torch(parts, eager, tmp_path, monkeypatch):
-    monkeypatch.setenv("EZVTB_HOME", str(tmp_path))
-    from ezvtb.novel_view.sv4d import SV4DModel, euler_step, spatiotemporal_scales, sv4d_conditioning
+def test_exported_sessions_match_torch(eager, ort):
+    from ezvtb.novel_view.sv4d import sv4d_conditioning
 
-    ort = SV4DModel(parts, "sv4d", backend="cpu", **KW)
     v = video(5)
     cond, uncond = sv4d_conditioning(eager, v[:3], v[3:5], [1.4] * 6, [0.3, 2.0] * 3)
     cond_o, uncond_o = sv4d_conditioning(ort, v[:3], v[3:5], [1.4] * 6, [0.3, 2.0] * 3)
@@ -190,19 +217,21 @@ def test_exported_sessions_match_torch(parts, eager, tmp_path, monkeypatch):
         err = (getattr(cond, name) - getattr(cond_o, name)).abs().max().item()
         print(f"conditioning {name}: ORT vs torch {err:.2e}")
         assert err <= 1e-4
-    from ezvtb.diffusion.schedulers import v_scalings
+    from ezvtb.diffusion.schedulers import edm_sigmas, v_scalings
 
     x = torch.randn(6, 4, 8, 8, generator=torch.Generator().manual_seed(3))
     scales = spatiotemporal_scales(3, 2, 2.0)
+    sigmas = [float(s) for s in edm_sigmas(3)]  # 700, 3.7, 0.002, 0
     with eager.stage("unet") as u_t, ort.stage("unet") as u_o:
-        for sigma, nxt in ((700.0, 5.0), (5.0, 0.02)):  # the UNet call of two Euler steps, then the steps
+        for i in (0, 1):  # the UNet call of two Euler steps, then the steps
+            sigma, nxt = sigmas[i], sigmas[i + 1]
             _, _, c_in, c_noise = (float(c) for c in v_scalings(sigma))
             args = (torch.cat([torch.cat([x, x]) * sigma * c_in, torch.cat([uncond.concat, cond.concat])], 1),
                     torch.full((12,), c_noise), torch.cat([uncond.context, cond.context]),
                     torch.cat([uncond.vector, cond.vector]), torch.cat([uncond.cond_view, cond.cond_view]))
             err = (u_t(*args) - u_o(*args)).abs().max().item()
-            a = euler_step(u_t, x * sigma, sigma, nxt, cond, uncond, scales)
-            b = euler_step(u_o, x * sigma, sigma, nxt, cond, uncond, scales)
+            a = euler_step(u_t, x * sigma, sigmas, i, cond, uncond, scales)
+            b = euler_step(u_o, x * sigma, sigmas, i, cond, uncond, scales)
             rel = ((a - b).abs().max() / a.abs().max()).item()
             print(f"sigma {sigma}: UNet ORT vs torch {err:.2e}; Euler step to {nxt}: relative {rel:.2e}")
             assert err <= 1e-4 and rel <= 1e-5
@@ -253,7 +282,7 @@ def test_euler_step_matches_upstream_denoiser_guider_and_discretization():
 
     from ezvtb.diffusion.schedulers import edm_sigmas
     from ezvtb.models.sgm_video.sv4d_unet import build_sv4d_unet
-    from ezvtb.novel_view.sv4d import SV4DConditioning, euler_step, spatiotemporal_scales
+    from ezvtb.novel_view.sv4d import SV4DConditioning
 
     ref_unet = randomise_(_upstream_unet(False), 12).eval()
     ours = build_sv4d_unet(ref_unet.state_dict(), num_head_channels=16)
@@ -281,7 +310,7 @@ def test_euler_step_matches_upstream_denoiser_guider_and_discretization():
             denoised = guider(denoiser(wrapped, xin, sin, c_in, num_video_frames=T * V,
                                        image_only_indicator=torch.ones(2, T * V)), sin)
             ref = x + to_d(x, torch.full((T * V,), s)[:, None, None, None], denoised) * (s_next - s)
-            got = euler_step(ours, x, s, s_next, cond, uncond, spatiotemporal_scales(T, V, 2.0))
+            got = euler_step(ours, x, sigmas, i, cond, uncond, spatiotemporal_scales(T, V, 2.0))
         err = ((got - ref).abs().max() / ref.abs().max()).item()
         print(f"Euler step {s:.3f} -> {s_next:.3f}: ours vs upstream sgm, relative {err:.2e}")
         assert err <= 1e-5
@@ -318,3 +347,29 @@ def test_sv4d2_flow():
         sv4d_novel_views(model, video(7), views_t0=orbit(), subsampled_views=(0, 1, 2, 3, 3), progress=False)
     with pytest.raises(ValueError, match="at least"):
         sv4d2_novel_views(model, v[:2], progress=False)
+
+
+class TestSV4DContract(PipelineContract):
+    """The pipeline contract on a tiny SV4D checkpoint (official key layout): one T=3 x V=2 grid, 2 Euler steps."""
+
+    tolerance = 1e-3
+
+    @pytest.fixture(scope="class")
+    def pipelines(self, eager, ort):
+        return eager, ort
+
+    def run(self, pipe, seed):
+        from ezvtb.novel_view.sv4d import sv4d_run_img2vid
+
+        v = video(5)
+        return sv4d_run_img2vid({"options": {"num_steps": 2}}, pipe, None, seed, [1.4] * 6, [0.3, 2.0] * 3,
+                                v[:3], v[3:5], progress=False)
+
+    def bad_calls(self, pipe):
+        from ezvtb.novel_view.sv4d import sv4d_run_img2vid
+
+        v = video(5)
+        return [("polar_rad", lambda: sv4d_run_img2vid({}, pipe, None, 1, [1.4] * 5, [0.3] * 6, v[:3], v[3:5])),
+                ("cond_motion", lambda: sv4d_run_img2vid({}, pipe, v[:1], 1, [1.4] * 6, [0.3] * 6)),
+                ("version_dict", lambda: sv4d_run_img2vid({"T": 40}, pipe, None, 1, [1.4] * 6, [0.3] * 6, v[:3],
+                                                          v[3:5]))]

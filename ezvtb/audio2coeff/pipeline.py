@@ -1,8 +1,8 @@
 """Audio2Coeff: speech -> 3DMM expression (64) and head pose (6) coefficients per 25 fps video frame.
 
 The mel front end, chunking, the z draws and Savitzky-Golay smoothing run on the host (numpy/scipy); the two
-networks run through `ezvtb.engines.runner.GraphRunner` (an ONNX graph on an `ezvtb.engines` session) or eagerly
-(``backend="torch"``, the reference).
+networks (``audio2exp``, ``audio2pose``) are a `ezvtb.diffusion.networks.NetworkSet` with persistent sessions: ONNX
+graphs on an `ezvtb.engines` session, or eager modules (``backend="torch"``, the reference).
 
 - expression: chunks of 10 frames (the last one padded; frames are independent, so padding changes nothing),
   each (mel window, reference expression, blink ratio) -> 64 coefficients.
@@ -23,6 +23,7 @@ import numpy as np
 from ezvtb.audio2coeff import frontend
 from ezvtb.audio2coeff.checkpoint import read_network_state
 from ezvtb.atomic import atomic_write
+from ezvtb.diffusion.networks import NetworkSet
 from ezvtb.paths import name_from_data
 from ezvtb.models.sadtalker.spec import EXP_CHUNK, audio2exp_spec, audio2pose_spec
 
@@ -30,37 +31,6 @@ log = logging.getLogger("ezvtb.audio2coeff")
 
 EXP_DIM = 64
 COEFF_DIM = 70  # 64 expression + 3 rotation angles + 3 translations
-
-
-class TorchRunner:
-    """The eager reference with GraphRunner's call convention (torch tensors in and out, no autograd)."""
-
-    def __init__(self, module: Any) -> None:
-        self.module = module
-
-    def __call__(self, *inputs: Any) -> Any:
-        import torch
-
-        with torch.inference_mode():
-            return self.module(*inputs)
-
-    def close(self) -> None:
-        pass
-
-
-def make_runner(module: Any, spec_for: Callable, name: str, backend: str, **options: Any) -> Any:
-    """`GraphRunner` for `backend`; ``"torch"`` runs the module eagerly. Under ``"auto"`` a missing
-    `ezvtb.export.generic` falls back to torch with a warning."""
-    if backend == "torch":
-        return TorchRunner(module)
-    try:
-        from ezvtb.engines.runner import GraphRunner
-    except ImportError as e:
-        if backend == "auto":
-            log.warning("%s: exported graphs unavailable (%s); running the torch module", name, e)
-            return TorchRunner(module)
-        raise
-    return GraphRunner(module, spec_for, name=name, backend=backend, **options)
 
 
 def _savgol_window(n: int) -> int:
@@ -135,13 +105,14 @@ def _read_yaml(path: Any, argument: str) -> dict:
     return cfg if isinstance(cfg, dict) else {}
 
 
-class Audio2Coeff:
+class Audio2Coeff(NetworkSet):
     """SadTalker's Audio2Coeff on ezvtb sessions (seed 003 API).
 
     sadtalker_path: ``audio2pose_yaml_path``, ``audio2exp_yaml_path`` (optional: sizes come from the weights;
     when given, the pose YAML's CVAE sizes must agree with them), ``use_safetensor`` and either ``checkpoint``
     (bundled safetensors) or ``audio2pose_checkpoint`` / ``audio2exp_checkpoint`` (old .pth dicts).
-    backend: ``"torch"`` (eager), or an `ezvtb.engines` backend (``"auto"``, ``"cpu"``, ``"cuda"``, ...).
+    backend: ``"torch"`` (eager), or an `ezvtb.engines` backend (``"auto"``, ``"cpu"``, ``"cuda"``, ...);
+    precision: "fp32" or "fp16" for the graphs.
     """
 
     def __init__(self, sadtalker_path: dict, device: str = "cpu", *, backend: str = "auto",
@@ -150,16 +121,18 @@ class Audio2Coeff:
 
         if not isinstance(sadtalker_path, dict):
             raise ValueError(f"sadtalker_path: expected a dict of paths, got {type(sadtalker_path).__name__}")
-        self.device = device
-        self.backend = backend
+        if precision not in ("fp32", "fp16"):
+            raise ValueError(f"precision: expected 'fp32' or 'fp16', got {precision!r}")
+        self.init_networks(backend=backend, device=device, half=precision == "fp16")
+        self.device = device  # as given (the seed's attribute is the device string)
         exp_state = read_network_state(sadtalker_path, "audio2exp", device)
         pose_state = read_network_state(sadtalker_path, "audio2pose", device)
         try:
-            self.audio2exp_model = ExpressionNet.from_state_dict(exp_state).to(device)
+            self.audio2exp_model = ExpressionNet.from_state_dict(exp_state)
         except (RuntimeError, KeyError, ValueError) as e:
             raise ValueError(f"audio2exp weights do not have SadTalker's SimpleWrapperV2 layout: {e}") from None
         try:
-            self.audio2pose_model = PoseNet.from_state_dict(pose_state).to(device)
+            self.audio2pose_model = PoseNet.from_state_dict(pose_state)
         except (RuntimeError, KeyError, ValueError) as e:
             raise ValueError(f"audio2pose weights do not have SadTalker's Audio2Pose layout: {e}") from None
         for m in (self.audio2exp_model, self.audio2pose_model):
@@ -171,12 +144,16 @@ class Audio2Coeff:
         if sadtalker_path.get("audio2exp_yaml_path"):
             _read_yaml(sadtalker_path["audio2exp_yaml_path"], "sadtalker_path['audio2exp_yaml_path']")
         self.exp_dim = int(self.audio2exp_model.mapping1.out_features)
-        opts = {"precision": precision} if backend != "torch" else {}
-        self._exp = make_runner(self.audio2exp_model, lambda shapes: audio2exp_spec(shapes[0][0], self.exp_dim),
-                                "sadtalker_audio2exp", backend, **opts)
+        self.add_network("audio2exp", self.audio2exp_model,
+                         lambda shapes: audio2exp_spec(shapes[0][0], self.exp_dim), graph_name="sadtalker_audio2exp")
         cfg = self.pose_config
-        self._pose = make_runner(self.audio2pose_model, lambda shapes: audio2pose_spec(cfg.seq_len, cfg.latent_size),
-                                 "sadtalker_audio2pose", backend, **opts)
+        self.add_network("audio2pose", self.audio2pose_model,
+                         lambda shapes: audio2pose_spec(cfg.seq_len, cfg.latent_size), graph_name="sadtalker_audio2pose")
+
+    @classmethod
+    def from_source(cls, path: Any, **options: Any) -> "Audio2Coeff":
+        """`load(path, device="cpu", ...)`: a bundled SadTalker safetensors (``audio2exp.*``, ``audio2pose.*``)."""
+        return cls({"checkpoint": str(path), "use_safetensor": True}, **options)
 
     def _check_pose_yaml(self, y: dict) -> None:
         cvae = (y.get("MODEL") or {}).get("CVAE") or {}
@@ -198,11 +175,6 @@ class Audio2Coeff:
     def num_pose_styles(self) -> int:
         return self.pose_config.num_classes
 
-    def close(self) -> None:
-        """Releases the graph sessions."""
-        self._exp.close()
-        self._pose.close()
-
     # --- networks over whole clips ---------------------------------------------------------------
     def predict_expression(self, mels: np.ndarray, ref_exp: np.ndarray, blink: np.ndarray) -> np.ndarray:
         """mels (T, 80, 16), ref_exp (T, 64), blink (T, 1) -> (T, 64) float32, in chunks of 10 frames."""
@@ -210,13 +182,14 @@ class Audio2Coeff:
 
         t = mels.shape[0]
         out = np.empty((t, self.exp_dim), np.float32)
-        for i in range(0, t, EXP_CHUNK):
-            j = min(i + EXP_CHUNK, t)
-            idx = np.minimum(np.arange(i, i + EXP_CHUNK), j - 1)  # pad the last chunk with its last frame
-            y = self._exp(torch.from_numpy(np.ascontiguousarray(mels[idx, None], np.float32)).to(self.device),
-                          torch.from_numpy(np.ascontiguousarray(ref_exp[None, idx], np.float32)).to(self.device),
-                          torch.from_numpy(np.ascontiguousarray(blink[None, idx], np.float32)).to(self.device))
-            out[i:j] = y[0, : j - i].cpu().numpy()
+        with self.stage("audio2exp") as net:
+            for i in self.steps(range(0, t, EXP_CHUNK), "audio2exp", progress=False):
+                j = min(i + EXP_CHUNK, t)
+                idx = np.minimum(np.arange(i, i + EXP_CHUNK), j - 1)  # pad the last chunk with its last frame
+                y = net(torch.from_numpy(np.ascontiguousarray(mels[idx, None], np.float32)),
+                        torch.from_numpy(np.ascontiguousarray(ref_exp[None, idx], np.float32)),
+                        torch.from_numpy(np.ascontiguousarray(blink[None, idx], np.float32)))
+                out[i:j] = y[0, : j - i].numpy()
         return out
 
     def pose_chunks(self, num_frames: int) -> int:
@@ -234,22 +207,24 @@ class Audio2Coeff:
         rest = mels[1:]
         n = t - 1
         motion = [np.zeros((1, 6), np.float32)]
-        ref = torch.from_numpy(np.asarray(ref_pose, np.float32).reshape(1, 6)).to(self.device)
-        cls = torch.tensor([pose_style], dtype=torch.int64, device=self.device)
-
-        def run(chunk: np.ndarray, k: int) -> np.ndarray:
-            z = torch.from_numpy(np.asarray(draw_z(k), np.float32).reshape(1, -1)).to(self.device)
-            m = torch.from_numpy(np.ascontiguousarray(chunk[:, None], np.float32)).to(self.device)
-            return self._pose(m, z, cls, ref)[0].cpu().numpy()
-
+        ref = torch.from_numpy(np.asarray(ref_pose, np.float32).reshape(1, 6))
+        cls = torch.tensor([pose_style], dtype=torch.int64)
         full, re = divmod(n, seq)
-        for k in range(full):
-            motion.append(run(rest[k * seq:(k + 1) * seq], k))
-        if re:
-            tail = rest[-seq:]
-            if tail.shape[0] < seq:  # repeat the first window in front (upstream pads the embeddings the same way)
-                tail = np.concatenate([np.repeat(tail[:1], seq - tail.shape[0], axis=0), tail])
-            motion.append(run(tail, full)[-re:])
+        with self.stage("audio2pose") as net:
+            def run(chunk: np.ndarray, k: int) -> np.ndarray:
+                z = torch.from_numpy(np.asarray(draw_z(k), np.float32).reshape(1, -1))
+                m = torch.from_numpy(np.ascontiguousarray(chunk[:, None], np.float32))
+                out = net(m, z, cls, ref)[0].numpy()
+                self.report("audio2pose", k + 1, full + bool(re))
+                return out
+
+            for k in range(full):
+                motion.append(run(rest[k * seq:(k + 1) * seq], k))
+            if re:
+                tail = rest[-seq:]
+                if tail.shape[0] < seq:  # repeat the first window in front (upstream pads the embeddings the same way)
+                    tail = np.concatenate([np.repeat(tail[:1], seq - tail.shape[0], axis=0), tail])
+                motion.append(run(tail, full)[-re:])
         return np.concatenate(motion).astype(np.float32)
 
     # --- seed API --------------------------------------------------------------------------------

@@ -5,10 +5,13 @@
   * "linear": `min_scale` at the first frame to `scale` at the last (SVD's linear guider,
     1.0 -> 2.5; SVD-XT 1.5 -> 3.0);
   * "triangle": `min_scale` at the first and last frame, `scale` mid-way, linear in between
-    (SV3D's triangle guider: the orbit starts and ends near the input view).
+    (SV3D's triangle guider: the orbit starts and ends near the input view);
+  * "spatiotemporal" (SV4D's guider, over a grid of T frames x V views flattened (t, v)): half the
+    linear ramp over the frames plus half the triangle over the views.
 
 `guided_model` wraps a denoiser so that cond and uncond run in one batched call (default) or in
-two calls (half the activation memory).
+two calls (half the activation memory); a guidance of exactly 1 makes one conditional call. It is
+the one place where a pipeline's classifier-free guidance is computed.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ if TYPE_CHECKING:  # annotations only: torch is imported where a function needs 
     import torch
 
 GUIDANCE_KINDS = ("constant", "linear", "triangle")
+GRID_GUIDANCE_KINDS = GUIDANCE_KINDS + ("spatiotemporal",)
 
 
 def guidance_scales(kind: str, num_frames: int, scale: float, min_scale: float = 1.0) -> "torch.Tensor":  # noqa: F821
@@ -35,11 +39,36 @@ def guidance_scales(kind: str, num_frames: int, scale: float, min_scale: float =
     if kind == "constant":
         return torch.full((num_frames,), float(scale), dtype=torch.float32)
     ramp = torch.linspace(0.0, 1.0, num_frames, dtype=torch.float64)
-    if kind == "linear":
-        w = ramp
-    else:  # triangle wave of period 1 over [0, 1]: 0 at both ends, 1 in the middle
-        w = 2.0 * (ramp - torch.floor(ramp + 0.5)).abs()
+    w = ramp if kind == "linear" else _triangle(ramp)
     return (float(min_scale) + w * (float(scale) - float(min_scale))).to(torch.float32)
+
+
+def _triangle(ramp: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
+    """The period-1 triangle wave on [0, 1]: 0 at both ends, 1 in the middle."""
+    import torch
+
+    return 2.0 * (ramp - torch.floor(ramp + 0.5)).abs()
+
+
+def grid_guidance_scales(kind: str, num_frames: int, num_views: int, scale: float,
+                         min_scale: float = 1.0) -> "torch.Tensor":  # noqa: F821
+    """Per-row CFG scale of a T x V grid flattened in (t, v) order, float32 shape (T*V,).
+
+    "spatiotemporal" (upstream's SpatiotemporalPredictionGuider): ``min + (scale - min) * (t/(T-1) / 2 +
+    tri(v/(V-1)) / 2)``; "constant" | "linear" | "triangle": `guidance_scales` over the T*V rows.
+    """
+    import torch
+
+    if kind not in GRID_GUIDANCE_KINDS:
+        raise ValueError(f"kind: expected one of {list(GRID_GUIDANCE_KINDS)}, got {kind!r}")
+    for name, n in (("num_frames", num_frames), ("num_views", num_views)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{name}: expected an int >= 1, got {n!r}")
+    if kind != "spatiotemporal":
+        return guidance_scales(kind, num_frames * num_views, scale, min_scale)
+    t = torch.linspace(0, 1, num_frames, dtype=torch.float64)[:, None] * 0.5
+    v = _triangle(torch.linspace(0, 1, num_views, dtype=torch.float64))[None, :] * 0.5
+    return ((t + v).flatten() * (float(scale) - float(min_scale)) + float(min_scale)).float()
 
 
 def apply_guidance(uncond: "torch.Tensor", cond: "torch.Tensor", scales: Any, frame_axis: int) -> "torch.Tensor":  # noqa: F821
@@ -79,7 +108,8 @@ def guided_model(model: Callable[..., Any], cond: Sequence[Any], uncond: Sequenc
 
     cond / uncond: the conditioning tensors after x and t (same count and shapes). batched=True
     concatenates [uncond, cond] along `batch_axis` and makes one call (x and a batched t are
-    repeated); False makes two calls. `scales` and `frame_axis` as in `apply_guidance`.
+    repeated); False makes two calls. `scales` and `frame_axis` as in `apply_guidance`; a scale of
+    exactly 1 everywhere is no guidance: one call with `cond`.
     """
     import torch
 
@@ -95,7 +125,11 @@ def guided_model(model: Callable[..., Any], cond: Sequence[Any], uncond: Sequenc
             return torch.cat([v, v], dim=batch_axis)
         return v
 
+    unguided = bool((torch.as_tensor(scales, dtype=torch.float64) == 1.0).all())
+
     def fn(x: Any, t: Any) -> Any:
+        if unguided:
+            return model(x, t, *cond)
         if batched:
             both = [torch.cat([u, c], dim=batch_axis) for u, c in zip(uncond, cond)]
             out = model(two(x), two(t), *both)
@@ -108,4 +142,5 @@ def guided_model(model: Callable[..., Any], cond: Sequence[Any], uncond: Sequenc
     return fn
 
 
-__all__ = ["GUIDANCE_KINDS", "apply_guidance", "guidance_scales", "guided_model"]
+__all__ = ["GRID_GUIDANCE_KINDS", "GUIDANCE_KINDS", "apply_guidance", "grid_guidance_scales", "guidance_scales",
+           "guided_model"]

@@ -1,6 +1,8 @@
-"""The denoising loop over any diffusers scheduler and a denoiser that is a torch module or a
-`GraphRunner` (an exported graph on a session): the same loop serves both, so a pipeline's
-backend choice never changes its algorithm.
+"""The one denoising loop of the generative pipelines, over any diffusers scheduler and a denoiser
+that is a torch module or a `GraphRunner` (an exported graph on a session): the same loop serves
+both, so a pipeline's backend choice never changes its algorithm. Text-to-video runs it with
+ModelScope's DDIM (`ezvtb.diffusion.schedulers.modelscope_ddim`), SV3D/SVD and SV4D with EDM Euler
+(`edm_euler`); classifier-free guidance wraps the denoiser (`ezvtb.diffusion.guidance.guided_model`).
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ def initial_noise(shape: Sequence[int], *, seed: int | None = None, generator: A
 def denoise(scheduler: Any, model_fn: Callable[[Any, Any], Any], latents: Any, num_inference_steps: int, *,
             generator: Any = None, seed: int | None = None, progress: bool = False, scale_noise: bool = True,
             timesteps: Sequence[Any] | None = None, callback: Callable[[int, Any, Any], None] | None = None,
-            **step_kwargs: Any) -> Any:
+            desc: str = "denoising", **step_kwargs: Any) -> Any:
     """Run `scheduler` from `latents` for `num_inference_steps` steps and return the final sample.
 
     model_fn(scaled_x, t) -> model output (eps, v, ... as the scheduler expects; wrap the network
@@ -50,7 +52,7 @@ def denoise(scheduler: Any, model_fn: Callable[[Any, Any], Any], latents: Any, n
     by ``scheduler.init_noise_sigma`` when `scale_noise` (set False for a partially noised start,
     as img2img / video2video). timesteps: a subset of ``scheduler.timesteps`` to run (for example
     the tail for a strength < 1 start). Step noise (DDIM eta > 0) comes from the seeded generator.
-    progress: a tqdm bar over the steps. callback(i, t, x) after each step.
+    progress: a tqdm bar (titled `desc`) over the steps. callback(i, t, x) after each step.
     """
     from tqdm import tqdm
 
@@ -67,7 +69,7 @@ def denoise(scheduler: Any, model_fn: Callable[[Any, Any], Any], latents: Any, n
         if first not in all_t:
             raise ValueError(f"timesteps: {first} is not one of the scheduler's timesteps")
         scheduler.set_begin_index(all_t.index(first))
-    for i, t in enumerate(tqdm(steps, desc="denoising", unit="step", disable=not progress, leave=False)):
+    for i, t in enumerate(tqdm(steps, desc=desc, unit="step", disable=not progress, leave=False)):
         inp = scheduler.scale_model_input(x, t)
         out = model_fn(inp, t)
         kw = dict(step_kwargs)

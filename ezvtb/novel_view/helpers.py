@@ -1,8 +1,10 @@
-"""Seed 000 (SV4D's helper module, which runs SV3D first): the upstream names over ezvtb's pipeline.
+"""The names of upstream's SV4D helper module (which runs SV3D first) over ezvtb's pipelines.
 
-`load_model` reads an official checkpoint into a `VideoModel` (torch modules or exported sessions per stage),
-`do_sample` / `run_img2vid` sample with upstream's semantics, `sv3d_orbit` is the SV3D entry (one image -> 21
-views, the last one the input view), `preprocess_video` crops and centres an object on white.
+`load_model` reads an official checkpoint into a `VideoModel` or `SV4DModel` (torch modules or exported sessions
+per stage), `do_sample` / `run_img2vid` sample with upstream's semantics, `sv3d_orbit` is the SV3D entry (one
+image -> 21 views, the last one the input view), `preprocess_video` crops and centres an object on white. The
+sampling itself lives in `ezvtb.novel_view.sampling` (SV3D/SVD) and `ezvtb.novel_view.sv4d`; this module imports
+both and neither imports it.
 """
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ import torch
 
 from ezvtb.models.sgm_video.checkpoint import VARIANTS
 from ezvtb.novel_view.model import VideoModel, initial_model_load, load_module_gpu, unload_module_gpu
-from ezvtb.novel_view.sampling import (EulerEDMSampler, build_conditioning, check_size, default_sampler,
-                                       sample_latents, to_unit_range)
+from ezvtb.novel_view.sampling import (EulerEDMSampler, check_size, default_sampler, do_sample, orbit_cameras,
+                                       sv3d_orbit)
+from ezvtb.novel_view.sv4d import SV4DModel, sv4d_run_img2vid
 from ezvtb.novel_view.video_io import read_frames, tensor_to_uint8, write_mp4
 
 log = logging.getLogger("ezvtb.novel_view")
@@ -100,8 +103,6 @@ def load_model(config, device: str = "cpu", num_frames: int | None = None, num_s
     if ckpt_path is None:
         raise ValueError(f"ckpt_path: no checkpoint given for {name} (the official {name}.safetensors)")
     if name.startswith("sv4d"):
-        from ezvtb.novel_view.sv4d import SV4DModel
-
         model = SV4DModel.from_checkpoint(ckpt_path, name, num_frames=num_frames, num_steps=num_steps,
                                           backend=backend, device=device, **kw)
         return model, filt
@@ -138,38 +139,6 @@ def _resolve_config(config) -> tuple[str, str | None]:
     return stem, params.get("ckpt_path")
 
 
-def do_sample(model, sampler, value_dict, num_samples, H, W, C, F, force_uc_zero_embeddings=None,
-              force_cond_zero_embeddings=None, batch2model_input=None, return_latents=False, filter=None, T=None,
-              additional_batch_uc_fields=None, decoding_t=None, *, noise: torch.Tensor | None = None,
-              seed: int | None = None, progress: bool = True):
-    """Upstream's `do_sample`: conditioning, the sampler's loop, decoding `decoding_t` frames at a time.
-
-    Returns frames (T, 3, H, W) in [0, 1] (and the latents when `return_latents`). `value_dict` holds
-    `cond_frames_without_noise`, `cond_frames` ((1, 3, H, W) in [-1, 1]) and the model's scalars; its
-    `image_only_indicator` (default 0) marks frames as stills. Noise: `noise`, else seeded by `seed`, else
-    torch's global generator (as upstream). `batch2model_input` / `additional_batch_uc_fields` are accepted
-    for compatibility (the frame count and indicator always reach the UNet).
-    """
-    if num_samples not in (1, [1]):
-        raise ValueError(f"num_samples: one sample per call is supported, got {num_samples!r}")
-    if C != 4 or F != 8:
-        raise ValueError(f"C, F: the KL-f8 latent space has C=4, F=8, got C={C}, F={F}")
-    check_size(H, W)
-    T = int(T or model.num_frames)
-    if sampler is None:
-        sampler = getattr(model, "sampler", None) or default_sampler(model)
-    cond, uncond = build_conditioning(model, value_dict, T, force_uc_zero_embeddings or (),
-                                      force_cond_zero_embeddings or ())
-    if noise is None and seed is None:
-        noise = torch.randn(T, C, H // F, W // F)
-    z = sample_latents(model, sampler, cond, uncond, T, H, W, seed=seed, noise=noise,
-                       image_only_indicator=float(value_dict.get("image_only_indicator", 0.0)), progress=progress)
-    x = to_unit_range(model.decode(z, decoding_t, progress=progress))
-    if filter is not None:
-        x = filter(x)
-    return (x, z) if return_latents else x
-
-
 def run_img2vid(version_dict, model, image, seed=23, polar_rad=[10] * 21,  # noqa: B006 - upstream's defaults
                 azim_rad=np.linspace(0, 360, 21 + 1)[1:], cond_motion=None, cond_view=None, decoding_t=None,
                 cond_mv=True):
@@ -177,8 +146,6 @@ def run_img2vid(version_dict, model, image, seed=23, polar_rad=[10] * 21,  # noq
     per frame; SV3D_p). With an SV4D model (`load_model("sv4d", ...)`) it is SV4D's: `cond_motion` /
     `cond_view` / `cond_mv` drive the motion/view conditioning (`ezvtb.novel_view.sv4d.sv4d_run_img2vid`)."""
     if model.variant.name.startswith("sv4d"):
-        from ezvtb.novel_view.sv4d import sv4d_run_img2vid
-
         return sv4d_run_img2vid(version_dict, model, image, seed=seed, polar_rad=polar_rad, azim_rad=azim_rad,
                                 cond_motion=cond_motion, cond_view=cond_view, decoding_t=decoding_t, cond_mv=cond_mv)
     if cond_motion is not None or cond_view is not None:
@@ -208,55 +175,6 @@ def run_img2vid(version_dict, model, image, seed=23, polar_rad=[10] * 21,  # noq
     return do_sample(model, sampler, value_dict, 1, H, W, C, F, T=T, seed=seed, decoding_t=decoding_t,
                      force_uc_zero_embeddings=options.get("force_uc_zero_embeddings",
                                                           ["cond_frames", "cond_frames_without_noise"]))
-
-
-def orbit_cameras(num_frames: int = 21, elevation_deg=10.0, azimuths_deg=None) -> tuple[list, list]:
-    """SV3D_p camera inputs: polar = radians(90 - elevation); azimuths default to linspace(0, 360, T+1)[1:] and
-    are taken relative to the last one, so the last frame is the input view (azimuth 0)."""
-    elev = ([float(elevation_deg)] * num_frames if np.isscalar(elevation_deg) else [float(e) for e in elevation_deg])
-    if len(elev) != num_frames:
-        raise ValueError(f"elevation_deg: expected 1 or {num_frames} values, got {len(elev)}")
-    bad = [e for e in elev if not (np.isfinite(e) and -90.0 <= e <= 90.0)]
-    if bad:
-        raise ValueError(f"elevation_deg: expected finite degrees in [-90, 90], got {bad[0]!r}")
-    az = (np.linspace(0, 360, num_frames + 1)[1:] % 360 if azimuths_deg is None
-          else np.asarray(azimuths_deg, dtype=np.float64).reshape(-1))
-    if len(az) != num_frames:
-        raise ValueError(f"azimuths_deg: expected {num_frames} values, got {len(az)}")
-    if not np.isfinite(az).all():
-        raise ValueError(f"azimuths_deg: expected finite degrees, got {float(az[~np.isfinite(az)][0])!r}")
-    polars = [float(np.deg2rad(90 - e)) for e in elev]
-    azimuths = [float(np.deg2rad((a - az[-1]) % 360)) for a in az]
-    return polars, azimuths
-
-
-def sv3d_orbit(model, image: torch.Tensor, *, elevation_deg=10.0, azimuths_deg=None, num_steps: int | None = None,
-               seed: int = 23, decoding_t: int | None = None, progress: bool = True, filter=None) -> torch.Tensor:
-    """SV3D: one (1, 3, H, W) image in [-1, 1] -> (T, 3, H, W) orbit frames in [0, 1]; the last frame is the
-    input view and, as upstream, is replaced by the input image. `filter` (load_model's) is applied to the
-    sampled frames."""
-    if not model.variant.name.startswith("sv3d"):
-        raise ValueError(f"model: sv3d_orbit needs an SV3D model, got {model.variant.name}")
-    if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[:2] != (1, 3) or image.numel() == 0:
-        raise ValueError("image: expected a non-empty (1, 3, H, W) tensor in [-1, 1]")
-    if not torch.isfinite(image).all():
-        raise ValueError(f"image: contains {int((~torch.isfinite(image)).sum())} NaN or inf values "
-                         "(expected finite values in [-1, 1])")
-    T = model.num_frames
-    H, W = image.shape[-2:]
-    check_size(H, W)
-    polars, azimuths = orbit_cameras(T, elevation_deg, azimuths_deg)
-    cond_aug = model.variant.defaults.get("cond_aug", 1e-5)
-    g = torch.Generator().manual_seed(seed)
-    value_dict = {"cond_frames_without_noise": image, "cond_aug": cond_aug,
-                  "cond_frames": image + cond_aug * torch.randn(image.shape, generator=g),
-                  "polars_rad": polars, "azimuths_rad": azimuths}
-    sampler = default_sampler(model, num_steps)
-    frames = do_sample(model, sampler, value_dict, 1, H, W, 4, 8, T=T, seed=seed, decoding_t=decoding_t,
-                       force_uc_zero_embeddings=["cond_frames", "cond_frames_without_noise"], progress=progress,
-                       filter=filter)
-    frames[-1:] = to_unit_range(image)
-    return frames
 
 
 _WIDE_GREY = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0}

@@ -1,32 +1,43 @@
 """One SVD / SV3D checkpoint as four networks, each run per stage on a chosen backend.
 
-`VideoModel` holds the torch modules (the reference) and, per stage, opens a runner: on ``backend="torch"`` the
-module itself, moved to `device` for the stage and back to the CPU after (`load_module_gpu` /
-`unload_module_gpu`); on any other backend an exported graph on an `ezvtb.engines` session (`GraphRunner`),
-opened when the stage starts and closed when it ends, so at most one network's memory is live at a time.
-Attribute names follow upstream's `DiffusionEngine` (`model`, `conditioner`, `first_stage_model`) so the
-seed's helpers can move them.
+`VideoModel` is a `ezvtb.diffusion.networks.NetworkSet` with per-stage sessions: each stage opens its
+network's runner (on ``backend="torch"`` the module itself, moved to `device` for the stage and back to the CPU
+after; on any other backend an exported graph on an `ezvtb.engines` session) and closes it when it ends, so at
+most one network's memory is live at a time. Attribute names follow upstream's `DiffusionEngine` (`model`,
+`conditioner`, `first_stage_model`) so the seed's helpers can move them.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from typing import Any, Iterator
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from ezvtb.diffusion.networks import NetworkSet
+from ezvtb.engines.runner import release_module
 from ezvtb.models.sgm_video import spec as specs
 from ezvtb.models.sgm_video.checkpoint import VARIANTS, CheckpointParts, Variant, load_checkpoint
 from ezvtb.models.sgm_video.clip_vision import ImageEmbedder, build_clip_vision, resize_for_clip
 from ezvtb.models.sgm_video.unet import VideoUNet, build_video_unet
 from ezvtb.models.sgm_video.vae import VAEDecode, VAEEncodeMode, build_vae
-from ezvtb.novel_view.sampling import count_or_default
 
 log = logging.getLogger("ezvtb.novel_view")
 
 SCALE_FACTOR = 0.18215  # samples are decoded from latents / SCALE_FACTOR; cond latents use scale 1.0
+
+
+def count_or_default(name: str, value: object, default: int) -> int:
+    """`value` as an int >= 1, or `default` when it is None; ValueError naming `name` for anything else
+    (0, a negative, a float, a bool): an explicit bad value never becomes the default."""
+    if value is None:
+        return int(default)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}: expected an int >= 1 (or None for the model's default {default}), "
+                         f"got {value!r}")
+    return int(value)
 
 
 def vector_embedding(variant: Variant, values: dict, num_frames: int) -> torch.Tensor:
@@ -48,25 +59,19 @@ def vector_embedding(variant: Variant, values: dict, num_frames: int) -> torch.T
     return torch.cat(parts, dim=1)
 
 
-class _Stage:
-    """A network's torch module plus how to build its graph spec for given input shapes."""
-
-    def __init__(self, module: nn.Module, spec_fn) -> None:
-        self.module = module
-        self.spec_fn = spec_fn
-
-
-class VideoModel(nn.Module):
+class VideoModel(nn.Module, NetworkSet):
     """The networks of one checkpoint (see module docstring).
 
     model: `VideoUNet`; conditioner: ModuleDict(image_embedder, cond_encoder); first_stage_model: `VAEDecode`.
     backend: "torch" (eager) or an `ezvtb.engines` backend ("auto", "cpu", "cuda", "tensorrt", ...).
+    precision: "fp32" (default) or "fp16" for the exported graphs. Networks (stages): unet, clip, encoder,
+    decoder.
     """
 
     def __init__(self, parts: CheckpointParts, variant: str, *, num_frames: int | None = None,
                  num_steps: int | None = None, backend: str = "torch", device: str = "cpu",
                  num_head_channels: int = 64, clip_head_width: int | None = None, **session_options: Any) -> None:
-        super().__init__()
+        nn.Module.__init__(self)
         if variant not in VARIANTS:
             raise ValueError(f"variant: expected one of {sorted(VARIANTS)}, got {variant!r}")
         if variant.startswith("sv4d"):
@@ -75,9 +80,7 @@ class VideoModel(nn.Module):
         self.variant: Variant = VARIANTS[variant]
         self.num_frames = count_or_default("num_frames", num_frames, self.variant.num_frames)
         self.num_steps = count_or_default("num_steps", num_steps, self.variant.num_steps)
-        self.backend = backend
-        self.device_name = device
-        self.session_options = session_options
+        init_stages(self, backend, device, session_options)
         self.model: VideoUNet = build_video_unet(parts.unet, num_head_channels, self.num_frames)
         vae = build_vae(parts.encoder, parts.quant_conv, parts.decoder)
         self._set_networks(build_clip_vision(parts.clip_visual, clip_head_width), vae)
@@ -93,55 +96,32 @@ class VideoModel(nn.Module):
         self.clip_size = tower.config.image_size
         self.temporal_decoder = self.first_stage_model.temporal
         self.eval()
+        v = self.variant.name
+        self.add_network("unet", self.model, self.unet_spec, graph_name=f"{v}-unet")
+        self.add_network("clip", self.conditioner["image_embedder"],
+                         lambda s: specs.clip_spec(f"{v}-clip", s, self.embed_dim), graph_name=f"{v}-clip")
+        self.add_network("encoder", self.conditioner["cond_encoder"],
+                         lambda s: specs.vae_encode_spec(f"{v}-vae-encode", s), graph_name=f"{v}-encoder")
+        self.add_network("decoder", self.first_stage_model, lambda s: specs.vae_decode_spec(f"{v}-vae-decode", s),
+                         graph_name=f"{v}-decoder")
+        for name in encoders:
+            self.add_network(name, self.conditioner[name],
+                             lambda s, n=name: specs.vae_encode_spec(f"{v}-vae-encode-{n.removesuffix('_encoder')}", s),
+                             graph_name=f"{v}-{name}")
+
+    def unet_spec(self, shapes: tuple[tuple[int, ...], ...]) -> Any:
+        """The UNet graph's spec for these input shapes."""
+        return specs.unet_spec(f"{self.variant.name}-unet", shapes, self.model.hp.out_channels)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, name: str | None = None, **kw: Any) -> "VideoModel":
         parts = load_checkpoint(path, name)
         return cls(parts, name or parts.variant, **kw)
 
-    # -- stages ------------------------------------------------------------------------------------
-    def _stage(self, which: str) -> _Stage:
-        v = self.variant.name
-        if which == "unet":
-            return _Stage(self.model, lambda s: specs.unet_spec(f"{v}-unet", s, self.model.hp.out_channels))
-        if which == "clip":
-            return _Stage(self.conditioner["image_embedder"], lambda s: specs.clip_spec(f"{v}-clip", s, self.embed_dim))
-        if which == "encoder":
-            return _Stage(self.conditioner["cond_encoder"], lambda s: specs.vae_encode_spec(f"{v}-vae-encode", s))
-        if which == "decoder":
-            return _Stage(self.first_stage_model, lambda s: specs.vae_decode_spec(f"{v}-vae-decode", s))
-        raise ValueError(f"stage: expected unet | clip | encoder | decoder, got {which!r}")
-
-    @contextlib.contextmanager
-    def stage(self, which: str) -> Iterator[Any]:
-        """A callable running network `which` for the duration of the block, released after it."""
-        st = self._stage(which)
-        if self.backend == "torch":
-            load_module_gpu(st.module, self.device_name)
-            dtype = next(st.module.parameters()).dtype
-            dev = next(st.module.parameters()).device
-
-            def run(*xs):
-                with torch.no_grad():
-                    out = st.module(*(x.to(dev, dtype) for x in xs))
-                return out.float().cpu()
-
-            try:
-                yield run
-            finally:
-                unload_module_gpu(st.module)
-            return
-        from ezvtb.engines.runner import GraphRunner
-
-        runner = GraphRunner(st.module, st.spec_fn, name=f"{self.variant.name}-{which}",
-                             backend=self.backend, **self.session_options)
-        try:
-            def run(*xs):
-                with torch.no_grad():
-                    return runner(*(x.float().contiguous() for x in xs))
-            yield run
-        finally:
-            runner.close()
+    @classmethod
+    def from_source(cls, path: Any, **options: Any) -> "VideoModel":
+        """`load(path, name=None, **options)`: an official single-file checkpoint."""
+        return cls.from_checkpoint(path, options.pop("name", None), **options)
 
     # -- the steps of a sample ---------------------------------------------------------------------
     def embed_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -156,8 +136,6 @@ class VideoModel(nn.Module):
 
     def decode(self, latents: torch.Tensor, decoding_t: int | None = None, progress: bool = False) -> torch.Tensor:
         """latents (T, 4, h, w) as sampled -> images (T, 3, 8h, 8w) in [-1, 1], `decoding_t` frames at a time."""
-        from tqdm import tqdm
-
         n = latents.shape[0]
         chunk = n if decoding_t is None else int(decoding_t)
         if chunk < 1:
@@ -165,9 +143,19 @@ class VideoModel(nn.Module):
         z = latents.float() / SCALE_FACTOR
         outs = []
         with self.stage("decoder") as dec:
-            for i in tqdm(range(0, n, chunk), desc="decoding", unit="chunk", disable=not progress, leave=False):
+            for i in self.steps(range(0, n, chunk), "decoding", progress=progress):
                 outs.append(dec(z[i:i + chunk]))
         return torch.cat(outs, 0)
+
+
+def init_stages(model: NetworkSet, backend: str, device: Any, session_options: dict) -> None:
+    """The runtime of an sgm video model: per-stage sessions, graphs in `session_options["precision"]` (fp32
+    by default, as upstream's float32 sampling) on the backend the engines' policy picks."""
+    precision = session_options.pop("precision", "fp32")
+    if precision not in ("fp32", "fp16"):
+        raise ValueError(f"precision: expected 'fp32' or 'fp16', got {precision!r}")
+    model.init_networks(backend=backend, device=device, half=precision == "fp16", lifetime="stage",
+                        **session_options)
 
 
 def load_module_gpu(model: nn.Module, device: str | None = None) -> None:
@@ -179,10 +167,7 @@ def load_module_gpu(model: nn.Module, device: str | None = None) -> None:
 
 def unload_module_gpu(model: nn.Module) -> None:
     """Move `model` back to the CPU and release the CUDA cache."""
-    if any(p.device.type != "cpu" for p in model.parameters()):
-        model.to("cpu")
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+    release_module(model)
 
 
 def initial_model_load(model: nn.Module) -> nn.Module:

@@ -16,6 +16,7 @@ import torch
 from ezvtb.diffusion.guidance import guidance_scales, guided_model
 from ezvtb.diffusion.sampling import denoise, initial_noise
 from ezvtb.diffusion.schedulers import edm_euler
+from ezvtb.novel_view.model import count_or_default, vector_embedding
 
 
 @dataclass
@@ -39,7 +40,8 @@ class EulerEDMSampler:
 
 def default_sampler(model, num_steps: int | None = None, verbose: bool = False) -> EulerEDMSampler:
     v = model.variant
-    return EulerEDMSampler(count_or_default("num_steps", num_steps, model.num_steps), v.guider, v.max_scale, v.min_scale, verbose=verbose)
+    return EulerEDMSampler(count_or_default("num_steps", num_steps, model.num_steps), v.guider, v.max_scale,
+                           v.min_scale, verbose=verbose)
 
 
 @dataclass
@@ -56,8 +58,6 @@ def build_conditioning(model, value_dict: dict, num_frames: int,
                        force_cond_zero_embeddings=()) -> tuple[Conditioning, Conditioning]:
     """(cond, uncond) from upstream's value_dict (`cond_frames_without_noise` and `cond_frames`: (1, 3, H, W) in
     [-1, 1]; plus the variant's scalars). Zeroed embeddings as upstream's `force_*_zero_embeddings`."""
-    from ezvtb.novel_view.model import vector_embedding
-
     for key in ("cond_frames_without_noise", "cond_frames"):
         img = value_dict.get(key)
         if not isinstance(img, torch.Tensor) or img.dim() != 4 or img.shape[1] != 3:
@@ -88,32 +88,109 @@ def sample_latents(model, sampler: EulerEDMSampler, cond: Conditioning, uncond: 
         noise = initial_noise(shape, seed=seed)
     elif tuple(noise.shape) != shape:
         raise ValueError(f"noise: expected shape {shape}, got {tuple(noise.shape)}")
-    ioi = torch.full((2, T), float(image_only_indicator))
     sched = sampler.scheduler()
+    report = model.step_callback("denoise", sampler.num_steps)
+
+    def after_step(i, t, x):
+        report(i, t, x)
+        if callback is not None:
+            callback(i, t, x)
+
     with model.stage("unet") as unet:
         def net(x2, t, concat, context, vector):
             n = x2.shape[0]
             ts = torch.as_tensor(t, dtype=torch.float32).reshape(-1).expand(n).contiguous()
+            ioi = torch.full((n // T, T), float(image_only_indicator))
             return unet(torch.cat([x2, concat], 1), ts, context, vector, ioi)
 
         fn = guided_model(net, (cond.concat, cond.context, cond.vector),
                           (uncond.concat, uncond.context, uncond.vector), sampler.scales(T), frame_axis=0)
-        return denoise(sched, fn, noise.float(), sampler.num_steps, progress=progress, callback=callback)
+        return denoise(sched, fn, noise.float(), sampler.num_steps, progress=progress, callback=after_step)
+
+
+def do_sample(model, sampler, value_dict, num_samples, H, W, C, F, force_uc_zero_embeddings=None,
+              force_cond_zero_embeddings=None, batch2model_input=None, return_latents=False, filter=None, T=None,
+              additional_batch_uc_fields=None, decoding_t=None, *, noise: torch.Tensor | None = None,
+              seed: int | None = None, progress: bool = True):
+    """Upstream's `do_sample`: conditioning, the sampler's loop, decoding `decoding_t` frames at a time.
+
+    Returns frames (T, 3, H, W) in [0, 1] (and the latents when `return_latents`). `value_dict` holds
+    `cond_frames_without_noise`, `cond_frames` ((1, 3, H, W) in [-1, 1]) and the model's scalars; its
+    `image_only_indicator` (default 0) marks frames as stills. Noise: `noise`, else seeded by `seed`, else
+    torch's global generator (as upstream). `batch2model_input` / `additional_batch_uc_fields` are accepted
+    for compatibility (the frame count and indicator always reach the UNet).
+    """
+    if num_samples not in (1, [1]):
+        raise ValueError(f"num_samples: one sample per call is supported, got {num_samples!r}")
+    if C != 4 or F != 8:
+        raise ValueError(f"C, F: the KL-f8 latent space has C=4, F=8, got C={C}, F={F}")
+    check_size(H, W)
+    T = int(T or model.num_frames)
+    if sampler is None:
+        sampler = getattr(model, "sampler", None) or default_sampler(model)
+    cond, uncond = build_conditioning(model, value_dict, T, force_uc_zero_embeddings or (),
+                                      force_cond_zero_embeddings or ())
+    if noise is None and seed is None:
+        noise = torch.randn(T, C, H // F, W // F)
+    z = sample_latents(model, sampler, cond, uncond, T, H, W, seed=seed, noise=noise,
+                       image_only_indicator=float(value_dict.get("image_only_indicator", 0.0)), progress=progress)
+    x = to_unit_range(model.decode(z, decoding_t, progress=progress))
+    if filter is not None:
+        x = filter(x)
+    return (x, z) if return_latents else x
+
+
+def orbit_cameras(num_frames: int = 21, elevation_deg=10.0, azimuths_deg=None) -> tuple[list, list]:
+    """SV3D_p camera inputs: polar = radians(90 - elevation); azimuths default to linspace(0, 360, T+1)[1:] and
+    are taken relative to the last one, so the last frame is the input view (azimuth 0)."""
+    elev = ([float(elevation_deg)] * num_frames if np.isscalar(elevation_deg) else [float(e) for e in elevation_deg])
+    if len(elev) != num_frames:
+        raise ValueError(f"elevation_deg: expected 1 or {num_frames} values, got {len(elev)}")
+    bad = [e for e in elev if not (np.isfinite(e) and -90.0 <= e <= 90.0)]
+    if bad:
+        raise ValueError(f"elevation_deg: expected finite degrees in [-90, 90], got {bad[0]!r}")
+    az = (np.linspace(0, 360, num_frames + 1)[1:] % 360 if azimuths_deg is None
+          else np.asarray(azimuths_deg, dtype=np.float64).reshape(-1))
+    if len(az) != num_frames:
+        raise ValueError(f"azimuths_deg: expected {num_frames} values, got {len(az)}")
+    if not np.isfinite(az).all():
+        raise ValueError(f"azimuths_deg: expected finite degrees, got {float(az[~np.isfinite(az)][0])!r}")
+    polars = [float(np.deg2rad(90 - e)) for e in elev]
+    azimuths = [float(np.deg2rad((a - az[-1]) % 360)) for a in az]
+    return polars, azimuths
+
+
+def sv3d_orbit(model, image: torch.Tensor, *, elevation_deg=10.0, azimuths_deg=None, num_steps: int | None = None,
+               seed: int = 23, decoding_t: int | None = None, progress: bool = True, filter=None) -> torch.Tensor:
+    """SV3D: one (1, 3, H, W) image in [-1, 1] -> (T, 3, H, W) orbit frames in [0, 1]; the last frame is the
+    input view and, as upstream, is replaced by the input image. `filter` (load_model's) is applied to the
+    sampled frames."""
+    if not model.variant.name.startswith("sv3d"):
+        raise ValueError(f"model: sv3d_orbit needs an SV3D model, got {model.variant.name}")
+    if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[:2] != (1, 3) or image.numel() == 0:
+        raise ValueError("image: expected a non-empty (1, 3, H, W) tensor in [-1, 1]")
+    if not torch.isfinite(image).all():
+        raise ValueError(f"image: contains {int((~torch.isfinite(image)).sum())} NaN or inf values "
+                         "(expected finite values in [-1, 1])")
+    T = model.num_frames
+    H, W = image.shape[-2:]
+    check_size(H, W)
+    polars, azimuths = orbit_cameras(T, elevation_deg, azimuths_deg)
+    cond_aug = model.variant.defaults.get("cond_aug", 1e-5)
+    g = torch.Generator().manual_seed(seed)
+    value_dict = {"cond_frames_without_noise": image, "cond_aug": cond_aug,
+                  "cond_frames": image + cond_aug * torch.randn(image.shape, generator=g),
+                  "polars_rad": polars, "azimuths_rad": azimuths}
+    sampler = default_sampler(model, num_steps)
+    frames = do_sample(model, sampler, value_dict, 1, H, W, 4, 8, T=T, seed=seed, decoding_t=decoding_t,
+                       force_uc_zero_embeddings=["cond_frames", "cond_frames_without_noise"], progress=progress,
+                       filter=filter)
+    frames[-1:] = to_unit_range(image)
+    return frames
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     return torch.clamp((images + 1.0) / 2.0, 0.0, 1.0)
-
-
-def count_or_default(name: str, value: object, default: int) -> int:
-    """`value` as an int >= 1, or `default` when it is None; ValueError naming `name` for anything else
-    (0, a negative, a float, a bool): an explicit bad value never becomes the default."""
-    if value is None:
-        return int(default)
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: expected an int >= 1 (or None for the model's default {default}), "
-                         f"got {value!r}")
-    return int(value)
 
 
 def check_size(height: int, width: int) -> None:
@@ -121,6 +198,6 @@ def check_size(height: int, width: int) -> None:
         raise ValueError(f"H, W: expected positive multiples of 64, got {height}x{width}")
 
 
-__all__ = ["Conditioning", "EulerEDMSampler", "build_conditioning", "default_sampler", "sample_latents",
-           "to_unit_range", "check_size", "count_or_default"]
+__all__ = ["Conditioning", "EulerEDMSampler", "build_conditioning", "check_size", "count_or_default", "default_sampler",
+           "do_sample", "orbit_cameras", "sample_latents", "sv3d_orbit", "to_unit_range"]
 

@@ -12,9 +12,10 @@ The flow of upstream's `simple_video_sample_4d.py` (Stability-AI/generative-mode
    last, anchor frame) and forward at odd steps (frames in order, views of the window's first frame). The whole
    window is then decoded (also replacing its first and last frames).
 
-Each UNet call is one Euler step of the EDM ODE with v-prediction (`ezvtb.diffusion.schedulers.edm_sigmas`,
-`v_scalings`), classifier-free guidance per row (`ezvtb.diffusion.guidance.apply_guidance`) with upstream's
-`SpatiotemporalPredictionGuider` scales (SV4D: 1.0 -> 2.0). The unconditional branch zeroes the CLIP context, the
+Both passes run the shared loop `ezvtb.diffusion.sampling.denoise` over EDM Euler with v-prediction
+(`ezvtb.diffusion.schedulers.edm_euler`), classifier-free guidance per row (`ezvtb.diffusion.guidance.guided_model`)
+with upstream's `SpatiotemporalPredictionGuider` scales (`grid_guidance_scales("spatiotemporal", ...)`; SV4D:
+1.0 -> 2.0). Guidance mixes the v-predictions, which equals upstream's mixing of the denoised latents. The unconditional branch zeroes the CLIP context, the
 concat latents, the view latents and - as upstream's conditioner does for the cond-frames embedder's second output
 - the 256-wide noise-level part of the ADM vector.
 
@@ -24,7 +25,6 @@ one stage open at a time).
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,15 +34,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ezvtb.diffusion.guidance import apply_guidance
-from ezvtb.diffusion.schedulers import edm_sigmas, v_scalings
-from ezvtb.models.sgm_video import spec as specs
+from ezvtb.diffusion.guidance import grid_guidance_scales, guided_model
+from ezvtb.diffusion.sampling import denoise
+from ezvtb.diffusion.schedulers import edm_euler
 from ezvtb.models.sgm_video.checkpoint import UNET_PREFIX, VARIANTS, claim_shared_key, read_state_dict
 from ezvtb.models.sgm_video.clip_vision import build_clip_vision
 from ezvtb.models.sgm_video.sv4d_unet import SV4DUNet, build_sv4d_unet, sv4d_unet_spec
 from ezvtb.models.sgm_video.vae import build_vae
-from ezvtb.novel_view.model import VideoModel, _Stage
-from ezvtb.novel_view.sampling import count_or_default
+from ezvtb.novel_view.model import VideoModel, count_or_default, init_stages
+from ezvtb.novel_view.sampling import orbit_cameras, sv3d_orbit
 
 log = logging.getLogger("ezvtb.novel_view")
 
@@ -74,22 +74,9 @@ SETTINGS = {
 }
 
 
-def spatiotemporal_scales(num_frames: int, num_views: int, max_scale: float, min_scale: float = 1.0) -> torch.Tensor:
-    """upstream `SpatiotemporalPredictionGuider`: scale[t, v] = min + (max - min) * (t/(T-1) / 2 + tri(v/(V-1)) / 2)
-    with tri the period-1 triangle wave (0 at both ends); flattened (t, v), shape (T*V,)."""
-    for name, n in (("num_frames", num_frames), ("num_views", num_views)):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"{name}: expected an int >= 1, got {n!r}")
-    t = torch.linspace(0, 1, num_frames, dtype=torch.float64)[:, None] * 0.5
-    r = torch.linspace(0, 1, num_views, dtype=torch.float64)
-    v = (2 * (r - torch.floor(r + 0.5)).abs())[None, :] * 0.5
-    return ((t + v).flatten() * (max_scale - min_scale) + min_scale).float()
-
-
 def guidance_for(settings: SV4DSettings, num_frames: int, num_views: int) -> torch.Tensor:
-    if settings.guider == "spatiotemporal":
-        return spatiotemporal_scales(num_frames, num_views, settings.max_scale, settings.min_scale)
-    return torch.linspace(settings.min_scale, settings.max_scale, num_frames * num_views, dtype=torch.float32)
+    """The per-row scales of a T x V grid for `settings`' guider ("spatiotemporal" | "linear")."""
+    return grid_guidance_scales(settings.guider, num_frames, num_views, settings.max_scale, settings.min_scale)
 
 
 # ---- the checkpoint ------------------------------------------------------------------------------------------
@@ -179,9 +166,7 @@ class SV4DModel(VideoModel):
             raise ValueError(f"num_frames: {variant} denoises T*V = {self.frames_per_sample}*{self.views_per_sample}"
                              f" = {self.num_frames} latents per call, got {num_frames}")
         self.num_steps = count_or_default("num_steps", num_steps, s.num_steps)
-        self.backend = backend
-        self.device_name = device
-        self.session_options = session_options
+        init_stages(self, backend, device, session_options)
         self.model: SV4DUNet = build_sv4d_unet(parts.unet, num_head_channels, use_3d_attention)
         enc, quant = parts.encoders[ENCODER_EMBEDDERS["cond_frames"]]
         vae = build_vae(enc, quant, parts.decoder)
@@ -194,14 +179,8 @@ class SV4DModel(VideoModel):
         parts = load_sv4d_checkpoint(path, name)
         return cls(parts, name or parts.variant, **kw)
 
-    def _stage(self, which: str) -> _Stage:
-        v = self.variant.name
-        if which == "unet":
-            return _Stage(self.model, lambda s: sv4d_unet_spec(f"{v}-unet", s, self.model.hp.out_channels))
-        if which == "view_encoder":
-            return _Stage(self.conditioner["view_encoder"],
-                          lambda s: specs.vae_encode_spec(f"{v}-vae-encode-view", s))
-        return super()._stage(which)
+    def unet_spec(self, shapes: tuple[tuple[int, ...], ...]) -> Any:
+        return sv4d_unet_spec(f"{self.variant.name}-unet", shapes, self.model.hp.out_channels)
 
     def encode_view(self, images: torch.Tensor) -> torch.Tensor:
         """(V, 3, H, W) in [-1, 1] -> (V, 4, H/8, W/8) posterior mode (scale 1.0), the `cond_view` embedder."""
@@ -270,36 +249,38 @@ def sv4d_conditioning(model: SV4DModel, cond_motion: torch.Tensor, cond_view: to
     return cond, uncond
 
 
-def euler_step(unet, x: torch.Tensor, sigma: float, sigma_next: float, cond: SV4DConditioning,
-               uncond: SV4DConditioning, scales: torch.Tensor) -> torch.Tensor:
-    """One EDM Euler step (s_churn 0) of the T*V latents `x` with guided v-prediction denoising."""
-    c_skip, c_out, c_in, c_noise = (float(c) for c in v_scalings(sigma))
-    x2 = torch.cat([x, x])
-    inp = torch.cat([x2 * c_in, torch.cat([uncond.concat, cond.concat])], 1)
-    out = unet(inp, torch.full((inp.shape[0],), c_noise), torch.cat([uncond.context, cond.context]),
-               torch.cat([uncond.vector, cond.vector]), torch.cat([uncond.cond_view, cond.cond_view]))
-    denoised = out * c_out + x2 * c_skip
-    d_u, d_c = denoised.chunk(2)
-    denoised = apply_guidance(d_u, d_c, scales, frame_axis=0)
-    return x + (sigma_next - sigma) * (x - denoised) / sigma
+def sv4d_denoiser(unet, cond: SV4DConditioning, uncond: SV4DConditioning, scales: torch.Tensor,
+                  reverse_frames: int | None = None):
+    """The guided v-prediction ``fn(x, t)`` of the T*V latents `x` ((t, v) order) for `denoise`: one batched
+    UNet call with [uncond, cond]. `reverse_frames` = T: the conditioning describes the frames in reverse order
+    (the dense pass's backward steps), so x goes in flipped along time and the prediction comes back unflipped."""
+
+    def net(x2, t, concat, context, vector, cond_view):
+        ts = torch.as_tensor(t, dtype=torch.float32).reshape(-1).expand(x2.shape[0]).contiguous()
+        return unet(torch.cat([x2, concat], 1), ts, context, vector, cond_view)
+
+    fn = guided_model(net, (cond.concat, cond.context, cond.vector, cond.cond_view),
+                      (uncond.concat, uncond.context, uncond.vector, uncond.cond_view), scales, frame_axis=0)
+    if reverse_frames is None:
+        return fn
+
+    def flip(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(reverse_frames, -1, *x.shape[1:]).flip(0).reshape(x.shape)
+
+    return lambda x, t: flip(fn(flip(x), t))
 
 
 def sample_grid(model: SV4DModel, cond: SV4DConditioning, uncond: SV4DConditioning, noise: torch.Tensor,
                 num_steps: int | None = None, progress: bool = True,
                 settings: SV4DSettings | None = None) -> torch.Tensor:
     """The full Euler loop for one T x V grid (upstream's `do_sample` with SV4D inputs): latents (T*V, 4, h, w)."""
-    from tqdm import tqdm
-
     n = count_or_default("num_steps", num_steps, model.num_steps)
     s = settings or model.settings
-    sigmas = [float(v) for v in edm_sigmas(n, s.sigma_min, s.sigma_max, s.rho)]
     T, V = cond.context.shape[1], cond.cond_view.shape[0]
-    scales = guidance_for(s, T, V)
-    x = noise.float() * math.sqrt(1.0 + sigmas[0] ** 2)
     with model.stage("unet") as unet:
-        for i in tqdm(range(n), desc="sv4d anchor", unit="step", disable=not progress, leave=False):
-            x = euler_step(unet, x, sigmas[i], sigmas[i + 1], cond, uncond, scales)
-    return x
+        fn = sv4d_denoiser(unet, cond, uncond, guidance_for(s, T, V))
+        return denoise(edm_euler(s.sigma_min, s.sigma_max, s.rho), fn, noise.float(), n, progress=progress,
+                       desc="sv4d anchor", callback=model.step_callback("sv4d anchor", n))
 
 
 _GUIDERS = {2: "linear", 5: "spatiotemporal"}  # upstream's get_guider_no_st indices used by the SV4D scripts
@@ -365,8 +346,7 @@ def sv4d_novel_views(sv4d: SV4DModel, frames: torch.Tensor, *, sv3d=None, views_
     noise is seeded with it as well). `return_t0_views=True` also returns the V+1 frame-0 views taken from the
     orbit (V+1, 3, H, W) in [0, 1] (upstream writes those as `_t000.mp4` before sampling).
     """
-    from tqdm import tqdm
-
+    
     from ezvtb.novel_view.helpers import orbit_cameras, sv3d_orbit
 
     if sv4d.variant.name != "sv4d":
@@ -428,26 +408,21 @@ def sv4d_novel_views(sv4d: SV4DModel, frames: torch.Tensor, *, sv3d=None, views_
     # dense frames, alternating backward / forward conditioning per step
     n = count_or_default("num_steps", num_steps, sv4d.num_steps)
     s = sv4d.settings
-    sigmas = [float(v) for v in edm_sigmas(n, s.sigma_min, s.sigma_max, s.rho)]
     scales = guidance_for(s, T, V)
-    for t0 in tqdm(range(0, n_frames - 1, T - 1), desc="sv4d dense", unit="window", disable=not progress):
+    starts = range(0, n_frames - 1, T - 1)
+    for t0 in sv4d.steps(starts, "sv4d dense", progress=progress):
         window = list(range(t0, t0 + T))
         latents = torch.randn((n_frames, n_views, *lat_shape), generator=g)
-        inputs = {}
-        for direction, order in (("forward", window), ("backward", window[::-1])):
-            inputs[direction] = (order, *sv4d_conditioning(sv4d, cat(grid[t][0] for t in order),
-                                                           cat(grid[order[0]][v] for v in view_idx),
-                                                           polar_tv, azim_tv))
+        fwd = sv4d_conditioning(sv4d, cat(grid[t][0] for t in window), cat(grid[window[0]][v] for v in view_idx),
+                                polar_tv, azim_tv)
+        back = sv4d_conditioning(sv4d, cat(grid[t][0] for t in window[::-1]),
+                                 cat(grid[window[-1]][v] for v in view_idx), polar_tv, azim_tv)
         with sv4d.stage("unet") as unet:
-            for step in range(n):
-                order, c, uc = inputs["forward" if step % 2 == 1 else "backward"]
-                x = latents[order][:, view_idx].flatten(0, 1)
-                if step == 0:
-                    x = x * math.sqrt(1.0 + sigmas[0] ** 2)
-                x = euler_step(unet, x, sigmas[step], sigmas[step + 1], c, uc, scales).reshape(T, V, *lat_shape)
-                for i, t in enumerate(order):
-                    latents[t, view_idx] = x[i]
-        z = latents[window][:, view_idx].flatten(0, 1)
+            alternate = (sv4d_denoiser(unet, *back, scales, reverse_frames=T), sv4d_denoiser(unet, *fwd, scales))
+            calls = iter(range(n))
+            x = latents[window][:, view_idx].flatten(0, 1)
+            z = denoise(edm_euler(s.sigma_min, s.sigma_max, s.rho), lambda x, t: alternate[next(calls) % 2](x, t),
+                        x, n)
         imgs = sv4d.decode(z, decoding_t).reshape(T, V, 3, H, W)
         for i, t in enumerate(window):
             for j, v in enumerate(view_idx):
@@ -466,8 +441,6 @@ def sv4d2_novel_views(model: SV4DModel, frames: torch.Tensor, *, elevation_deg=0
     to view 0; default azimuths [0, 60, 120, 180, 240] (4 views) or [0, 30, 75, ..., 330] (8 views), elevation 0.
     `frames` (F, 3, H, W) in [-1, 1] -> (F, V+1, 3, H, W) in [0, 1]. Window k's noise is seeded with seed + k.
     """
-    from tqdm import tqdm
-
     if model.variant.name != "sv4d2":
         raise ValueError(f"model: sv4d2_novel_views needs an SV4D 2.0 model, got {model.variant.name}")
     T, V = model.frames_per_sample, model.views_per_sample
@@ -495,7 +468,7 @@ def sv4d2_novel_views(model: SV4DModel, frames: torch.Tensor, *, elevation_deg=0
         grid[t][0] = frames[t:t + 1].float()
     starts = range(0, n_frames, T) if V == 4 else range(0, n_frames - T + 1, T - 1)
     options = {"num_steps": count_or_default("num_steps", num_steps, model.num_steps)}
-    for k, t0 in enumerate(tqdm(starts, desc="sv4d2", unit="window", disable=not progress)):
+    for k, t0 in enumerate(model.steps(starts, "sv4d2", progress=progress)):
         t0 = min(t0, n_frames - T)
         window = list(range(t0, t0 + T))
         samples = sv4d_run_img2vid({"options": options}, model, None, seed + k, polars, azims,
@@ -533,6 +506,6 @@ def write_novel_view_videos(out_dir: str | os.PathLike, views: torch.Tensor, bas
 
 
 __all__ = ["SETTINGS", "SV3D_SUBSAMPLED_VIEWS", "SV4DConditioning", "SV4DModel", "SV4DParts", "SV4DSettings",
-           "euler_step", "guidance_for", "load_sv4d_checkpoint", "sample_grid", "spatiotemporal_scales",
+           "guidance_for", "load_sv4d_checkpoint", "sample_grid", "sv4d_denoiser",
            "settings_from_options", "split_sv4d_state_dict", "sv4d_conditioning", "sv4d_novel_views",
            "sv4d_run_img2vid", "sv4d2_novel_views", "write_novel_view_videos"]

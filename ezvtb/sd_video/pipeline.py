@@ -5,13 +5,14 @@ The algorithm (ModelScope's, as sd-video runs it):
 1. encode the prompt and the negative prompt (OpenCLIP ViT-H text tower, penultimate block);
 2. start from Gaussian noise (1, 4, f, h/8, w/8), or, for video-to-video, from the VAE means of the
    initial frames (x 0.18215) noised to the DDIM step ``t_start - 1``;
-3. DDIM (linear_sd betas, eps prediction, "leading + 1" timesteps, eta) over the remaining steps,
-   classifier-free guidance ``uncond + scale * (cond - uncond)`` from two UNet calls per step;
+3. DDIM (linear_sd betas, eps prediction, "leading + 1" timesteps, eta) over the remaining steps
+   (the shared loop `ezvtb.diffusion.sampling.denoise` over `modelscope_ddim`), classifier-free
+   guidance ``uncond + scale * (cond - uncond)`` (`ezvtb.diffusion.guidance.guided_model`);
 4. decode each frame with the VAE, map [-1, 1] to [0, 1]: a (1, 3, f, H, W) float tensor.
 
-Which runtime runs each network is decided once, here: ``backend="torch"`` runs the library
-modules eagerly; any other backend runs them as exported ONNX graphs through
-`ezvtb.engines.runner.GraphRunner` (one graph per input shape, cached by weights digest).
+The networks and their runtime come from `ezvtb.diffusion.networks.NetworkSet`: ``backend="torch"``
+runs the library modules eagerly; any other backend runs them as exported ONNX graphs (one graph per
+input shape, cached by weights digest), with sessions that live until `close`.
 """
 from __future__ import annotations
 
@@ -23,26 +24,19 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ezvtb.engines.policy import RUNNER_BACKENDS, check_backend
+from ezvtb.diffusion.guidance import guided_model
+from ezvtb.diffusion.networks import EAGER, NetworkSet
+from ezvtb.diffusion.sampling import denoise, make_generator
+from ezvtb.diffusion.schedulers import modelscope_ddim
+from ezvtb.diffusion.unet3d import UNet3DStep
 from ezvtb.models.modelscope_t2v import spec as graph_specs
-from ezvtb.sd_video.loader import T2VComponents, load_components, scheduler_config
+from ezvtb.sd_video.loader import T2VComponents, load_components
 from ezvtb.sd_video.tokenizer import tokenize
 
 log = logging.getLogger(__name__)
 
 DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 TEXT_CACHE = 8  # prompt embeddings kept per SDVideo
-
-
-class UNetStep(torch.nn.Module):
-    """eps = unet(latents (b, c, f, h, w), timestep (b,), context (b, L, D)): one denoiser call."""
-
-    def __init__(self, unet: torch.nn.Module) -> None:
-        super().__init__()
-        self.unet = unet
-
-    def forward(self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return self.unet(latents, timestep, encoder_hidden_states=context, return_dict=False)[0]
 
 
 class TextEncoderGraph(torch.nn.Module):
@@ -78,33 +72,6 @@ class VaeEncoderGraph(torch.nn.Module):
         return self.vae.encode(images).latent_dist.mean
 
 
-def make_scheduler(num_train_timesteps: int = 1000) -> Any:
-    """ModelScope's DDIM sampler (`ezvtb.diffusion.schedulers.modelscope_ddim` when available)."""
-    try:
-        from ezvtb.diffusion.schedulers import modelscope_ddim
-    except ImportError:
-        from diffusers import DDIMScheduler
-
-        return DDIMScheduler.from_config(scheduler_config(num_train_timesteps))
-    return modelscope_ddim(num_train_timesteps)
-
-
-def ddim_timesteps(sched: Any, steps: int) -> list[int]:
-    """Set `sched` to `steps` DDIM steps; ModelScope's descending timestep list.
-
-    ``1 + arange(0, T, T // steps)`` clamped to T - 1, as ModelScope's ``ddim_sample_loop`` (when
-    `steps` does not divide T this is more than `steps` steps and the first one is T - 1; each
-    step still goes to ``t - T // steps``, which is what DDIMScheduler.step does).
-    """
-    sched.set_timesteps(steps)
-    last = int(sched.config.num_train_timesteps) - 1
-    return [min(int(t), last) for t in sched.timesteps]
-
-
-def _check_backend(backend: Any) -> str:
-    return check_backend(backend, RUNNER_BACKENDS)
-
-
 def _check_int(name: str, v: Any, lo: int, hi: int | None = None) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
         rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
@@ -127,90 +94,78 @@ def _check_image_size(image_size: Any, multiple: int, why: str) -> tuple[int, in
     return int(image_size[0]), int(image_size[1])
 
 
-class SDVideo:
+class SDVideo(NetworkSet):
     """Text-to-video / video-to-video with a ModelScope model folder (either layout).
 
     model_path: the ModelScope folder (configuration.json + 3 checkpoints) or a diffusers folder.
-    device: where eager (``backend="torch"``) modules run; for exported backends "cpu" selects
-        ONNX Runtime's CPU provider and anything else lets ``backend`` choose.
-    dtype: float32, float16 or bfloat16: eager modules' dtype; exported graphs run fp16 for
-        float16 and fp32 otherwise.
+    device: where eager (``backend="torch"``) modules run; with ``backend="auto"`` a CPU device selects
+        ONNX Runtime's CPU provider (any other device lets the engines' policy choose).
+    dtype: float32, float16 or bfloat16: eager modules' dtype; exported graphs run fp16 for float16
+        where the backend runs half precision (the engines' policy; fp32 on the CPU) and fp32 otherwise.
     amp: autocast the eager UNet on CUDA (ignored on CPU and by exported graphs).
     backend: "torch" (eager) or an `ezvtb.engines` backend ("auto", "cpu", "cuda", "tensorrt", ...).
+    Networks: ``unet``, ``text_encoder``, ``vae_decoder``, ``vae_encoder`` (persistent sessions).
     """
 
     def __init__(self, model_path: str | os.PathLike, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, amp: bool = True, *, backend: str = "auto") -> None:
         if dtype not in DTYPES:
             raise ValueError(f"dtype: expected torch.float32, torch.float16 or torch.bfloat16, got {dtype!r}")
-        self.backend = _check_backend(backend)
-        try:
-            self.device = torch.device(device)
-        except (RuntimeError, TypeError) as e:
-            raise ValueError(f"device: expected a torch device such as 'cpu' or 'cuda', got {device!r}") from e
+        self.init_networks(backend=backend, device=device, half=None if dtype == torch.float16 else False)
         self.dtype = dtype
         self.amp = bool(amp)
-        eager = self.backend == "torch"
-        if eager and self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device: {device!r} with backend='torch' needs CUDA, which this torch build/machine "
-                             "lacks; use device='cpu' or an exported backend (backend='auto')")
+        eager = self.backend == EAGER
         self.components: T2VComponents = load_components(model_path, dtype=dtype if eager else torch.float32)
-        if eager:
-            self.components.to(device=self.device)
         self.max_frames = self.components.max_frames
         self.scaling_factor = float(self.components.vae.config.scaling_factor)
-        self.scheduler = make_scheduler(self.components.num_train_timesteps)
+        self.scheduler = modelscope_ddim(self.components.num_train_timesteps)
         self.cfg_batch = False  # True: cond and uncond in one batch-2 UNet call (same result, one graph)
         self.vae_batch = 1  # frames per VAE call (sd-video decodes frame by frame)
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        precision = "fp16" if dtype == torch.float16 else "fp32"
-        if not eager and dtype == torch.bfloat16:
-            log.info("dtype bfloat16: exported graphs run in fp32")
-        if not eager and precision == "fp16" and not _gpu_provider():
-            log.warning("dtype float16: no GPU execution provider here, the exported graphs run in fp32 on the CPU")
-            precision = "fp32"
+        if not eager and dtype != torch.float32 and self.precision == "fp32":
+            log.info("dtype %s: the exported graphs run in fp32 on backend %s", DTYPES[dtype], self.backend)
         c = self.components
         width = int(c.text_encoder.config.hidden_size)
-        self.unet = self._runner(UNetStep(c.unet), lambda s: graph_specs.unet_spec(s), "t2v_unet", precision)
-        self.text_encoder = self._runner(TextEncoderGraph(c.text_encoder),
-                                         lambda s: graph_specs.text_encoder_spec(s, width), "t2v_text", precision)
-        self.vae_decoder = self._runner(VaeDecoderGraph(c.vae), lambda s: graph_specs.vae_decoder_spec(s),
-                                        "t2v_vae_dec", precision)
-        self.vae_encoder = self._runner(VaeEncoderGraph(c.vae), lambda s: graph_specs.vae_encoder_spec(
-            s, int(c.vae.config.latent_channels)), "t2v_vae_enc", precision)
+        amp_dtype = (torch.bfloat16 if dtype == torch.bfloat16 else torch.float16) if self.amp else None
+        self.add_network("unet", UNet3DStep(c.unet), graph_specs.unet_spec, graph_name="t2v_unet",
+                         autocast=amp_dtype)
+        self.add_network("text_encoder", TextEncoderGraph(c.text_encoder),
+                         lambda s: graph_specs.text_encoder_spec(s, width), graph_name="t2v_text")
+        self.add_network("vae_decoder", VaeDecoderGraph(c.vae), graph_specs.vae_decoder_spec,
+                         graph_name="t2v_vae_dec")
+        self.add_network("vae_encoder", VaeEncoderGraph(c.vae), lambda s: graph_specs.vae_encoder_spec(
+            s, int(c.vae.config.latent_channels)), graph_name="t2v_vae_enc")
         log.info("SDVideo: %s model from %s, backend %s, %s, max_frames %d", c.layout, c.path, self.backend,
                  DTYPES[dtype], self.max_frames)
 
+    source_kind = "folder"
+
+    @classmethod
+    def from_source(cls, path: Any, **options: Any) -> "SDVideo":
+        return cls(path, **options)
+
     # -- runtime -------------------------------------------------------------------------------
-    def _runner(self, module: torch.nn.Module, spec_for: Callable, name: str, precision: str) -> Callable:
-        from ezvtb.engines.runner import GraphRunner
+    @property
+    def unet(self) -> Callable:
+        return self.network("unet")
 
-        module.eval()
-        backend = "cpu" if (self.backend == "auto" and self.device.type == "cpu") else self.backend
-        return GraphRunner(module, spec_for, name=name, backend=backend, precision=precision)
+    @property
+    def text_encoder(self) -> Callable:
+        return self.network("text_encoder")
 
-    def close(self) -> None:
-        """Release the exported sessions (eager modules are left as they are)."""
-        for r in (self.unet, self.text_encoder, self.vae_decoder, self.vae_encoder):
-            r.close()
+    @property
+    def vae_decoder(self) -> Callable:
+        return self.network("vae_decoder")
+
+    @property
+    def vae_encoder(self) -> Callable:
+        return self.network("vae_encoder")
 
     def enable_xformers(self, enable: bool = True) -> None:
         """Accepted for sd-video compatibility: attention already runs through PyTorch SDPA
         (eager) or the exported graphs' fused attention; xformers is never used (it does not export)."""
         log.info("enable_xformers(%s): xformers is not used; attention runs through PyTorch "
                  "scaled_dot_product_attention (eager) or the exported graphs", bool(enable))
-
-    def _autocast(self):
-        if self.backend == "torch" and self.amp and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.float16 if self.dtype != torch.bfloat16 else torch.bfloat16)
-        import contextlib
-
-        return contextlib.nullcontext()
-
-    def _to_runtime(self, x: torch.Tensor) -> torch.Tensor:
-        if self.backend == "torch":
-            return x.to(self.device, self.dtype if x.is_floating_point() else x.dtype)
-        return x.to("cpu", torch.float32 if x.is_floating_point() else x.dtype).contiguous()
 
     @torch.no_grad()
     def encode_text(self, text: str) -> torch.Tensor:
@@ -220,32 +175,16 @@ class SDVideo:
             return self._text_cache[text]
         c = self.components
         ids = tokenize(c.tokenizer, [text], int(c.text_encoder.config.max_position_embeddings))
-        ctx = self.text_encoder(self._to_runtime(ids)).float().cpu()
+        ctx = self.text_encoder(ids).float()
         self._text_cache[text] = ctx
         while len(self._text_cache) > TEXT_CACHE:
             self._text_cache.popitem(last=False)
         return ctx
 
     @torch.no_grad()
-    def _eps(self, x: torch.Tensor, t: int, cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
-        ts = torch.full((x.shape[0],), float(t))
-        with self._autocast():
-            if scale == 1.0:
-                return self.unet(self._to_runtime(x), self._to_runtime(ts), self._to_runtime(cond)).float().cpu()
-            if self.cfg_batch:
-                both = self.unet(self._to_runtime(torch.cat([x, x])), self._to_runtime(torch.cat([ts, ts])),
-                                 self._to_runtime(torch.cat([cond, uncond]))).float().cpu()
-                e_c, e_u = both.chunk(2)
-            else:
-                e_c = self.unet(self._to_runtime(x), self._to_runtime(ts), self._to_runtime(cond)).float().cpu()
-                e_u = self.unet(self._to_runtime(x), self._to_runtime(ts), self._to_runtime(uncond)).float().cpu()
-        return _guide(e_u, e_c, scale)
-
-    @torch.no_grad()
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """Frames (f, 3, H, W) in [-1, 1] -> scaled latents (1, 4, f, H/8, W/8)."""
-        means = [self.vae_encoder(self._to_runtime(chunk)).float().cpu()
-                 for chunk in frames.split(self.vae_batch)]
+        means = [self.vae_encoder(chunk.float()) for chunk in frames.split(self.vae_batch)]
         lat = torch.cat(means) * self.scaling_factor
         return lat.permute(1, 0, 2, 3).unsqueeze(0)
 
@@ -253,7 +192,7 @@ class SDVideo:
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents (1, 4, f, h, w) -> video (1, 3, f, 8h, 8w) in [0, 1]."""
         z = (latents[0].permute(1, 0, 2, 3) / self.scaling_factor).contiguous()
-        images = torch.cat([self.vae_decoder(self._to_runtime(chunk)).float().cpu() for chunk in z.split(self.vae_batch)])
+        images = torch.cat([self.vae_decoder(chunk) for chunk in z.split(self.vae_batch)])
         video = ((images.clamp(-1.0, 1.0) + 1.0) / 2.0).permute(1, 0, 2, 3).unsqueeze(0)
         return video.contiguous()
 
@@ -271,7 +210,7 @@ class SDVideo:
         initial_frames: video-to-video input (PIL images or HxWx3 uint8 arrays, e.g. from
         `load_sequence`), resized to image_size. t_start: DDIM steps to run from the noised
         input, in [0, timesteps] (default: timesteps; ``round(timesteps * strength)`` in sd-video).
-        seed: makes the noise reproducible.
+        seed: makes the noise reproducible. Progress: ``progress_callback("denoise", done, total)``.
         """
         if not isinstance(text, str):
             raise ValueError(f"text: expected a string, got {type(text).__name__}")
@@ -295,15 +234,12 @@ class SDVideo:
                                  f"t_start={t_start!r} without initial_frames")
             f = self.max_frames if num_frames is None else _check_int("num_frames", num_frames, 1)
 
-        gen = torch.Generator()
-        if seed is None:
-            gen.seed()
-        else:
-            gen.manual_seed(seed)
+        gen = make_generator(seed)
         cond = self.encode_text(text)
         uncond = self.encode_text(text_neg) if scale != 1.0 else cond
-        sched = make_scheduler(self.components.num_train_timesteps)
-        ts = ddim_timesteps(sched, steps)
+        sched = modelscope_ddim(self.components.num_train_timesteps)
+        sched.set_timesteps(steps)
+        ts = [int(t) for t in sched.timesteps]
         c_lat = int(self.components.unet.config.in_channels)
         if frames is None:
             x = torch.randn((1, c_lat, f, h // 8, w // 8), generator=gen)
@@ -322,30 +258,19 @@ class SDVideo:
     def denoise(self, x: torch.Tensor, sched: Any, ts: Sequence[int], cond: torch.Tensor, uncond: torch.Tensor,
                 scale: float, eta: float = 0.0, generator: torch.Generator | None = None,
                 bar: bool = False) -> torch.Tensor:
-        """DDIM from latents `x` (1, 4, f, h, w) at ts[0] through ts (descending), guided by `scale`."""
-        from tqdm import tqdm
+        """DDIM from latents `x` (1, 4, f, h, w) at ts[0] through ts (descending; a tail of the timesteps
+        `sched` is set to), classifier-free guided by `scale` (`cfg_batch`: one batched UNet call per step)."""
+        if not ts:
+            return x
+        unet = self.unet
 
-        for t in tqdm(ts, desc="sampling", unit="step", disable=not bar):
-            eps = self._eps(x, t, cond, uncond, scale)
-            x = sched.step(eps, t, x, eta=eta, generator=generator, return_dict=False)[0]
-        return x
+        def eps(x_t: torch.Tensor, t: Any, context: torch.Tensor) -> torch.Tensor:
+            return unet(x_t, torch.full((x_t.shape[0],), float(t)), context)
 
-
-def _gpu_provider() -> bool:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return False
-    gpu = {"CUDAExecutionProvider", "TensorrtExecutionProvider", "DmlExecutionProvider"}
-    return bool(gpu & set(ort.get_available_providers()))
-
-
-def _guide(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
-    try:
-        from ezvtb.diffusion.guidance import apply_guidance
-    except ImportError:
-        return uncond + scale * (cond - uncond)
-    return apply_guidance(uncond, cond, torch.full((cond.shape[2],), scale), frame_axis=2)
+        fn = guided_model(eps, (cond,), (uncond,), scale, frame_axis=2, batched=self.cfg_batch)
+        return denoise(sched, fn, x, sched.num_inference_steps, generator=generator or make_generator(None),
+                       scale_noise=False, timesteps=ts, progress=bar, desc="sampling",
+                       callback=self.step_callback("denoise", len(ts)), eta=eta)
 
 
 def frames_to_tensor(frames: Sequence[Any], size: tuple[int, int]) -> torch.Tensor:
