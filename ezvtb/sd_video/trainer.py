@@ -25,6 +25,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from ezvtb.atomic import atomic_write
+from ezvtb.diffusion.schedulers import modelscope_ddim
 from ezvtb.sd_video.loader import save_diffusers_folder
 from ezvtb.sd_video.media import _check_size
 from ezvtb.sd_video.tokenizer import tokenize
@@ -151,8 +152,6 @@ class SDVideoTrainer:
                  gradient_checkpointing: bool = False, dropout: float | None = None, mixed_precision: str = "no",
                  resume_from: str | os.PathLike | None = None, device: str | torch.device | None = None,
                  seed: int = 0) -> None:
-        from ezvtb.sd_video.pipeline import make_scheduler
-
         if mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision: expected one of {list(MIXED_PRECISION)}, got {mixed_precision!r}")
         if isinstance(gradient_accumulation_steps, bool) or not isinstance(gradient_accumulation_steps, int) \
@@ -178,7 +177,7 @@ class SDVideoTrainer:
             checkpoint_unet_blocks(self.unet)
         for frozen in (c.vae, c.text_encoder):
             frozen.to(self.device).eval().requires_grad_(False)
-        self.noise_schedule = make_scheduler(c.num_train_timesteps)
+        self.noise_schedule = modelscope_ddim(c.num_train_timesteps)
         self.optimizer = torch.optim.AdamW([p for p in self.unet.parameters() if p.requires_grad], lr=lr,
                                            weight_decay=weight_decay, betas=betas, eps=eps)
         use_scaler = mixed_precision == "fp16" and self.device.type == "cuda"
