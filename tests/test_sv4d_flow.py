@@ -44,7 +44,7 @@ def tiny_sv4d_checkpoint(sv4d2: bool = False, seed: int = 0, distinct_view_encod
 
 @pytest.fixture(scope="module")
 def parts():
-    from ezvtb.novel_view.sv4d import split_sv4d_state_dict
+    from ezvtb.models.sgm_video.checkpoint import split_sv4d_state_dict
 
     return split_sv4d_state_dict(tiny_sv4d_checkpoint(seed=2))
 
@@ -101,7 +101,8 @@ def test_spatiotemporal_scales_match_upstream_formula():
 
 
 def test_split_checkpoint(parts):
-    from ezvtb.novel_view.sv4d import SV4DModel, split_sv4d_state_dict
+    from ezvtb.models.sgm_video.checkpoint import split_sv4d_state_dict
+    from ezvtb.novel_view.sv4d import SV4DModel
 
     assert set(parts.encoders) == {1, 4, 5} and parts.variant == "sv4d"
     sd = tiny_sv4d_checkpoint(seed=2)
@@ -322,7 +323,8 @@ def test_sv4d2_flow():
     """SV4D 2.0's window schedule on a small 2.0-layout model (its camera embedding reads the 4 x 320 = 1280-wide
     UNet embedding, so the ADM width 1280 forces 320 channels: one level)."""
     from ezvtb.models.sgm_video.sv4d_unet import SV4DHyper, SV4DUNet
-    from ezvtb.novel_view.sv4d import SV4DModel, split_sv4d_state_dict, sv4d2_novel_views, sv4d_novel_views
+    from ezvtb.models.sgm_video.checkpoint import split_sv4d_state_dict
+    from ezvtb.novel_view.sv4d import SV4DModel, sv4d2_novel_views, sv4d_novel_views
     from test_sv4d_unet import randomise_
 
     hp = SV4DHyper(in_channels=8, out_channels=4, model_channels=320, channel_mult=(1,), num_res_blocks=1,

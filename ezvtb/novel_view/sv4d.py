@@ -37,7 +37,7 @@ from torch import nn
 from ezvtb.diffusion.guidance import grid_guidance_scales, guided_model
 from ezvtb.diffusion.sampling import denoise
 from ezvtb.diffusion.schedulers import edm_euler
-from ezvtb.models.sgm_video.checkpoint import UNET_PREFIX, VARIANTS, claim_shared_key, read_state_dict
+from ezvtb.models.sgm_video.checkpoint import ENCODER_EMBEDDERS, VARIANTS, SV4DParts, load_sv4d_checkpoint
 from ezvtb.models.sgm_video.clip_vision import build_clip_vision
 from ezvtb.models.sgm_video.sv4d_unet import SV4DUNet, build_sv4d_unet, sv4d_unet_spec
 from ezvtb.models.sgm_video.vae import build_vae
@@ -46,7 +46,6 @@ from ezvtb.novel_view.sampling import orbit_cameras, sv3d_orbit
 
 log = logging.getLogger("ezvtb.novel_view")
 
-ENCODER_EMBEDDERS = {"cond_frames": 1, "cond_view": 4, "cond_motion": 5}  # conditioner positions (sv4d*.yaml)
 SV3D_SUBSAMPLED_VIEWS = (0, 2, 5, 7, 9, 12, 14, 16, 19)  # of the 21 rolled SV3D views; 0 = input view
 
 
@@ -77,62 +76,6 @@ SETTINGS = {
 def guidance_for(settings: SV4DSettings, num_frames: int, num_views: int) -> torch.Tensor:
     """The per-row scales of a T x V grid for `settings`' guider ("spatiotemporal" | "linear")."""
     return grid_guidance_scales(settings.guider, num_frames, num_views, settings.max_scale, settings.min_scale)
-
-
-# ---- the checkpoint ------------------------------------------------------------------------------------------
-@dataclass
-class SV4DParts:
-    unet: dict
-    clip_visual: dict
-    encoders: dict  # conditioner position -> (encoder tensors, quant_conv tensors)
-    decoder: dict
-    variant: str
-
-
-def split_sv4d_state_dict(sd: dict, variant: str | None = None) -> SV4DParts:
-    """Group an official SV4D checkpoint's tensors by part; raise on any tensor no part claims. `variant` None:
-    "sv4d2" when the UNet has SV4D 2.0's separate motion mixers, else "sv4d"."""
-    if variant is None:
-        variant = "sv4d2" if any(k.endswith("time_mixer_motion.mix_factor") for k in sd) else "sv4d"
-    parts = SV4DParts({}, {}, {i: ({}, {}) for i in ENCODER_EMBEDDERS.values()}, {}, variant)
-    unknown = []
-    for k, v in sd.items():
-        if claim_shared_key(k, v, parts.unet, parts.clip_visual, parts.decoder):
-            pass
-        elif k.startswith("conditioner.embedders."):
-            i_str, _, rest = k[len("conditioner.embedders."):].partition(".")
-            i = int(i_str) if i_str.isdigit() else -1
-            if i in parts.encoders and rest.startswith("encoder.encoder."):
-                parts.encoders[i][0][rest[len("encoder.encoder."):]] = v
-            elif i in parts.encoders and rest.startswith("encoder.quant_conv."):
-                parts.encoders[i][1][rest[len("encoder.quant_conv."):]] = v
-            elif i in parts.encoders and rest.startswith(("encoder.decoder.", "encoder.post_quant_conv.")):
-                pass  # the embedders' unused decoder halves
-            else:
-                unknown.append(k)
-        else:
-            unknown.append(k)
-    if unknown:
-        raise ValueError(f"checkpoint: {len(unknown)} tensors belong to no SV4D part: {unknown[:5]}")
-    if not any(".motion_blocks." in k for k in parts.unet):
-        raise ValueError("checkpoint: not an SV4D checkpoint (its UNet has no motion_blocks)")
-    for name, d in (("UNet", parts.unet), ("CLIP image tower", parts.clip_visual), ("VAE decoder", parts.decoder)):
-        if not d:
-            raise ValueError(f"checkpoint: the {name} tensors are missing (expected a full {variant} checkpoint)")
-    for key, i in ENCODER_EMBEDDERS.items():
-        if not parts.encoders[i][0] or not parts.encoders[i][1]:
-            raise ValueError(f"checkpoint: the {key} VAE encoder (conditioner.embedders.{i}) is missing")
-    return parts
-
-
-def load_sv4d_checkpoint(path: str | os.PathLike, name: str | None = None) -> SV4DParts:
-    """Read an official SV4D `.safetensors` (or weights-only `.ckpt`) and split it."""
-
-    def check(shapes: dict[str, tuple[int, ...]]) -> None:
-        if not any(".motion_blocks." in k for k in shapes if k.startswith(UNET_PREFIX)):
-            raise ValueError(f"ckpt_path: {path} is not an SV4D checkpoint (no motion_blocks in its UNet)")
-
-    return split_sv4d_state_dict(read_state_dict(path, check), name)
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -505,7 +448,7 @@ def write_novel_view_videos(out_dir: str | os.PathLike, views: torch.Tensor, bas
     return paths
 
 
-__all__ = ["SETTINGS", "SV3D_SUBSAMPLED_VIEWS", "SV4DConditioning", "SV4DModel", "SV4DParts", "SV4DSettings",
-           "guidance_for", "load_sv4d_checkpoint", "sample_grid", "sv4d_denoiser",
+__all__ = ["SETTINGS", "SV3D_SUBSAMPLED_VIEWS", "SV4DConditioning", "SV4DModel", "SV4DSettings",
+           "guidance_for", "sample_grid", "sv4d_denoiser",
            "settings_from_options", "split_sv4d_state_dict", "sv4d_conditioning", "sv4d_novel_views",
            "sv4d_run_img2vid", "sv4d2_novel_views", "write_novel_view_videos"]

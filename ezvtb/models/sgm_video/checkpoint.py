@@ -1,5 +1,8 @@
 """Official single-file SVD / SV3D / SV4D checkpoints: detect the model, split its parts, load them strictly.
 
+`load_checkpoint` / `split_state_dict` give the parts of an SVD / SV3D file, `load_sv4d_checkpoint` /
+`split_sv4d_state_dict` those of an SV4D file (its UNet, CLIP tower, decoder and three conditioner VAE encoders).
+
 One `.safetensors` holds the whole sgm `DiffusionEngine`: `model.diffusion_model.*` (the UNet),
 `conditioner.embedders.N.*` (OpenCLIP image tower at N = 0, the cond-frame VAE encoder at the embedder's YAML
 position) and `first_stage_model.*` (the VAE decoder; SVD's is temporal). The variant is read from the keys and
@@ -52,6 +55,7 @@ VARIANTS: dict[str, Variant] = {
     "sv4d2": Variant("sv4d2", 1280, (("cond_aug", 256), ("polar_rad", 512), ("azimuth_rad", 512)), 4, 48, 50,
                      "linear", 1.0, 2.0),
 }
+ENCODER_EMBEDDERS = {"cond_frames": 1, "cond_view": 4, "cond_motion": 5}  # SV4D's conditioner positions (sv4d*.yaml)
 _FAMILY = {"sv3d_u": "sv3d_u", "sv3d_p": "sv3d_p", "svd": "svd", "svd_xt": "svd", "sv4d": "sv4d", "sv4d2": "sv4d"}
 
 
@@ -169,3 +173,58 @@ def load_checkpoint(path: str | os.PathLike, name: str | None = None) -> Checkpo
 
     sd = read_state_dict(path, check)
     return split_state_dict(sd, name or detected[0])
+
+
+@dataclass
+class SV4DParts:
+    unet: dict
+    clip_visual: dict
+    encoders: dict  # conditioner position -> (encoder tensors, quant_conv tensors)
+    decoder: dict
+    variant: str
+
+
+def split_sv4d_state_dict(sd: dict, variant: str | None = None) -> SV4DParts:
+    """Group an official SV4D checkpoint's tensors by part; raise on any tensor no part claims. `variant` None:
+    "sv4d2" when the UNet has SV4D 2.0's separate motion mixers, else "sv4d"."""
+    if variant is None:
+        variant = "sv4d2" if any(k.endswith("time_mixer_motion.mix_factor") for k in sd) else "sv4d"
+    parts = SV4DParts({}, {}, {i: ({}, {}) for i in ENCODER_EMBEDDERS.values()}, {}, variant)
+    unknown = []
+    for k, v in sd.items():
+        if claim_shared_key(k, v, parts.unet, parts.clip_visual, parts.decoder):
+            pass
+        elif k.startswith("conditioner.embedders."):
+            i_str, _, rest = k[len("conditioner.embedders."):].partition(".")
+            i = int(i_str) if i_str.isdigit() else -1
+            if i in parts.encoders and rest.startswith("encoder.encoder."):
+                parts.encoders[i][0][rest[len("encoder.encoder."):]] = v
+            elif i in parts.encoders and rest.startswith("encoder.quant_conv."):
+                parts.encoders[i][1][rest[len("encoder.quant_conv."):]] = v
+            elif i in parts.encoders and rest.startswith(("encoder.decoder.", "encoder.post_quant_conv.")):
+                pass  # the embedders' unused decoder halves
+            else:
+                unknown.append(k)
+        else:
+            unknown.append(k)
+    if unknown:
+        raise ValueError(f"checkpoint: {len(unknown)} tensors belong to no SV4D part: {unknown[:5]}")
+    if not any(".motion_blocks." in k for k in parts.unet):
+        raise ValueError("checkpoint: not an SV4D checkpoint (its UNet has no motion_blocks)")
+    for name, d in (("UNet", parts.unet), ("CLIP image tower", parts.clip_visual), ("VAE decoder", parts.decoder)):
+        if not d:
+            raise ValueError(f"checkpoint: the {name} tensors are missing (expected a full {variant} checkpoint)")
+    for key, i in ENCODER_EMBEDDERS.items():
+        if not parts.encoders[i][0] or not parts.encoders[i][1]:
+            raise ValueError(f"checkpoint: the {key} VAE encoder (conditioner.embedders.{i}) is missing")
+    return parts
+
+
+def load_sv4d_checkpoint(path: str | os.PathLike, name: str | None = None) -> SV4DParts:
+    """Read an official SV4D `.safetensors` (or weights-only `.ckpt`) and split it."""
+
+    def check(shapes: dict[str, tuple[int, ...]]) -> None:
+        if not any(".motion_blocks." in k for k in shapes if k.startswith(UNET_PREFIX)):
+            raise ValueError(f"ckpt_path: {path} is not an SV4D checkpoint (no motion_blocks in its UNet)")
+
+    return split_sv4d_state_dict(read_state_dict(path, check), name)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ezvtb.engines.base import GraphSpec, TensorSpec
+from ezvtb.models.sgm_video.unet import UNetHyper, read_unet_levels
 
 # diffusers SpatioTemporalResBlock sub-module -> sgm PostHocResBlockWithTime sub-module
 _RES_TO_SGM = (
@@ -61,102 +62,48 @@ def _sinusoid(positions: torch.Tensor, dim: int) -> torch.Tensor:
     return get_timestep_embedding(positions.reshape(-1), dim, flip_sin_to_cos=True, downscale_freq_shift=0)
 
 
-@dataclass(frozen=True)
-class SV4DHyper:
-    """SpatialUNetModelWithTime hyperparameters; all but `num_head_channels` and `use_3d_attention` from shapes."""
+@dataclass(frozen=True, kw_only=True)
+class SV4DHyper(UNetHyper):
+    """SpatialUNetModelWithTime hyperparameters: `UNetHyper`'s plus the middle block's depth, the motion
+    attention's context width and the SV4D 2.0 switches; all but `num_head_channels` and `use_3d_attention`
+    from shapes. The temporal kernel is always (3, 1, 1)."""
 
-    in_channels: int
-    out_channels: int
-    model_channels: int
-    channel_mult: tuple[int, ...]
-    num_res_blocks: int
-    attention_levels: tuple[bool, ...]
-    transformer_depth: tuple[int, ...]
+    video_kernel_size: tuple[int, int, int] = (3, 1, 1)
     transformer_depth_middle: int
-    context_dim: int
-    adm_in_channels: int
     motion_context_dim: int
     camera_embedding: bool  # SV4D 2.0: view embedding from the UNet's time + ADM embedding
     separate_motion_mixer: bool  # SV4D 2.0: `time_mixer_motion`
     use_3d_attention: bool
-    num_head_channels: int = 64
-
-    @property
-    def time_embed_dim(self) -> int:
-        return 4 * self.model_channels
-
-    def heads(self, ch: int) -> int:
-        return max(1, ch // self.num_head_channels)
 
     @classmethod
     def from_state_dict(cls, sd: dict, num_head_channels: int = 64,
                         use_3d_attention: bool | None = None) -> "SV4DHyper":
         """Derive the hyperparameters from an SV4D UNet state dict (keys without `model.diffusion_model.`)."""
-
-        def shape(k: str) -> tuple[int, ...]:
-            if k not in sd:
-                raise ValueError(f"checkpoint: SV4D UNet key {k!r} is missing (not an SV4D UNet?)")
-            return tuple(sd[k].shape)
-
         if not any(".motion_blocks." in k for k in sd):
             raise ValueError("checkpoint: no motion_blocks in this UNet (an SVD/SV3D VideoUNet, not SV4D)")
-        conv_in = shape("input_blocks.0.0.weight")
-        mc, cin = conv_in[0], conv_in[1]
-        mults, attn, depth, nrb, blocks = [], [], [], [], 0
-        i = 1
-        while f"input_blocks.{i}.0.op.weight" in sd or f"input_blocks.{i}.0.in_layers.2.weight" in sd:
-            if f"input_blocks.{i}.0.op.weight" in sd:
-                nrb.append(blocks)
-                blocks = 0
-            else:
-                if blocks == 0:
-                    ch = shape(f"input_blocks.{i}.0.in_layers.2.weight")[0]
-                    if ch % mc:
-                        raise ValueError(f"checkpoint: level width {ch} is not a multiple of {mc}")
-                    mults.append(ch // mc)
-                    attn.append(f"input_blocks.{i}.1.proj_in.weight" in sd)
-                    n = 0
-                    while f"input_blocks.{i}.1.transformer_blocks.{n}.attn1.to_q.weight" in sd:
-                        n += 1
-                    depth.append(max(n, 1))
-                blocks += 1
-            i += 1
-        nrb.append(blocks)
-        if not mults or len(set(nrb)) != 1:
-            raise ValueError(f"checkpoint: irregular SV4D UNet levels (res blocks per level {nrb})")
-        ks = shape("input_blocks.1.0.time_mix_blocks.in_layers.2.weight")[2:]
-        if tuple(ks) != (3, 1, 1):
-            raise ValueError(f"checkpoint: temporal kernel {tuple(ks)} is not (3, 1, 1) (the only one SV4D uses)")
+        levels = read_unet_levels(sd, "SV4D UNet", "time_mix_blocks")
+        if tuple(levels["video_kernel_size"]) != (3, 1, 1):
+            raise ValueError(f"checkpoint: temporal kernel {tuple(levels['video_kernel_size'])} is not (3, 1, 1) "
+                             "(the only one SV4D uses)")
         mid_depth = 0
         while f"middle_block.1.transformer_blocks.{mid_depth}.attn1.to_q.weight" in sd:
             mid_depth += 1
         first_attn = next(k[: -len("proj_in.weight")] for k in sorted(sd) if k.endswith(".proj_in.weight"))
-        cam_in = shape(first_attn + "time_mix_time_embed.0.weight")[1]
-        ch0 = shape(first_attn + "proj_in.weight")[0]
+        cam_in = tuple(sd[first_attn + "time_mix_time_embed.0.weight"].shape)[1]
+        ch0 = tuple(sd[first_attn + "proj_in.weight"].shape)[0]
         camera = cam_in != ch0
-        adm = shape("label_emb.0.0.weight")[1]
+        adm, mc = levels["adm_in_channels"], levels["model_channels"]
         if camera and cam_in != adm:
             raise ValueError(f"checkpoint: camera embedding width {cam_in} differs from the ADM width {adm}")
         if camera and adm != 4 * mc:
             raise ValueError(f"checkpoint: camera embedding reads the UNet embedding ({4 * mc} wide), but its "
                              f"input width is {adm}")
-        return cls(
-            in_channels=cin,
-            out_channels=shape("out.2.weight")[0],
-            model_channels=mc,
-            channel_mult=tuple(mults),
-            num_res_blocks=nrb[0],
-            attention_levels=tuple(attn),
-            transformer_depth=tuple(depth),
-            transformer_depth_middle=max(mid_depth, 1),
-            context_dim=shape(first_attn + "transformer_blocks.0.attn2.to_k.weight")[1],
-            adm_in_channels=adm,
-            motion_context_dim=shape(first_attn + "motion_blocks.0.attn2.to_k.weight")[1],
-            camera_embedding=camera,
-            separate_motion_mixer=(first_attn + "time_mixer_motion.mix_factor") in sd,
-            use_3d_attention=camera if use_3d_attention is None else bool(use_3d_attention),
-            num_head_channels=num_head_channels,
-        )
+        return cls(**levels, transformer_depth_middle=max(mid_depth, 1),
+                   context_dim=tuple(sd[first_attn + "transformer_blocks.0.attn2.to_k.weight"].shape)[1],
+                   motion_context_dim=tuple(sd[first_attn + "motion_blocks.0.attn2.to_k.weight"].shape)[1],
+                   camera_embedding=camera, separate_motion_mixer=(first_attn + "time_mixer_motion.mix_factor") in sd,
+                   use_3d_attention=camera if use_3d_attention is None else bool(use_3d_attention),
+                   num_head_channels=num_head_channels)
 
 
 def _mlp(cin: int, hidden: int, cout: int) -> nn.Sequential:

@@ -65,57 +65,62 @@ class UNetHyper:
     def num_attention_heads(self) -> tuple[int, ...]:
         return tuple(max(1, c // self.num_head_channels) for c in self.block_out_channels)
 
+    @property
+    def time_embed_dim(self) -> int:
+        return 4 * self.model_channels
+
+    def heads(self, ch: int) -> int:
+        return max(1, ch // self.num_head_channels)
+
     @classmethod
     def from_state_dict(cls, sd: dict, num_head_channels: int = 64) -> "UNetHyper":
         """Derive the hyperparameters from an sgm VideoUNet state dict (keys without the UNet prefix)."""
-
-        def shape(k):
-            if k not in sd:
-                raise ValueError(f"checkpoint: VideoUNet key {k!r} is missing (not an sgm VideoUNet?)")
-            return tuple(sd[k].shape)
-
-        conv_in = shape("input_blocks.0.0.weight")
-        model_channels, in_channels = conv_in[0], conv_in[1]
-        mults, attn, depth, nrb_per_level = [], [], [], []
-        i, level_blocks = 1, 0
-        while f"input_blocks.{i}.0.op.weight" in sd or f"input_blocks.{i}.0.in_layers.2.weight" in sd:
-            if f"input_blocks.{i}.0.op.weight" in sd:  # downsample closes a level
-                nrb_per_level.append(level_blocks)
-                level_blocks = 0
-            else:
-                ch = shape(f"input_blocks.{i}.0.in_layers.2.weight")[0]
-                if level_blocks == 0:
-                    if ch % model_channels:
-                        raise ValueError(f"checkpoint: level width {ch} is not a multiple of {model_channels}")
-                    mults.append(ch // model_channels)
-                    has_attn = f"input_blocks.{i}.1.proj_in.weight" in sd
-                    attn.append(has_attn)
-                    n = 0
-                    while f"input_blocks.{i}.1.transformer_blocks.{n}.attn1.to_q.weight" in sd:
-                        n += 1
-                    depth.append(n)
-                level_blocks += 1
-            i += 1
-        nrb_per_level.append(level_blocks)
-        if not mults or len(set(nrb_per_level)) != 1:
-            raise ValueError(f"checkpoint: irregular VideoUNet levels (res blocks per level {nrb_per_level})")
+        levels = read_unet_levels(sd, "VideoUNet", "time_stack")
         ctx_key = next((k for k in sd if k.endswith("transformer_blocks.0.attn2.to_k.weight")), None)
         if ctx_key is None:
             raise ValueError("checkpoint: VideoUNet has no cross-attention (not an SVD/SV3D UNet)")
-        ks = shape("input_blocks.1.0.time_stack.in_layers.2.weight")[2:]
-        return cls(
-            in_channels=in_channels,
-            out_channels=shape("out.2.weight")[0],
-            model_channels=model_channels,
-            channel_mult=tuple(mults),
-            num_res_blocks=nrb_per_level[0],
-            attention_levels=tuple(attn),
-            transformer_depth=tuple(max(d, 1) for d in depth),
-            context_dim=shape(ctx_key)[1],
-            adm_in_channels=shape("label_emb.0.0.weight")[1],
-            video_kernel_size=tuple(ks),
-            num_head_channels=num_head_channels,
-        )
+        return cls(**levels, context_dim=tuple(sd[ctx_key].shape)[1], num_head_channels=num_head_channels)
+
+
+def read_unet_levels(sd: dict, kind: str, temporal: str) -> dict:
+    """The fields every sgm video UNet shares, read from its tensor shapes (keys without the UNet prefix):
+    in/out channels, model_channels, channel_mult, num_res_blocks, attention_levels, transformer_depth,
+    adm_in_channels and the temporal res blocks' kernel (`temporal`: the sub-module holding them, "time_stack" in
+    the VideoUNet, "time_mix_blocks" in SV4D's). `kind` names the network in errors."""
+
+    def shape(k):
+        if k not in sd:
+            raise ValueError(f"checkpoint: {kind} key {k!r} is missing (not an sgm {kind}?)")
+        return tuple(sd[k].shape)
+
+    conv_in = shape("input_blocks.0.0.weight")
+    model_channels, in_channels = conv_in[0], conv_in[1]
+    mults, attn, depth, nrb_per_level = [], [], [], []
+    i, level_blocks = 1, 0
+    while f"input_blocks.{i}.0.op.weight" in sd or f"input_blocks.{i}.0.in_layers.2.weight" in sd:
+        if f"input_blocks.{i}.0.op.weight" in sd:  # downsample closes a level
+            nrb_per_level.append(level_blocks)
+            level_blocks = 0
+        else:
+            if level_blocks == 0:
+                ch = shape(f"input_blocks.{i}.0.in_layers.2.weight")[0]
+                if ch % model_channels:
+                    raise ValueError(f"checkpoint: level width {ch} is not a multiple of {model_channels}")
+                mults.append(ch // model_channels)
+                attn.append(f"input_blocks.{i}.1.proj_in.weight" in sd)
+                n = 0
+                while f"input_blocks.{i}.1.transformer_blocks.{n}.attn1.to_q.weight" in sd:
+                    n += 1
+                depth.append(max(n, 1))
+            level_blocks += 1
+        i += 1
+    nrb_per_level.append(level_blocks)
+    if not mults or len(set(nrb_per_level)) != 1:
+        raise ValueError(f"checkpoint: irregular {kind} levels (res blocks per level {nrb_per_level})")
+    return dict(in_channels=in_channels, out_channels=shape("out.2.weight")[0], model_channels=model_channels,
+                channel_mult=tuple(mults), num_res_blocks=nrb_per_level[0], attention_levels=tuple(attn),
+                transformer_depth=tuple(depth), adm_in_channels=shape("label_emb.0.0.weight")[1],
+                video_kernel_size=shape(f"input_blocks.1.0.{temporal}.in_layers.2.weight")[2:])
 
 
 def _prefix_pairs(hp: UNetHyper) -> list[tuple[str, str, str]]:
