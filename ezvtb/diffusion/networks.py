@@ -41,9 +41,10 @@ def runtime_for(backend: str, device: Any = "cpu", half: bool | None = False) ->
     `half` None = fp16 where the backend runs half precision (GPU backends), fp32 on the CPU; a bool forces it.
     """
     check_backend(backend, RUNNER_BACKENDS)
+    dev = _device(device)
     if backend == EAGER:
         return EAGER, "fp32"
-    if backend == "auto" and _device(device).type == "cpu":
+    if backend == "auto" and dev.type == "cpu":
         backend = "cpu"
     concrete = concrete_backend(backend)
     return concrete, resolve_precision(half, concrete)
