@@ -20,8 +20,8 @@ KW = dict(num_steps=2, num_head_channels=16, clip_head_width=32, frames_per_samp
 SUB = (0, 1, 3)  # V+1 = 3 of a 4-view tiny orbit
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():  # module scope: in force before the class-scoped contract fixtures run the model
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
