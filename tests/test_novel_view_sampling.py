@@ -42,6 +42,9 @@ class _FakeModel:
             return self.net(*xs)
         yield run
 
+    def step_callback(self, stage, total):
+        return lambda i, t, x: None
+
 
 def _closed_form(net, noise, cond, uncond, steps, scales):
     """sgm EulerEDMSampler (s_churn 0) + VScalingWithEDMcNoise + per-frame CFG, in float64, from the formulas."""
