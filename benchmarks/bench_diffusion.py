@@ -12,7 +12,8 @@ e.g. a ``git worktree`` of an older commit) on the same module and inputs, calli
 called it (eager: the module itself; ORT: its GraphRunner), alternating with the current code, so a
 change to the runtime path is measured before/after in one process on one machine state.
 
-    python benchmarks/bench_diffusion.py [--rounds 5] [--channels 64] [--frames 8] [--size 32] [--baseline DIR] [--append]
+    python benchmarks/bench_diffusion.py [--rounds 5] [--channels 64] [--frames 8] [--size 32] \
+        [--baseline DIR] [--append]
 """
 from __future__ import annotations
 

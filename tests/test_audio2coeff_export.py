@@ -6,10 +6,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
+from pipeline_contract import PipelineContract  # noqa: E402
 from scipy.io import savemat  # noqa: E402
 
 from ezvtb.models.sadtalker.spec import audio2exp_spec, audio2pose_spec  # noqa: E402
-from pipeline_contract import PipelineContract  # noqa: E402
 
 
 def _randomize(module, seed):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from pipeline_contract import PipelineContract
 from sd_video_tiny import tiny_modelscope_folder  # noqa: F401 - fixture
 

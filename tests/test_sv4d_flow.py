@@ -3,7 +3,6 @@ upstream's formula, conditioning (uncond zeroes), the whole video -> SV3D orbit 
 input view kept, determinism per seed), and the exported sessions against torch per step and end to end."""
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -322,10 +321,11 @@ def test_euler_step_matches_upstream_denoiser_guider_and_discretization():
 def test_sv4d2_flow():
     """SV4D 2.0's window schedule on a small 2.0-layout model (its camera embedding reads the 4 x 320 = 1280-wide
     UNet embedding, so the ADM width 1280 forces 320 channels: one level)."""
-    from ezvtb.models.sgm_video.sv4d_unet import SV4DHyper, SV4DUNet
-    from ezvtb.models.sgm_video.checkpoint import split_sv4d_state_dict
-    from ezvtb.novel_view.sv4d import SV4DModel, sv4d2_novel_views, sv4d_novel_views
     from test_sv4d_unet import randomise_
+
+    from ezvtb.models.sgm_video.checkpoint import split_sv4d_state_dict
+    from ezvtb.models.sgm_video.sv4d_unet import SV4DHyper, SV4DUNet
+    from ezvtb.novel_view.sv4d import SV4DModel, sv4d2_novel_views, sv4d_novel_views
 
     hp = SV4DHyper(in_channels=8, out_channels=4, model_channels=320, channel_mult=(1,), num_res_blocks=1,
                    attention_levels=(True,), transformer_depth=(1,), transformer_depth_middle=1, context_dim=32,

@@ -20,12 +20,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ezvtb.atomic import atomic_write
 from ezvtb.audio2coeff import frontend
 from ezvtb.audio2coeff.checkpoint import read_network_state
-from ezvtb.atomic import atomic_write
 from ezvtb.diffusion.networks import NetworkSet
-from ezvtb.paths import name_from_data
 from ezvtb.models.sadtalker.spec import EXP_CHUNK, audio2exp_spec, audio2pose_spec
+from ezvtb.paths import name_from_data
 
 log = logging.getLogger("ezvtb.audio2coeff")
 
@@ -148,7 +148,8 @@ class Audio2Coeff(NetworkSet):
                          lambda shapes: audio2exp_spec(shapes[0][0], self.exp_dim), graph_name="sadtalker_audio2exp")
         cfg = self.pose_config
         self.add_network("audio2pose", self.audio2pose_model,
-                         lambda shapes: audio2pose_spec(cfg.seq_len, cfg.latent_size), graph_name="sadtalker_audio2pose")
+                         lambda shapes: audio2pose_spec(cfg.seq_len, cfg.latent_size),
+                         graph_name="sadtalker_audio2pose")
 
     @classmethod
     def from_source(cls, path: Any, **options: Any) -> "Audio2Coeff":

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ezvtb.engines.policy import RUNNER_BACKENDS, check_backend, concrete_backend, resolve_precision
+from ezvtb.engines.policy import RUNNER_BACKENDS, check_backend, concrete_backend, require_backend, resolve_precision
 from ezvtb.engines.runner import GraphRunner
 
 LIFETIMES = ("persistent", "stage")
@@ -90,6 +90,7 @@ class NetworkSet:
             raise ValueError(f"lifetime: expected one of {list(LIFETIMES)}, got {lifetime!r}")
         dev = _device(device)
         self.backend, self.precision = runtime_for(backend, dev, half)
+        require_backend(self.backend)  # a missing provider is named before any weight is read
         if self.backend == EAGER and dev.type == "cuda":
             import torch
 

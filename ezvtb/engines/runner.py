@@ -26,8 +26,9 @@ class GraphRunner:
     `device` (None: leave it where it is), each call moves floating inputs to the module's device and
     dtype, runs under `autocast` (a torch dtype, on CUDA only) and without autograd unless `grad`, and
     returns floating outputs on the first input's device in the first floating input's dtype
-    (float32 without one), as a graph's outputs come back; `close` moves a module that `open` moved back to the CPU. With no device, no autocast and
-    same-dtype inputs a call is ``module(*inputs)`` itself (gradients flow: training uses it).
+    (float32 without one), as a graph's outputs come back; `close` moves a module that `open` moved
+    back to the CPU. With no device, no autocast and same-dtype inputs a call is ``module(*inputs)``
+    itself (gradients flow: training uses it).
     Other backends ("auto" | "cpu" | "cuda" | "tensorrt" | "directml" | "trt") hold one session per
     input-shape key: on first use of a shape, ``spec_for(shapes)`` gives the `GraphSpec` for those
     input shapes, `export_module` exports (or finds in the cache) the graph, and

@@ -17,8 +17,7 @@ import torch
 
 from ezvtb.models.sgm_video.checkpoint import VARIANTS
 from ezvtb.novel_view.model import VideoModel, initial_model_load, load_module_gpu, unload_module_gpu
-from ezvtb.novel_view.sampling import (EulerEDMSampler, check_size, default_sampler, do_sample, orbit_cameras,
-                                       sv3d_orbit)
+from ezvtb.novel_view.sampling import EulerEDMSampler, check_size, default_sampler, do_sample, orbit_cameras, sv3d_orbit
 from ezvtb.novel_view.sv4d import SV4DModel, sv4d_run_img2vid
 from ezvtb.novel_view.video_io import read_frames, tensor_to_uint8, write_mp4
 

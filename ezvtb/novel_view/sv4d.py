@@ -15,8 +15,9 @@ The flow of upstream's `simple_video_sample_4d.py` (Stability-AI/generative-mode
 Both passes run the shared loop `ezvtb.diffusion.sampling.denoise` over EDM Euler with v-prediction
 (`ezvtb.diffusion.schedulers.edm_euler`), classifier-free guidance per row (`ezvtb.diffusion.guidance.guided_model`)
 with upstream's `SpatiotemporalPredictionGuider` scales (`grid_guidance_scales("spatiotemporal", ...)`; SV4D:
-1.0 -> 2.0). Guidance mixes the v-predictions, which equals upstream's mixing of the denoised latents. The unconditional branch zeroes the CLIP context, the
-concat latents, the view latents and - as upstream's conditioner does for the cond-frames embedder's second output
+1.0 -> 2.0). Guidance mixes the v-predictions, which equals upstream's mixing of the denoised latents. The
+unconditional branch zeroes the CLIP context, the concat latents, the view latents and - as upstream's conditioner
+does for the cond-frames embedder's second output
 - the 256-wide noise-level part of the ADM vector.
 
 `SV4DModel` is a `VideoModel` whose UNet stage is `SV4DUNet` (an exported graph per (T, V) on non-torch backends,
@@ -213,6 +214,13 @@ def sv4d_denoiser(unet, cond: SV4DConditioning, uncond: SV4DConditioning, scales
     return lambda x, t: flip(fn(flip(x), t))
 
 
+def alternating(*denoisers):
+    """A denoiser that calls `denoisers` in turn, one per step (SV4D's dense pass: backward at even steps,
+    forward at odd ones)."""
+    step = iter(range(1 << 62))
+    return lambda x, t: denoisers[next(step) % len(denoisers)](x, t)
+
+
 def sample_grid(model: SV4DModel, cond: SV4DConditioning, uncond: SV4DConditioning, noise: torch.Tensor,
                 num_steps: int | None = None, progress: bool = True,
                 settings: SV4DSettings | None = None) -> torch.Tensor:
@@ -289,9 +297,6 @@ def sv4d_novel_views(sv4d: SV4DModel, frames: torch.Tensor, *, sv3d=None, views_
     noise is seeded with it as well). `return_t0_views=True` also returns the V+1 frame-0 views taken from the
     orbit (V+1, 3, H, W) in [0, 1] (upstream writes those as `_t000.mp4` before sampling).
     """
-    
-    from ezvtb.novel_view.helpers import orbit_cameras, sv3d_orbit
-
     if sv4d.variant.name != "sv4d":
         raise ValueError(f"sv4d: this is SV4D's flow; {sv4d.variant.name} has its own (sv4d2_novel_views)")
     T, V = sv4d.frames_per_sample, sv4d.views_per_sample
@@ -361,11 +366,9 @@ def sv4d_novel_views(sv4d: SV4DModel, frames: torch.Tensor, *, sv3d=None, views_
         back = sv4d_conditioning(sv4d, cat(grid[t][0] for t in window[::-1]),
                                  cat(grid[window[-1]][v] for v in view_idx), polar_tv, azim_tv)
         with sv4d.stage("unet") as unet:
-            alternate = (sv4d_denoiser(unet, *back, scales, reverse_frames=T), sv4d_denoiser(unet, *fwd, scales))
-            calls = iter(range(n))
-            x = latents[window][:, view_idx].flatten(0, 1)
-            z = denoise(edm_euler(s.sigma_min, s.sigma_max, s.rho), lambda x, t: alternate[next(calls) % 2](x, t),
-                        x, n)
+            z = denoise(edm_euler(s.sigma_min, s.sigma_max, s.rho), alternating(
+                sv4d_denoiser(unet, *back, scales, reverse_frames=T), sv4d_denoiser(unet, *fwd, scales)),
+                latents[window][:, view_idx].flatten(0, 1), n)
         imgs = sv4d.decode(z, decoding_t).reshape(T, V, 3, H, W)
         for i, t in enumerate(window):
             for j, v in enumerate(view_idx):
@@ -449,6 +452,6 @@ def write_novel_view_videos(out_dir: str | os.PathLike, views: torch.Tensor, bas
 
 
 __all__ = ["SETTINGS", "SV3D_SUBSAMPLED_VIEWS", "SV4DConditioning", "SV4DModel", "SV4DSettings",
-           "guidance_for", "sample_grid", "sv4d_denoiser",
-           "settings_from_options", "split_sv4d_state_dict", "sv4d_conditioning", "sv4d_novel_views",
+           "alternating", "guidance_for", "sample_grid", "sv4d_denoiser",
+           "settings_from_options", "sv4d_conditioning", "sv4d_novel_views",
            "sv4d_run_img2vid", "sv4d2_novel_views", "write_novel_view_videos"]
