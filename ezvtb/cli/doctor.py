@@ -64,11 +64,13 @@ def cached_files(home: Path) -> list[str]:
     lines.append("weights: " + ("; ".join(weights) if weights else "none"))
     graphs = []
     for model in sorted(p for p in (home / "onnx").glob("*") if p.is_dir()):
-        groups: dict[str, int] = {}
+        groups: dict[str, list[Path]] = {}
         for f in model.rglob("*.onnx"):  # <model>_<variant>_<precision>_<part>.onnx: count each variant's parts
-            groups[f.stem.rsplit("_", 1)[0]] = groups.get(f.stem.rsplit("_", 1)[0], 0) + 1
-        graphs.append(f"{model.name}: " + ", ".join(f"{g} x{n}" for g, n in sorted(groups.items()))
-                      + f" ({_size([f for f in model.rglob('*') if f.is_file()])})")
+            groups.setdefault(f.stem.rsplit("_", 1)[0], []).append(f)
+        # one folder per export key: several folders = exports of older versions or other weights
+        shown = [f"{g} x{len(fs)}" + (f" in {n} folders" if (n := len({f.parent for f in fs})) > 1 else "")
+                 for g, fs in sorted(groups.items())]
+        graphs.append(f"{model.name}: " + ", ".join(shown) + f" ({_size([f for f in model.rglob('*') if f.is_file()])})")
     lines.append("graphs: " + ("; ".join(graphs) if graphs else "none"))
     return lines
 
