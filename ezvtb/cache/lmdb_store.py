@@ -38,6 +38,12 @@ Faults: a cache is derived data, so damage costs frames, never the process.
   open, a read of every database's first and last record is the check) turns the store into
   misses at once; the next write transaction (the writer thread) moves the file aside and
   starts an empty cache, as on open.
+* A data file that shrinks while open (another process truncated it): every transaction first
+  fstat()s our own descriptor of the file and treats a size below the largest seen as damage
+  (`FileLostError`: misses, then the writer moves the file aside); a transaction already running when
+  the pages vanish reads zeros instead of dying of SIGBUS (`ezvtb.cache.mapguard` maps zero pages over a
+  fault inside our map, Linux) and its result is discarded. A writer that finds the file at the path
+  replaced (moved aside by another process) reopens before writing.
 * A database of an older entry format of ours (``OLDER_FORMATS``: entries without a checksum)
   is cleared on open, with a warning; an unknown (newer) format raises ValueError.
 
@@ -60,6 +66,7 @@ from typing import Any, Callable, Iterable, TypeVar
 import lmdb
 
 from ezvtb.cache.codec import CodecError
+from ezvtb.cache.mapguard import Registration, guard, mapping_of
 
 log = logging.getLogger("ezvtb.cache.lmdb")
 
@@ -79,8 +86,16 @@ _META_READ = 152  # page header (16) + MDB_meta up to mm_txnid
 # What LMDB reports on a damaged tree. MDB_BAD_TXN too: our transactions are always fresh and used
 # correctly, and LMDB flags one as failed when it cannot read a named database's record (its first
 # error is not returned then, only MDB_BAD_TXN on the next call).
-_DAMAGE_ERRORS = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.BadTxnError)
+class FileLostError(Exception):
+    """The data file shrank while mapped (truncated by another process): its pages are gone."""
+
+
+# MDB_BAD_DBI and MDB_PANIC too: we never drop or reopen a database while using it, so a changed database record
+# means its pages were damaged (a truncated file that a writer extended again reads zeros there).
+_DAMAGE_ERRORS = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.BadTxnError, lmdb.BadDbiError, lmdb.PanicError,
+                  FileLostError)
 T = TypeVar("T")
+_RESIZED = object()
 
 
 class CorruptEntryError(CodecError):
@@ -180,6 +195,8 @@ def inspect_data_file(data: Path, path: Path) -> str | None:
                 if cand and cand[0] and cand[1] == ps:
                     m1 = cand
                     break
+    except FileNotFoundError:
+        return None  # moved aside by another process meanwhile: LMDB starts a new one
     except OSError as e:
         raise ValueError(f"cacher_db_path: cannot read {str(data)!r}: {e.strerror}") from None
     if size == 0:
@@ -249,6 +266,10 @@ class LmdbStore:
         self._damaged: str | None = None
         self._env: lmdb.Environment | None = None
         self._pid = -1
+        self._fd = -1  # our own descriptor of the data file: fstat before each transaction
+        self._size = 0  # the largest size seen; LMDB never shrinks its file
+        self._guarded: Registration | None = None
+        self.file_lost = 0
         self._open()
 
     # -- opening -----------------------------------------------------------------------------
@@ -323,6 +344,45 @@ class LmdbStore:
         self._damaged = None
         self._pid = os.getpid()
         self._frames, self._access, self._order, self._meta = self._dbs
+        try:
+            self._fd = os.open(data, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            self._size = os.fstat(self._fd).st_size
+        except OSError as e:
+            self._fd = -1
+            log.debug("cannot watch the size of %s (%s)", data, e)
+        self._guard_map()
+
+    def _guard_map(self) -> None:
+        """(Re-)register the environment's map with the SIGBUS guard (after opening or a map resize)."""
+        guard().unregister(self._guarded)
+        self._guarded = None
+        if self._fd >= 0 and guard().supported:
+            span = mapping_of(self._fd)
+            if span is not None:
+                self._guarded = guard().register(*span)
+
+    def _release(self) -> None:
+        """Forget the map guard and our descriptor (before the environment closes or after a fork)."""
+        guard().unregister(self._guarded)
+        self._guarded = None
+        if self._fd >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = -1
+
+    def _check_file(self) -> None:
+        """FileLostError when the data file is shorter than it was: truncated under us (reading a page past its
+        new end would be SIGBUS). One fstat."""
+        if self._fd < 0:
+            return
+        size = os.fstat(self._fd).st_size
+        if size < self._size:
+            self.file_lost += 1
+            raise FileLostError(f"data.mdb shrank from {self._size} to {size} bytes while open "
+                                "(truncated by another process)")
+        self._size = size
 
     def _open_env(self, subdir: bool) -> lmdb.Environment:
         p = self.path
@@ -406,6 +466,7 @@ class LmdbStore:
             raise RuntimeError("LmdbStore is closed")
         if self._pid != os.getpid():  # forked: LMDB handles must not be used across fork
             inherited, self._env = self._env, None
+            self._release()
             inherited.close()  # only this process's copies (map, fds, its own reader slots)
             self._rw = _SharedExclusive()
             self._write_lock = threading.Lock()
@@ -421,17 +482,38 @@ class LmdbStore:
             self._ensure_env()  # reopens in a forked child, before touching the (inherited) lock
             with self._rw.shared():
                 env = self._ensure_env()  # again under the lock: a reset (exclusive) replaces it
+                self._check_file()
+                reg = self._guarded
+                faults = reg.faults if reg is not None else 0
                 try:
-                    return fn(env)
+                    result = fn(env)
                 except lmdb.MapResizedError:
+                    if reg is not None and reg.faults != faults:
+                        raise self._lost() from None
                     if attempt == 2:
                         raise
+                    result = _RESIZED
+                except Exception:
+                    if reg is not None and reg.faults != faults:
+                        raise self._lost() from None
+                    raise
+                if reg is not None and reg.faults != faults:
+                    raise self._lost()
+                if result is not _RESIZED:
+                    return result
             with self._rw.exclusive():
                 env = self._ensure_env()
                 env.set_mapsize(0)  # adopt the size another process set
+                self._guard_map()
             self.resized += 1
             log.debug("LMDB map resized by another process; adopted %d bytes", env.info()["map_size"])
         raise AssertionError("unreachable")
+
+    def _lost(self) -> FileLostError:
+        """A page of the map vanished during a transaction (the SIGBUS guard read zeros instead)."""
+        self.file_lost += 1
+        return FileLostError("a page of data.mdb vanished while it was read (the file was truncated by another "
+                             "process); what that transaction read is discarded")
 
     # -- reading -------------------------------------------------------------------------------
     def _note_damage(self, e: BaseException) -> None:
@@ -598,6 +680,7 @@ class LmdbStore:
                     with self._rw.exclusive():
                         size = env.info()["map_size"]
                         env.set_mapsize(size + size // 8)
+                        self._guard_map()
                     self.map_grown += 1
                     log.warning("LMDB map at %s full even for deletions; grew it to %d bytes",
                                 self.path, size + size // 8)
@@ -617,6 +700,9 @@ class LmdbStore:
             with self._touch_lock:
                 touches, self._touched = list(self._touched), {}
                 discards, self._discards = list(self._discards), set()
+            if self._damaged is None and self._inode is not None and _inode(self._data_file) != self._inode:
+                self._note_damage(FileLostError("data.mdb was replaced by another process (it found the file "
+                                                "damaged and moved it aside)"))
             if self._damaged is not None:
                 self._reset_damaged()
                 touches = discards = []
@@ -633,6 +719,7 @@ class LmdbStore:
         """Close the environment, move the damaged file aside (if nobody has yet) and open an empty one."""
         env, reason = self._ensure_env(), self._damaged or "damaged"
         with self._rw.exclusive():
+            self._release()
             env.close()
             self._env = None
             self._set_aside(self._data_file, self._lock_file, reason, self._inode)
@@ -677,6 +764,7 @@ class LmdbStore:
                 "evictions": self.evictions, "rejected": self.rejected, "map_full_retries": self.map_full_retries,
                 "map_resized": self.resized, "map_grown": self.map_grown,
                 "checksum_failures": self.checksum_failures, "set_aside": self.set_aside,
+                "file_lost": self.file_lost,
                 "damaged": self._damaged}
 
     def close(self) -> None:
@@ -689,5 +777,8 @@ class LmdbStore:
             except lmdb.Error as e:  # closing must not fail on a full or read-only disk
                 log.warning("LMDB cache at %s: access ticks not written on close (%s)", self.path, e)
             with self._rw.exclusive():
+                self._release()
                 self._env.close()
+        else:
+            self._release()
         self._env = None
