@@ -116,7 +116,9 @@ def main() -> int:
     samples = sorted(sample_images())
     image = prepare_image(samples[0])
     get_core(**core_options(args.threads)).close()  # exports the graphs once, before any worker starts
-    ray.init(num_cpus=2, include_dashboard=False, namespace="ezvtb", log_to_driver=False)
+    from ezvtb.cluster._ray import init_local_ray
+
+    init_local_ray(ray, num_cpus=2, namespace="ezvtb", log_to_driver=False)  # loopback only, no dashboard
     try:
         poses = realistic_trace(max(args.frames, 8) + 2, 20.0)
         live = live_rows("echo", args.echo_calls, args.threads, image, poses)

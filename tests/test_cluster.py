@@ -61,8 +61,10 @@ def local_frames(characters):
 
 @pytest.fixture(scope="module")
 def ray_instance(local_frames):
-    # one logical GPU (no device needed) so that GPU fractions are placed and checked
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, namespace="ezvtb", log_to_driver=False)
+    from ezvtb.cluster._ray import init_local_ray
+
+    # one logical GPU (no device needed) so that GPU fractions are placed and checked; loopback only
+    init_local_ray(ray, num_cpus=2, num_gpus=1, namespace="ezvtb", log_to_driver=False)
     yield ray
     ray.shutdown()
 
