@@ -374,3 +374,72 @@ def test_head_pose_track_maps_and_resamples():
         head_pose_track(np.zeros((5, 6)), 10.0)
     with pytest.raises(ValueError, match="fps"):
         head_pose_track(c, 0.0)
+
+
+# --- bounded memory ----------------------------------------------------------------------------------------------
+def _whole_file_coefficients(a2c, wav_path, first_coeff, pose_style, seed):
+    """from_wav as it was: the whole file read, resampled, turned into mel windows and run as one batch."""
+    import soundfile
+
+    data, rate = soundfile.read(str(wav_path), dtype="float32")
+    wav = fe.resample(fe.to_mono(data), rate)
+    feats = fe.audio_features(wav)
+    first = loadmat(str(first_coeff))["coeff_3dmm"][:1, :70]
+    t = feats.num_frames
+    blink = fe.blink_schedule(t, np.random.default_rng(seed))
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(max(1, a2c.pose_chunks(t)), a2c.pose_config.latent_size, generator=g).numpy()
+    batch = {"indiv_mels": torch.from_numpy(feats.mels[None, :, None]),
+             "ref": torch.from_numpy(np.repeat(first, t, axis=0)[None]), "num_frames": t,
+             "ratio_gt": torch.from_numpy(blink[None])}
+    return a2c.coefficients(batch, pose_style, z)
+
+
+@pytest.mark.parametrize("seconds, rate, channels", [(0.5, 16000, 1), (1.9, 48000, 2), (17.3, 44100, 2)])
+def test_streamed_from_wav_equals_the_whole_file_computation(ours, tmp_path, first_coeff, seconds, rate, channels):
+    """Chunk boundaries (320 frames), pose remainders and short clips (< 32 frames) all give the whole-file result."""
+    mono = _speechlike(seconds, rate=rate, seed=5)
+    wav = _write_wav(tmp_path / "s.wav", np.stack([mono, 0.5 * mono], axis=1) if channels == 2 else mono, rate)
+    ref = _whole_file_coefficients(ours, wav, first_coeff, 3, 11)
+    got = ours.from_wav(wav, first_coeff, pose_style=3, seed=11)
+    assert got.shape == ref.shape == (int(seconds * 25), 70)
+    err = float(np.abs(got - ref).max())
+    assert err == 0.0, err  # the same samples, windows and network batches
+
+
+MEMORY_CHILD = """
+import json, resource, sys
+import numpy as np, soundfile
+sys.path.insert(0, sys.argv[4])
+from tests.test_audio2coeff import _speechlike
+from ezvtb.audio2coeff import Audio2Coeff
+seconds = float(sys.argv[1])
+a2c = Audio2Coeff(json.loads(sys.argv[2]), "cpu", backend="torch")
+path = sys.argv[3]
+with soundfile.SoundFile(path, "w", 96000, 2, subtype="PCM_16") as f:  # written in blocks: no big array here
+    for i in range(int(seconds)):
+        x = _speechlike(1.0, rate=96000, seed=i)
+        f.write(np.stack([x, x], axis=1))
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+a2c.from_wav(path, sys.argv[5], seed=0)
+print(json.dumps({"grew_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base}))
+"""
+
+
+@pytest.mark.slow
+def test_from_wav_peak_memory_does_not_grow_with_length(ckpts, tmp_path, first_coeff):
+    """Peak RSS growth of from_wav on 96 kHz stereo: 10 s and 90 s differ by less than 12 MB (the result is
+    ~8 KB/s; the whole-file path grows by ~8 MB per second of such audio)."""
+    import json
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).parent.parent)
+    grew = {}
+    for seconds in (10, 90):
+        p = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(seconds), json.dumps(ckpts["old"]),
+                            str(tmp_path / f"{seconds}.wav"), root, str(first_coeff)],
+                           capture_output=True, text=True, timeout=900)
+        assert p.returncode == 0, p.stderr[-3000:]
+        grew[seconds] = json.loads(p.stdout.strip().splitlines()[-1])["grew_kb"] / 1024
+    assert grew[90] - grew[10] < 12, grew

@@ -341,24 +341,20 @@ class Audio2Coeff(NetworkSet):
                  seed: int | None = 0, coeff_save_dir: str | os.PathLike | None = None,
                  ref_pose_coeff_path: str | os.PathLike | None = None) -> np.ndarray | str:
         """(T, 70) coefficients for a wav, or the written .mat path when `coeff_save_dir` is given. `seed` fixes
-        the blink schedule and the pose z draws (a torch.Generator seeded with it; `None` = random)."""
-        import torch
+        the blink schedule and the pose z draws (a torch.Generator seeded with it; `None` = random). Streamed:
+        memory is a constant working set plus the result, whatever the length (`ezvtb.audio2coeff.streamed`);
+        the coefficients are `coefficients(make_batch(...))`'s."""
+
+        from ezvtb.audio2coeff.streamed import coefficients_from_wav
 
         pose_style = self._check_style(pose_style)
-        batch = self.make_batch(audio_path, first_coeff_path, seed=seed)
-        g = torch.Generator()
-        if seed is None:
-            g.seed()
-        else:
-            g.manual_seed(int(seed))
-        n = max(1, self.pose_chunks(batch["num_frames"]))
-        batch["z"] = torch.randn(n, self.pose_config.latent_size, generator=g).numpy()
-        coeffs = self.coefficients(batch, pose_style, batch["z"])
+        stem = _stem(Path(first_coeff_path).stem, Path(audio_path).stem) if coeff_save_dir is not None else ""
+        coeffs = coefficients_from_wav(self, audio_path, first_coeff_path, pose_style, seed)  # bounded memory
         if ref_pose_coeff_path is not None:
             coeffs = self.using_refpose(coeffs, ref_pose_coeff_path)
         if coeff_save_dir is None:
             return coeffs
-        return self.save(coeffs, coeff_save_dir, _stem(batch["pic_name"], batch["audio_name"]))
+        return self.save(coeffs, coeff_save_dir, stem)
 
 
 HEAD_RANGE_DEG = 15.0  # THA3 head_x/head_y/neck_z = +-1 at about 15 degrees (ezvtb.live.mapping's default ranges)
