@@ -356,11 +356,12 @@ def test_the_map_grown_by_another_process_between_open_and_first_transaction(tmp
 
 # --- a data file truncated while processes have it open ------------------------------------------------------
 WHILE_OPEN = textwrap.dedent("""
-    import json, os, sys, time
+    import json, logging, os, sys, time
     import numpy as np
     from ezvtb.cache.lmdb_store import LmdbStore
     from ezvtb.cache.mapguard import guard
 
+    logging.basicConfig(level=logging.WARNING, format="%(process)d %(message)s")
     path, name, keys, after = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     marker = os.path.join(os.path.dirname(path), "truncated")
 
@@ -416,16 +417,18 @@ def test_a_file_truncated_while_two_processes_use_it_never_kills_them(tmp_path):
     subprocess.run([sys.executable, "-c", f"import os; os.truncate({str(data)!r}, os.path.getsize({str(data)!r}) // 4)"],
                    check=True)
     (tmp_path / "truncated").touch()
-    results = []
+    results, logs = [], []
     for c in children:
         out, err = c.communicate(timeout=300)
         assert c.returncode == 0, (c.returncode, err[-3000:])  # -7: killed by SIGBUS
         results.append(json.loads(out.strip().splitlines()[-1]))
+        logs.append(err[-3000:])
     for res in results:
         assert res["wrong"] == 0 and not res["errors"], res
         assert res["done_after"] == 3000 and res["hits_after"] > 1000, res  # the replacement cache serves again
     assert sum(r["file_lost"] + r["set_aside"] for r in results) >= 1, results  # the truncation was noticed
-    assert len([n for n in os.listdir(path) if n.startswith("data.mdb.damaged-")]) == 1  # kept for inspection
+    aside = {n: os.path.getsize(path / n) for n in os.listdir(path) if n.startswith("data.mdb.damaged-")}
+    assert len(aside) == 1, (aside, logs)  # kept for inspection
 
 
 SIGBUS_READ = textwrap.dedent("""

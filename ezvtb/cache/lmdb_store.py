@@ -54,6 +54,7 @@ forked child (LMDB handles must not cross ``fork``).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -61,7 +62,7 @@ import struct
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import lmdb
 
@@ -225,6 +226,23 @@ class _Damaged(Exception):
     """LMDB found the tree damaged while opening."""
 
 
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive flock on `folder` (no-op where flock does not exist): processes that found the same file
+    damaged must not both check-then-rename, or the second renames the fresh file the first just created."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _inode(path: Path) -> int | None:
     try:
         return path.stat().st_ino
@@ -292,11 +310,12 @@ class LmdbStore:
         and remove its lock file, so that LMDB starts an empty cache there. One warning.
         `inode`: only if the file there is still that one (another process may have replaced it)."""
         try:
-            if inode is not None and data.stat().st_ino != inode:
-                return
-            aside = data.with_name(f"{data.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-                                   f"-{os.getpid()}")
-            os.rename(data, aside)
+            with _folder_lock(data.parent):  # the inode check and the rename, atomic among our processes
+                if inode is not None and data.stat().st_ino != inode:
+                    return
+                aside = data.with_name(f"{data.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+                                       f"-{os.getpid()}")
+                os.rename(data, aside)
         except FileNotFoundError:
             return  # another process moved it first
         except OSError as e:
