@@ -4,9 +4,10 @@ networks before the next is read. The networks see exactly the batches of the wh
 same 10-frame chunks; pose: the same 32-frame chunks from frame 1 with the same z, the remainder re-running the
 last 32 frames), so the coefficients are those of `Audio2Coeff.coefficients` on `make_batch`'s whole-file batch.
 
-Peak memory: a constant working set (about 3 s of audio at the file's rate plus one chunk of 320 video frames:
-their samples, STFT and mel windows, ~30 MB) plus what the result needs: 70 + 6 + 1 float32 per video frame
-(~8 KB per second of audio).
+Peak memory: a working set that stops growing at one chunk of 320 video frames (12.8 s: their samples, STFT, mel
+windows and the networks' activations, plus a few seconds of audio at the file's rate; measured 38 MB of peak
+RSS growth for 24 s and for 120 s of 96 kHz stereo) plus the result: 70 + 6 + 1 float32 per video frame (~8 KB
+per second of audio).
 """
 from __future__ import annotations
 
