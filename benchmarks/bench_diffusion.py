@@ -2,7 +2,7 @@
 
 A random diffusers UNet3DConditionModel (the ModelScope text-to-video layout) at a mid size: base
 channels 64 (x1, x2, x4), 2 res blocks per level, 8 frames, 32x32 latent, cond + uncond batched
-(batch 2), 77-token 1024-d context. The graph is exported with `ezvtb.export.generic` (cached, so a
+(batch 2), 77-token 1024-d context. The graph is exported with `ezvtb.export.exporter` (cached, so a
 second run skips the export) and run the way the pipelines run it: a `NetworkSet` network on the
 "torch" backend (eager) and on the CPU backend (ORT). Calls alternate between the sides; the table
 reports p50/min per step and the ratio to eager (target: ORT >= 1.5x eager).

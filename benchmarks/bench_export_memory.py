@@ -1,4 +1,4 @@
-"""Peak memory of exporting a large UNet with `ezvtb.export.generic.export_module`.
+"""Peak memory of exporting a large UNet with `ezvtb.export.exporter.export_module`.
 
 Each measurement runs in a fresh subprocess: it builds a random diffusers UNet3DConditionModel (the
 ModelScope text-to-video layout at reduced width), reads its resident memory, resets the kernel's
@@ -35,7 +35,7 @@ import torch
 torch.set_num_threads(int(sys.argv[4]))
 from ezvtb.diffusion.unet3d import UNet3DStep, parameter_count
 from ezvtb.engines.base import GraphSpec, TensorSpec
-from ezvtb.export.generic import export_module
+from ezvtb.export.exporter import export_module
 from diffusers import UNet3DConditionModel
 c = int(sys.argv[1]); external = sys.argv[2] == "external"; layers = int(sys.argv[3])
 net = UNet3DConditionModel(block_out_channels=(c, 2 * c, 4 * c, 4 * c), layers_per_block=layers,

@@ -98,8 +98,8 @@ def run_step(log: Log, name: str, cmd: list[str], out_file: Path, seconds: float
     return {"step": name, "status": status, "seconds": time.monotonic() - t0}
 
 
-# The RIFE and SR graphs the tests and the benchmark open (their cache key names the torch that exports them,
-# so they are exported on the box): (kind, precision) -> the call, as create_rife_stage / create_sr_stage make it
+# The RIFE and SR graphs the tests and the benchmark open (exported on the box unless the carried files hold
+# them already: a cache hit is instant): (kind, precision) -> the call, as create_rife_stage / create_sr_stage make it
 # on a GPU backend (RIFE flow at full size; SR x4 = animevideov3 on the default region, x2 = UpConv7 noise 1).
 GRAPHS = [("rife", "fp32"), ("rife", "fp16"), ("sr_x4", "fp32"), ("sr_x4", "fp16"), ("sr_x2", "fp32"),
           ("sr_x2", "fp16")]

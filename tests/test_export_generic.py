@@ -1,4 +1,4 @@
-"""ezvtb.export.generic: export any torch module with a GraphSpec, cache it, run it on sessions.
+"""ezvtb.export.exporter.export_module: export any torch module with a GraphSpec, cache it, run it on sessions.
 
 A small real network (conv, GroupNorm, SDPA attention, a sinusoidal timestep embedding from an
 int64 input, two outputs) is exported with the TorchScript exporter and run on ONNX Runtime's CPU
@@ -17,9 +17,10 @@ onnx = pytest.importorskip("onnx")
 
 from ezvtb.engines import create_session  # noqa: E402
 from ezvtb.engines.base import GraphSpec, TensorSpec  # noqa: E402
-from ezvtb.export import generic  # noqa: E402
 from ezvtb.engines.runner import GraphRunner  # noqa: E402
-from ezvtb.export.generic import export_module, external_data_name  # noqa: E402
+from ezvtb.export import exporter, onnx_file  # noqa: E402
+from ezvtb.export.exporter import ExportError, export_key, export_module  # noqa: E402
+from ezvtb.export.onnx_file import external_data_name  # noqa: E402
 
 
 class TinyNet(torch.nn.Module):
@@ -112,11 +113,11 @@ def test_second_call_is_a_cache_hit_without_the_exporter(home, net, monkeypatch)
     assert second == first and second.stat().st_mtime_ns == mtime
     # other weights, precision or spec -> another key (would export: here the exporter raises)
     other = TinyNet().eval()
-    with pytest.raises(generic.ExportError, match="torch.onnx.export failed"):
+    with pytest.raises(ExportError, match="torch.onnx.export failed"):
         export_module(other, spec, name="tiny", progress=False)
-    assert generic.export_key(other, spec) != generic.export_key(net, spec)
-    assert generic.export_key(net, spec, "fp16") != generic.export_key(net, spec)
-    assert generic.export_key(net, spec_for(((1, 32, 8, 8), (1,)))) != generic.export_key(net, spec)
+    assert export_key(other, spec) != export_key(net, spec)
+    assert export_key(net, spec, "fp16") != export_key(net, spec)
+    assert export_key(net, spec_for(((1, 32, 8, 8), (1,)))) != export_key(net, spec)
     assert not list(first.parent.parent.glob("*/.tiny.*")), "no temporary folder may be left behind"
 
 
@@ -124,7 +125,7 @@ def test_forced_external_data_opens_from_its_folder(home, net, tmp_path):
     spec = spec_for(SHAPES)
     out = tmp_path / "ext"
     path = export_module(net, spec, name="tiny", external_data=True, out_dir=out, progress=False)
-    key = generic.export_key(net, spec)
+    key = export_key(net, spec)
     data = out / external_data_name("tiny", key)
     assert data.is_file() and data.stat().st_size > 0.9 * sum(p.numel() * 4 for p in net.parameters())
     assert path.stat().st_size < 20_000, "weights must live in the external file, not the .onnx"
@@ -143,7 +144,7 @@ def test_forced_external_data_opens_from_its_folder(home, net, tmp_path):
     onnx.checker.check_model(str(moved / path.name))
     # a removed weights file makes the cache entry incomplete -> exported again
     (moved / data.name).unlink()
-    assert not generic._is_complete(moved / path.name)
+    assert not onnx_file.is_complete(moved / path.name)
 
 
 def test_fp16_graph_keeps_spec_dtypes(home, net):
@@ -259,7 +260,7 @@ def test_finalise_rewrites_the_wire_format_exactly(tmp_path, external, symbolic)
     raw, w, b = _toy_onnx(tmp_path / "raw", symbolic)
     out = tmp_path / "out" / "toy.onnx"
     out.parent.mkdir()
-    generic._finalise(raw, out, TOY_SPEC, "k123", "toy", external)
+    onnx_file.finalise(raw, out, TOY_SPEC, "k123", "toy", external)
     model = onnx.load(str(out))  # loads external data relative to the .onnx
     dims = [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
     assert dims == [2, 600]
@@ -286,7 +287,7 @@ def test_weights_never_enter_the_exporters_proto(home, monkeypatch):
     def old_path(*a, **k):
         raise AssertionError("the captured-initializer path must be used")
 
-    monkeypatch.setattr(generic, "_finalise", old_path)
+    monkeypatch.setattr(exporter, "finalise", old_path)
     torch.manual_seed(5)
     net = TinyNet().eval()
     spec = spec_for(SHAPES)
@@ -301,3 +302,33 @@ def test_weights_never_enter_the_exporters_proto(home, monkeypatch):
         with torch.no_grad():
             y, _ = net(x, t)
         assert np.abs(ort_run(path, spec, x, t)["y"] - y.numpy()).max() <= 1e-5
+
+
+def test_a_recipe_is_verified_before_it_is_cached_and_old_versions_are_never_read(home, net, monkeypatch):
+    """`export_graph` publishes a graph only after the recipe's check passed; a failing check leaves no file and
+    no scratch folder. The key covers `EXPORTER_VERSION`: a graph cached under another version is not found."""
+    spec = spec_for(SHAPES)
+    calls = []
+
+    def check(path, module):
+        calls.append(path)
+        x, t = inputs(3)
+        with torch.no_grad():
+            y, _ = module(x, t)
+        err = float(np.abs(ort_run(path, spec, x, t)["y"] - y.numpy()).max())
+        if err > 1e-5:
+            raise ExportError(f"max abs error {err:.2e}")
+        return f"max abs error {err:.1e}"
+
+    recipe = exporter.Recipe("recipes", "tiny_recipe", spec, "tiny|seed0", lambda: net, verify=check)
+    path = exporter.export_graph(recipe, progress=False)
+    assert path.is_file() and len(calls) == 1 and calls[0] != path  # checked before it was moved into place
+    assert exporter.export_graph(recipe, progress=False) == path and len(calls) == 1  # a hit: not exported again
+    bad = exporter.Recipe("recipes", "tiny_bad", spec, "tiny|bad", lambda: net,
+                          verify=lambda p, m: (_ for _ in ()).throw(ExportError("simulated mismatch")))
+    with pytest.raises(ExportError, match="simulated mismatch"):
+        exporter.export_graph(bad, progress=False)
+    folder = home / "onnx" / "recipes"
+    assert not [p for p in folder.rglob("*") if p.name.startswith(".") or p.name.startswith("tiny_bad")]
+    monkeypatch.setattr(exporter, "EXPORTER_VERSION", "ezvtb-export-older")
+    assert exporter.graph_path(recipe) != path and not exporter.graph_path(recipe).exists()

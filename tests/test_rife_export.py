@@ -17,6 +17,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from ezvtb.export import exporter
 from ezvtb.export import rife as ex
 from ezvtb.models.rife.loader import load_rife
 from ezvtb.models.rife.spec import UnsupportedScaleError, graph_spec
@@ -104,7 +105,7 @@ def test_hdv3_x2_fp32(home, real_pair):
     assert err <= 1e-3
     g = ex.rife_graph(2, "fp32")
     assert g.version == "hdv3" and g.spec == graph_spec(2, "fp32") and g.path.name == "rife_hdv3_x2_fp32.onnx"
-    assert g.path.parent.name == ex.export_tag() and g.path.parent.parent.name == rw.HDV3_SHA256[:16]
+    assert g.path.parent.parent == home / "onnx" / "rife" and len(g.path.parent.name) == 16  # onnx/rife/<key>/
     out = _ort(g.path, a, b)
     with torch.no_grad():
         ref = ex.build_interpolator(weights, 2, "fp32")(torch.from_numpy(a), torch.from_numpy(b)).numpy()
@@ -121,7 +122,7 @@ def test_hdv3_x2_fp32(home, real_pair):
     # second call: cache hit, nothing exported
     mtime = g.path.stat().st_mtime_ns
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ex, "export_onnx", lambda *a, **k: pytest.fail("cache miss"))
+        mp.setattr(exporter, "_export_file", lambda *a, **k: pytest.fail("cache miss"))
         assert ex.rife_graph(2, "fp32").path == g.path
     assert g.path.stat().st_mtime_ns == mtime
 
@@ -204,13 +205,13 @@ def test_v4_cache_detection_and_size(home, v4_file, tmp_path):
     g = ex.rife_graph(3, "fp32", rife_model=v4_file, size=256)
     assert g.version == "v4.25.lite" and g.path.name == "rife_v4_25_lite_x3_fp32_256.onnx"
     digest = rw.sha256_file(v4_file)
-    meta = json.loads((g.path.parent.parent / "version.json").read_text())
+    meta = json.loads((home / "onnx" / "rife" / digest[:16] / "version.json").read_text())
     assert meta == {"sha256": digest, "version": "v4.25.lite", "channels": [192, 128, 96, 64, 24]}
     # the same weights in the zip format: another file, another cache entry, same version
     z = tmp_path / "zip_flownet.pkl"
     torch.save(random_v4_state_dict(5), z)
     gz = ex.rife_graph(2, "fp32", rife_model=z, size=256, verify=False)
-    assert gz.version == "v4.25.lite" and gz.path.parent.parent != g.path.parent.parent
+    assert gz.version == "v4.25.lite" and gz.path.parent != g.path.parent
     # x4 at the product size: no image-sized constants (grid, timestep planes) in the file
     g4 = ex.rife_graph(4, "fp32", rife_model=v4_file, verify=False)
     model = onnx.load(str(g4.path))
@@ -229,8 +230,9 @@ def test_failed_export_leaves_nothing(home, v4_file, monkeypatch):
     monkeypatch.setattr(ex, "verify_export", boom)
     with pytest.raises(ex.ExportError, match="simulated"):
         ex.rife_graph(2, "fp16", rife_model=v4_file, size=128)
-    folder = home / "onnx" / "rife" / rw.sha256_file(v4_file)[:16] / ex.export_tag()
-    assert not [p for p in folder.iterdir() if "fp16" in p.name or p.name.startswith(".")]
+    left = [p for p in (home / "onnx" / "rife").rglob("*") if p.name.startswith(".")
+            or (p.suffix == ".onnx" and "fp16" in p.name and "_128" in p.name)]
+    assert not left
     with pytest.raises(ValueError, match="precision: expected one of"):
         ex.rife_graph(2, "bf16")
     with pytest.raises(FileNotFoundError, match="rife_model: no file"):

@@ -159,7 +159,8 @@ class Audio2Coeff(NetworkSet):
     def _check_pose_yaml(self, y: dict) -> None:
         cvae = (y.get("MODEL") or {}).get("CVAE") or {}
         want = {"SEQ_LEN": self.pose_config.seq_len, "LATENT_SIZE": self.pose_config.latent_size,
-                "AUDIO_EMB_IN_SIZE": self.pose_config.audio_emb_in, "AUDIO_EMB_OUT_SIZE": self.pose_config.audio_emb_out}
+                "AUDIO_EMB_IN_SIZE": self.pose_config.audio_emb_in,
+                "AUDIO_EMB_OUT_SIZE": self.pose_config.audio_emb_out}
         got = {k: cvae[k] for k in want if k in cvae}
         if "DECODER_LAYER_SIZES" in cvae:
             want["DECODER_LAYER_SIZES"] = list(self.pose_config.decoder_layers)

@@ -2,7 +2,7 @@
 
 The generative pipelines run their UNets, VAEs, encoders and small nets through it, on the same
 session runtime as the realtime stages. Each input shape gets its own graph, exported on first use
-by `ezvtb.export.generic.export_module` (cached by weights digest). torch is imported only where a
+by `ezvtb.export.exporter.export_module` (cached by weights digest). torch is imported only where a
 tensor is converted or a module exported; the realtime core never imports this module.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 from ezvtb.engines import create_session
 from ezvtb.engines.base import GraphSpec
 from ezvtb.engines.policy import RUNNER_BACKENDS, check_backend, check_precision, require_backend
-from ezvtb.export.generic import check_name, export_module, weights_digest
+from ezvtb.export.exporter import check_name, export_module, weights_digest
 
 
 class GraphRunner:

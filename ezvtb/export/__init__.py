@@ -1,27 +1,51 @@
-"""Exporting models to ONNX, with a cache keyed by weights, variant, precision and exporter.
+"""Exporting models to ONNX through one exporter (`ezvtb.export.exporter`), cached by what each graph depends on.
 
+`tha3_graphs` (the five THA3 stage graphs), `ezvtb.export.rife.rife_graph`, `ezvtb.export.sr.sr_graph` and
+`ezvtb.export.facetrack.facetrack_graph` are recipes for `export_graph`; `export_module` exports any module.
 Importable without torch: torch is imported only when a graph actually has to be exported.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
-from ezvtb import paths
-from ezvtb.atomic import atomic_write
-from ezvtb.models.tha3.spec import STAGES, onnx_file_name
+from ezvtb.export.errors import ExportError
+from ezvtb.export.exporter import EXPORTER_VERSION, Recipe, export_graph, graph_path
+from ezvtb.export.onnx_file import is_complete
+from ezvtb.export.quiet import progress_logging
+from ezvtb.models.tha3.spec import STAGES, graph_spec, onnx_file_name
 
 log = logging.getLogger("ezvtb.export")
-EXPORTER_VERSION = "tha3-6"  # tha3-6: exact CPU rewrites (ezvtb.export.tha3.REWRITES), LUT input conversion
+
+
+def tha3_recipe(stage: str, variant: str, precision: str, weights_digest: str, poser: Any) -> Recipe:
+    """The recipe of one THA3 stage graph; `poser()` returns the loaded `ThaPoser` (shared by the stages).
+
+    The module is the stage wrapper over a copy of the poser with the exact export rewrites
+    (`ezvtb.export.tha3.REWRITES`); its fidelity to upstream is measured by the tests, not at export.
+    """
+    def module() -> Any:
+        from ezvtb.export.tha3 import REWRITES, optimize_for_export, stage_module  # needs torch
+
+        return stage_module(optimize_for_export(poser(), REWRITES), stage)
+
+    def example_inputs() -> Any:
+        from ezvtb.export.tha3 import example_inputs as inputs
+
+        return inputs(stage, precision)
+
+    return Recipe("tha3", onnx_file_name(stage, variant, precision).removesuffix(".onnx"),
+                  graph_spec(stage, precision), f"tha3|{weights_digest}|{variant}|{precision}", module,
+                  example_inputs)
 
 
 def tha3_graphs(variant: str = "separable", precision: str = "fp32", weights_dir: str | os.PathLike | None = None,
                 out_dir: str | os.PathLike | None = None, progress: bool = True) -> dict[str, Path]:
     """Paths of the five THA3 stage graphs, exporting them on first use (needs torch).
 
-    The cache folder is keyed by the weights' digest, variant, precision and EXPORTER_VERSION;
+    Cached by the weights' digest, variant, precision and `EXPORTER_VERSION` (`ezvtb.export.exporter`);
     every file is written atomically, so an interrupted export is redone, never half-used.
     """
     from ezvtb.weights.tha3 import tha3_weights, weights_digest
@@ -33,30 +57,32 @@ def tha3_graphs(variant: str = "separable", precision: str = "fp32", weights_dir
             raise
         # No official *_half files: half = a cast of the float weights (grid math stays fp32).
         weights = tha3_weights(variant, "fp32", weights_dir)
-    key = hashlib.blake2b(f"{weights_digest(weights.values())}|{variant}|{precision}|{EXPORTER_VERSION}".encode(),
-                          digest_size=8).hexdigest()
-    folder = Path(out_dir) if out_dir is not None else paths.subdir("onnx", "tha3", key)
-    files = {s: folder / onnx_file_name(s, variant, precision) for s in STAGES}
-    todo = [s for s in STAGES if not files[s].is_file()]
+    loaded: list[Any] = []
+
+    def poser() -> Any:  # loaded once, on the first stage that must be exported
+        if not loaded:
+            import torch
+
+            from ezvtb.models.tha3.poser import ThaPoser
+
+            loaded.append(ThaPoser(variant, weights, torch.float16 if precision == "fp16" else torch.float32))
+        return loaded[0]
+
+    digest = weights_digest(weights.values())
+    recipes = {s: tha3_recipe(s, variant, precision, digest, poser) for s in STAGES}
+    todo = [s for s in STAGES if not is_complete(graph_path(recipes[s], out_dir))]
     if todo:
         from ezvtb.extras import require
 
-        require("export", f"exporting the THA3 {variant} {precision} graphs (not cached in {folder})")
-        import torch
+        require("export", f"exporting the THA3 {variant} {precision} graphs (not cached in "
+                          f"{graph_path(recipes[todo[0]], out_dir).parent})")
         from tqdm import tqdm
 
-        from ezvtb.export.quiet import progress_logging, quiet_export
-        from ezvtb.export.tha3 import export_stage
-        from ezvtb.models.tha3.poser import ThaPoser
-
-        poser = ThaPoser(variant, weights, torch.float16 if precision == "fp16" else torch.float32)
         with progress_logging():
             for s in tqdm(todo, desc=f"exporting THA3 {variant} {precision}", unit="graph", disable=not progress,
                           leave=False):
-                with quiet_export(f"THA3 {variant} {precision} {s}") as caught:
-                    data = export_stage(poser, s, precision)
-                with atomic_write(files[s]) as f:
-                    f.write(data)
-                log.info("exported THA3 %s %s %s (%.1f MB, %s) -> %s", variant, precision, s, len(data) / 1e6,
-                         caught, files[s])
-    return files
+                export_graph(recipes[s], out_dir=out_dir, progress=False)
+    return {s: graph_path(recipes[s], out_dir) for s in STAGES}
+
+
+__all__ = ["EXPORTER_VERSION", "ExportError", "Recipe", "export_graph", "tha3_graphs", "tha3_recipe"]

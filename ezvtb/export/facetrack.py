@@ -2,15 +2,13 @@
 
 `facetrack_graph(which)` returns the ONNX file and declared I/O (`ezvtb.models.facetrack.spec`)
 of ``detector``, ``landmarks`` or ``attention`` (the mesh with irises), exporting it on first use (needs
-torch). Cache layout::
-
-    $EZVTB_HOME/onnx/facetrack/<tflite sha256[:16]>/f<EXPORT_FORMAT>/<spec name>.onnx
+torch), in ``$EZVTB_HOME/onnx/facetrack/<key>/<spec name>.onnx`` (the key covers the TFLite file's digest).
 
 The folder is found without importing torch, so a tracker whose graphs exist starts torch-free.
-Export goes through `ezvtb.export.generic.export_module` (TorchScript exporter, opset 17, static
-shapes, written atomically). The exported graph is then run once through ONNX Runtime on a
-fixed test image and compared with the PyTorch module (`verify_export`); a mismatch over
-`MAX_ABS_ERROR` raises `ExportError`.
+Export goes through the one exporter (`ezvtb.export.exporter.export_graph`: TorchScript exporter,
+opset 17, static shapes, written atomically). The exported graph is run once through ONNX Runtime on
+a fixed test image and compared with the PyTorch module (`verify_export`, the recipe's acceptance
+check); a mismatch over `MAX_ABS_ERROR` raises `ExportError` and caches nothing.
 """
 from __future__ import annotations
 
@@ -20,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ezvtb import paths
 from ezvtb.engines.base import GraphSpec
+from ezvtb.export.errors import ExportError
+from ezvtb.export.exporter import Recipe, export_graph
 from ezvtb.models.facetrack.spec import (
     ATTENTION,
     DETECTOR,
@@ -37,15 +36,10 @@ from ezvtb.weights.mediapipe import model_file
 
 log = logging.getLogger("ezvtb.export")
 
-EXPORT_FORMAT = 2  # bump when the exported graphs change (2: PReLU as relus, no Pad before convolutions)
 WHICH = ("detector", "landmarks", "attention")
 # ORT vs torch on the same uint8 image: box/landmark coordinates are in input pixels (0..192),
 # probabilities in 0..1; measured ~1e-4 (tests/test_facetrack_models.py prints it).
 MAX_ABS_ERROR = 2e-3
-
-
-class ExportError(RuntimeError):
-    """An exported face-tracking graph does not reproduce its PyTorch module."""
 
 
 @dataclass(frozen=True)
@@ -104,25 +98,10 @@ def facetrack_graph(which: str, *, force: bool = False, verify: bool = True) -> 
     """The ONNX graph of ``detector``, ``landmarks`` or ``attention``, exported (and verified) on first use."""
     name, spec, _ = _model(which)
     _, digest = model_file(name)
-    folder = paths.subdir("onnx", "facetrack", digest[:16], f"f{EXPORT_FORMAT}")
-    path = folder / f"{spec.name}.onnx"
-    if path.is_file() and not force:
-        return FacetrackGraph(path, which, spec)
-    from ezvtb.export.generic import export_module
 
-    if force:
-        path.unlink(missing_ok=True)
-    module = build_module(which)
-    example = (check_image(spec.inputs[0].shape[0]),)
-    out = export_module(module, spec, name=spec.name, out_dir=folder, example_inputs=example, progress=False)
-    if out != path:  # pragma: no cover - export_module names the file after `name`
-        raise ExportError(f"export wrote {out}, expected {path}")
-    if verify:
-        try:
-            err = verify_export(path, module, spec)
-        except ExportError:
-            path.unlink(missing_ok=True)
-            raise
-        log.debug("%s export check vs torch: max abs error %.3g", spec.name, err)
-    log.info("exported %s", path)
-    return FacetrackGraph(path, which, spec)
+    def check(path: Path, module: object) -> str:
+        return f"max abs error {verify_export(path, module, spec):.3g} from torch"
+
+    recipe = Recipe("facetrack", spec.name, spec, f"facetrack|{digest}|{which}", lambda: build_module(which),
+                    lambda: (check_image(spec.inputs[0].shape[0]),), check)
+    return FacetrackGraph(export_graph(recipe, force=force, verify=verify, progress=False), which, spec)

@@ -1,22 +1,19 @@
-"""Export RIFE graphs to ONNX and keep them in the export cache.
+"""The RIFE recipe: the exported interpolation graphs, cached by the one exporter (`ezvtb.export.exporter`).
 
 `rife_graph(scale, precision, rife_model)` returns the ONNX file of one (version, scale,
-precision) graph (I/O in `ezvtb.models.rife.spec`), exporting it on first use. Cache layout::
+precision, size, flow mode) graph (I/O in `ezvtb.models.rife.spec`), exporting it on first use, in
+``$EZVTB_HOME/onnx/rife/<key>/rife_<version>_x<n>_<precision>[...].onnx``. A cache hit needs neither
+torch nor the weights' version detection (the detected version is remembered in ``version.json`` under
+``onnx/rife/<weights sha256[:16]>/``, keyed by the weights' hash).
 
-    $EZVTB_HOME/onnx/rife/<version>-<weights sha256[:16]>/<export tag>/rife_<version>_x<n>_<precision>.onnx
-
-The export tag names this module's graph format, the opset and the torch version, so a change of
-any of them exports again. Files are written atomically. A cache hit needs neither torch nor the
-weights' version detection (the detected version is remembered in ``version.json`` next to the
-graphs, keyed by the weights' hash).
-
-Export: classic TorchScript exporter (``dynamo=False``), opset 17, static shapes, constant folding
-on, a single file. The sampling grid is built in-graph from ``arange`` (see
+The exporter's defaults apply (TorchScript, opset 17, static shapes, constant folding, one file).
+The sampling grid is built in-graph from ``arange`` (see
 `ezvtb.models.rife.blocks.warp`) and timestep planes from the inputs, so folding duplicates no
 image-sized constant: the file is the weights plus a few kB. After export the graph is run once
 through ONNX Runtime (CPU) on a synthetic frame pair and compared with the PyTorch module
-(`verify_export`); a mismatch raises `ExportError`. HDv3 graphs are exported after exact rewrites
-(`REWRITES`: each block's two passes batched), and verified against the plain module, so the check covers the rewrites too.
+(`verify_export`, the recipe's acceptance check); a mismatch raises `ExportError` and caches nothing.
+HDv3 graphs are exported after exact rewrites (`REWRITES`: each block's two passes batched), and
+verified against the plain module, so the check covers the rewrites too.
 
 Flow modes: ``flow_scale`` 1 is RIFE's reference computation; below 1 the flow is estimated at that
 fraction of the frame size (RIFE reference inference's ``scale``) and HDv3 also keeps it at block
@@ -25,8 +22,6 @@ measures each mode's cost and PSNR on real THA3 frame pairs.
 """
 from __future__ import annotations
 
-import importlib.metadata
-import io
 import json
 import logging
 import os
@@ -39,7 +34,9 @@ from ezvtb import paths
 from ezvtb.atomic import atomic_write
 from ezvtb.engines.base import GraphSpec
 from ezvtb.engines.policy import check_precision
-from ezvtb.export.quiet import progress_logging, quiet_export
+from ezvtb.export.errors import ExportError
+from ezvtb.export.exporter import Recipe, export_bytes, export_graph
+from ezvtb.export.quiet import progress_logging
 from ezvtb.models.rife.spec import (
     SIZE,
     VERSIONS,
@@ -53,22 +50,16 @@ from ezvtb.weights.rife import rife_weights
 
 log = logging.getLogger("ezvtb.export")
 
-EXPORT_FORMAT = 2  # bump when the exported graph changes; 2: HDv3 export rewrites (`REWRITES`), flow modes
 # Exact export-time rewrites of the HDv3 network (`optimize_for_export`), all on by default.
 # (Zero-padding the 90/45-wide blocks to 96/48 for ORT's blocked convolutions was measured too:
 # no gain on top of this, 14 % more weights.)
 REWRITES = (
     "batch_orders",  # each block's two passes (frames in both orders) as one batch of 2: 13 % less CPU time
 )
-OPSET = 17
 # Acceptance of `verify_export` (uint8 grey levels vs the PyTorch module of the same precision,
 # except fp16 graphs, compared with the float32 module).
 FP32_MAX_LEVELS = 1
 FP16_MEAN_LEVELS = 1.0
-
-
-class ExportError(RuntimeError):
-    """An exported graph does not reproduce its PyTorch module."""
 
 
 @dataclass(frozen=True)
@@ -81,14 +72,6 @@ class RifeGraph:
     precision: str
     spec: GraphSpec
     flow_scale: float = 1.0
-
-
-def export_tag() -> str:
-    try:
-        torch_version = importlib.metadata.version("torch")
-    except importlib.metadata.PackageNotFoundError:
-        torch_version = "none"
-    return f"f{EXPORT_FORMAT}-opset{OPSET}-torch{torch_version.replace('+', '_')}"
 
 
 def _weights_dir(digest: str) -> Path:
@@ -156,24 +139,18 @@ def build_interpolator(weights: str | os.PathLike, scale: int, precision: str, q
 
     net, _ = load_rife(weights, torch.float16 if precision == "fp16" else torch.float32)
     net.flow_scale = check_flow_scale(flow_scale, "flow_scale")
-    net.carry_at_block_resolution = flow_scale < 1 if carry_at_block_resolution is None else bool(carry_at_block_resolution)
+    net.carry_at_block_resolution = (flow_scale < 1 if carry_at_block_resolution is None
+                                     else bool(carry_at_block_resolution))
     net = optimize_for_export(net, rewrites)
     return Interpolator(net, scale, quantize=quantize).eval()
 
 
 def export_onnx(module, size: int = SIZE) -> bytes:
-    """Export an `Interpolator` (any quantize mode) to ONNX bytes: opset 17, static shapes."""
-    import torch
-
-    a, b = (torch.from_numpy(x) for x in synthetic_pair(size))
-    buf = io.BytesIO()
-    with quiet_export("RIFE"), torch.no_grad():
-        torch.onnx.export(module, (a, b), buf, input_names=["prev_frame", "frame"], output_names=["frames"],
-                          opset_version=OPSET, do_constant_folding=True, dynamo=False)
-    return buf.getvalue()
+    """An `Interpolator` (any quantize mode) exported as `rife_graph` exports it; ONNX bytes (nothing cached)."""
+    return export_bytes(module, graph_spec(module.scale, "fp32", size), synthetic_pair(size))
 
 
-def verify_export(onnx_bytes: bytes, weights: str | os.PathLike, scale: int, precision: str,
+def verify_export(graph: bytes | Path, weights: str | os.PathLike, scale: int, precision: str,
                   size: int = SIZE, flow_scale: float = 1.0) -> dict[str, float]:
     """Run the graph in ONNX Runtime (CPU) and the PyTorch module on `synthetic_pair`; compare.
 
@@ -185,7 +162,7 @@ def verify_export(onnx_bytes: bytes, weights: str | os.PathLike, scale: int, pre
     import torch
 
     a, b = synthetic_pair(size)
-    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(graph if isinstance(graph, bytes) else str(graph), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"prev_frame": a, "frame": b})[0]
     ref_module = build_interpolator(weights, scale, "fp32", flow_scale=flow_scale)
     with torch.no_grad():
@@ -216,27 +193,18 @@ def rife_graph(scale: int, precision: str = "fp32", rife_model: str | os.PathLik
     weights, digest = rife_weights(rife_model)
     version = "hdv3" if rife_model is None else detect_version(weights, digest)
     check_scale(version, scale)
-    folder = paths.subdir("onnx", "rife", digest[:16], export_tag())
     flow_scale = check_flow_scale(flow_scale, "flow_scale")
     check_flow_size(version, size, flow_scale)
-    path = folder / onnx_file_name(version, scale, precision, size, flow_scale)
-    if path.is_file() and not force:
-        return RifeGraph(path, version, scale, precision, spec, flow_scale)
 
-    from tqdm import tqdm
+    def check(path: Path, module: object) -> str:
+        res = verify_export(path, weights, scale, precision, size, flow_scale)
+        return f"max {res['max']:.0f} grey levels from torch"
 
-    check = None
-    with progress_logging(), tqdm(total=3 if verify else 2, desc=f"export RIFE {version} x{scale} {precision}",
-                                  unit="step", leave=False) as bar:
-        module = build_interpolator(weights, scale, precision, flow_scale=flow_scale, rewrites=REWRITES)
-        bar.update()
-        data = export_onnx(module, size)
-        bar.update()
-        if verify:
-            check = verify_export(data, weights, scale, precision, size, flow_scale)
-            bar.update()
-    with atomic_write(path) as f:
-        f.write(data)
-    log.info("exported RIFE %s x%d %s flow %g (%.1f MB%s) -> %s", version, scale, precision, flow_scale,
-             len(data) / 1e6, f", max {check['max']:.0f} grey levels from torch" if check else "", path)
+    recipe = Recipe(
+        "rife", onnx_file_name(version, scale, precision, size, flow_scale).removesuffix(".onnx"), spec,
+        f"rife|{digest}|{version}|x{scale}|{precision}|{size}|flow{flow_scale:g}|{','.join(REWRITES)}",
+        lambda: build_interpolator(weights, scale, precision, flow_scale=flow_scale, rewrites=REWRITES),
+        lambda: synthetic_pair(size), check)
+    with progress_logging():
+        path = export_graph(recipe, force=force, verify=verify)
     return RifeGraph(path, version, scale, precision, spec, flow_scale)

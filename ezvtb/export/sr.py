@@ -1,42 +1,35 @@
-"""Export super-resolution graphs to ONNX and keep them in the export cache.
+"""The super-resolution recipe: exported SR graphs, cached by the one exporter (`ezvtb.export.exporter`).
 
 `sr_graph(model, noise, precision, alpha)` returns the ONNX file of one SR graph (I/O in
-`ezvtb.models.sr.spec`), exporting it on first use. Cache layout::
+`ezvtb.models.sr.spec`), exporting it on first use, in
+``$EZVTB_HOME/onnx/sr/<key>/sr_<variant>_<precision>_a<alpha>[_<size>].onnx``; the key covers the
+weights file's digest (each noise level has its own) and every option of the graph.
 
-    $EZVTB_HOME/onnx/sr/<weights .bin sha256[:16]>/<export tag>/sr_<variant>_<precision>_a<alpha>.onnx
-
-The weights digest identifies the model file (each noise level has its own); the export tag
-names this module's graph format, the opset and the torch version, so a change of any of them
-exports again. Files are written atomically.
-
-Export: classic TorchScript exporter (``dynamo=False``), opset 17, static shapes, constant
-folding, a single file (weights are ~1-2.5 MB). After export the graph is run once through ONNX
-Runtime (CPU) on a synthetic frame and compared with the PyTorch module (`verify_export`); a
-mismatch raises `ExportError`.
+The exporter's defaults apply (TorchScript, opset 17, static shapes, constant folding, one file of
+~1-2.5 MB; the replicate padding leaves the output dims unnamed, so the spec's static shape is written
+into the graph). After export the graph is run once through ONNX Runtime (CPU) on a synthetic frame and
+compared with the PyTorch module (`verify_export`, the recipe's acceptance check); a mismatch raises
+`ExportError` and caches nothing.
 """
 from __future__ import annotations
 
-import importlib.metadata
-import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ezvtb import paths
-from ezvtb.atomic import atomic_write
 from ezvtb.engines.base import GraphSpec
-from ezvtb.export.quiet import quiet_export
+from ezvtb.engines.policy import check_precision
+from ezvtb.export.errors import ExportError
+from ezvtb.export.exporter import Recipe, export_bytes, export_graph
 from ezvtb.models.sr.spec import (
     ALPHA_MODE,
     INPUT_NAME,
     INPUT_SIZES,
-    OUTPUT_NAME,
     check_alpha,
     check_model,
     check_noise,
-    check_precision,
     graph_spec,
     onnx_file_name,
 )
@@ -44,16 +37,10 @@ from ezvtb.weights.sr import sr_files
 
 log = logging.getLogger("ezvtb.export")
 
-EXPORT_FORMAT = 1  # bump when the exported graph changes
-OPSET = 17
 # Acceptance of `verify_export`, in uint8 grey levels: fp32 graphs vs the fp32 module (max; 1 =
 # rounding boundaries), fp16 graphs vs the fp32 module (mean).
 FP32_MAX_LEVELS = 1
 FP16_MEAN_LEVELS = 1.0
-
-
-class ExportError(RuntimeError):
-    """An exported graph does not reproduce its PyTorch module."""
 
 
 @dataclass(frozen=True)
@@ -66,14 +53,6 @@ class SrGraph:
     precision: str
     alpha: str
     spec: GraphSpec
-
-
-def export_tag() -> str:
-    try:
-        torch_version = importlib.metadata.version("torch")
-    except importlib.metadata.PackageNotFoundError:
-        torch_version = "none"
-    return f"f{EXPORT_FORMAT}-opset{OPSET}-torch{torch_version.replace('+', '_')}"
 
 
 def synthetic_frame(size: int, seed: int = 0) -> np.ndarray:
@@ -110,32 +89,13 @@ def build_upscaler(model: str, noise: int = 0, precision: str = "fp32", alpha: s
 
 
 def export_onnx(module, size: int) -> bytes:
-    """Export an `Upscaler` (either quantize mode) for a uint8 [size, size, 4] input; ONNX bytes.
-
-    The exporter leaves the output's spatial dims unnamed (replicate padding defeats its shape
-    inference), so the static output shape is written into the graph and checked with ONNX's
-    shape inference.
-    """
-    import onnx
-    import torch
-
-    frame = torch.from_numpy(synthetic_frame(size))
-    buf = io.BytesIO()
-    with quiet_export("SR"), torch.no_grad():
-        torch.onnx.export(module, (frame,), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          opset_version=OPSET, do_constant_folding=True, dynamo=False)
-    model = onnx.load_from_string(buf.getvalue())
-    k = module.scale
-    dims = model.graph.output[0].type.tensor_type.shape.dim
-    for d, v in zip(dims, (k * size, k * size, 4)):
-        d.Clear()
-        d.dim_value = v
-    onnx.checker.check_model(model)
-    onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-    return model.SerializeToString()
+    """An `Upscaler` (either quantize mode) exported as `sr_graph` exports it, for a uint8 [size, size, 4]
+    input; ONNX bytes (nothing cached)."""
+    model = "upconv7" if module.scale == 2 else "animevideov3"
+    return export_bytes(module, graph_spec(model, "fp32", size), (synthetic_frame(size),))
 
 
-def verify_export(onnx_bytes: bytes, model: str, noise: int, precision: str, alpha: str, size: int,
+def verify_export(graph: bytes | Path, model: str, noise: int, precision: str, alpha: str, size: int,
                   reference=None) -> dict[str, float]:
     """Run the uint8 graph in ONNX Runtime (CPU) and the fp32 PyTorch module on `synthetic_frame`.
 
@@ -147,7 +107,7 @@ def verify_export(onnx_bytes: bytes, model: str, noise: int, precision: str, alp
     import torch
 
     frame = synthetic_frame(size, seed=1)
-    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(graph if isinstance(graph, bytes) else str(graph), providers=["CPUExecutionProvider"])
     got = sess.run(None, {INPUT_NAME: frame})[0]
     ref_module = reference if reference is not None else build_upscaler(model, noise, "fp32", alpha)
     with torch.no_grad():
@@ -178,23 +138,14 @@ def sr_graph(model: str, noise: int = 1, precision: str = "fp32", alpha: str = A
     size = INPUT_SIZES[model] if size is None else size
     spec = graph_spec(model, precision, size)  # validates size
     _, _, digest = sr_files(model, noise)
-    folder = paths.subdir("onnx", "sr", digest[:16], export_tag())
-    path = folder / onnx_file_name(model, noise, precision, alpha, size)
-    if path.is_file() and not force:
-        return SrGraph(path, model, noise, precision, alpha, spec)
 
-    from tqdm import tqdm
+    def check(path: Path, module: object) -> str:
+        res = verify_export(path, model, noise, precision, alpha, size,
+                            reference=module if precision == "fp32" else None)
+        return f"max {res['max']:.0f} grey levels from torch"
 
-    with tqdm(total=3 if verify else 2, desc=f"export SR {spec.name} {precision}", unit="step", leave=False) as bar:
-        module = build_upscaler(model, noise, precision, alpha)
-        bar.update()
-        data = export_onnx(module, size)
-        bar.update()
-        if verify:
-            verify_export(data, model, noise, precision, alpha, size,
-                          reference=module if precision == "fp32" else None)
-            bar.update()
-    with atomic_write(path) as f:
-        f.write(data)
-    log.info("exported %s (%.1f MB)", path, len(data) / 1e6)
+    recipe = Recipe("sr", onnx_file_name(model, noise, precision, alpha, size).removesuffix(".onnx"), spec,
+                    f"sr|{digest}|{model}|noise{noise}|{precision}|{alpha}|{size}",
+                    lambda: build_upscaler(model, noise, precision, alpha), lambda: (synthetic_frame(size),), check)
+    path = export_graph(recipe, force=force, verify=verify)
     return SrGraph(path, model, noise, precision, alpha, spec)
