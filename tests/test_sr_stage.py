@@ -220,7 +220,7 @@ def test_get_core_with_sr_end_to_end(sample_bgra):
     import ezvtb.export
 
     if not hasattr(ezvtb.export, "tha3_graphs"):
-        pytest.skip("the THA3 export (issue 2, ezvtb.export.tha3_graphs) is not in the tree yet")
+        pytest.skip("the THA3 export (ezvtb.export.tha3_graphs) is not in the tree yet")
     from ezvtb.factory import get_core
 
     core = get_core(use_tensorrt=False, model_half=False, model_cache=False, use_interpolation=True,
@@ -259,7 +259,7 @@ def test_after_rife_stage(sample_bgra):
 
 def test_ipc_server_expects_the_region_sizes_output():
     """The server sizes its frame slots from the options before the core exists."""
-    from ezvtb.ipc.server import expected_output
+    from ezvtb.ipc.engine import expected_output
 
     base = {"use_interpolation": False, "use_cacher": False, "use_sr": True}
     assert expected_output("core", {**base, "sr_region_size": 128}) == ((512, 512, 4), 1)
