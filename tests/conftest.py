@@ -93,3 +93,20 @@ def sample_bgra(sample_image_paths):
         return cache[name].copy()
 
     return load
+
+
+# --- tiny text-to-video model folders (the writers in sd_video_tiny.py import torch) -------------------------
+@pytest.fixture(scope="session")
+def tiny_modelscope_folder(tmp_path_factory) -> Path:
+    """A tiny model in the ModelScope layout, max_frames 2."""
+    from sd_video_tiny import write_modelscope_folder
+
+    return write_modelscope_folder(tmp_path_factory.mktemp("t2v_modelscope") / "model", max_frames=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_diffusers_folder(tmp_path_factory) -> Path:
+    """The same tiny model (same seed) in the diffusers layout."""
+    from sd_video_tiny import write_diffusers_folder
+
+    return write_diffusers_folder(tmp_path_factory.mktemp("t2v_diffusers") / "model", max_frames=2)

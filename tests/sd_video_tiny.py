@@ -107,7 +107,8 @@ def open_clip_text_reference(sd: dict, tokens: torch.Tensor, skip_last: int = 1)
     for i in range(n - skip_last):
         p = f"transformer.resblocks.{i}."
         mha = torch.nn.MultiheadAttention(width, width // 64)
-        mha.load_state_dict({"in_proj_weight": sd[p + "attn.in_proj_weight"], "in_proj_bias": sd[p + "attn.in_proj_bias"],
+        mha.load_state_dict({"in_proj_weight": sd[p + "attn.in_proj_weight"],
+                             "in_proj_bias": sd[p + "attn.in_proj_bias"],
                              "out_proj.weight": sd[p + "attn.out_proj.weight"],
                              "out_proj.bias": sd[p + "attn.out_proj.bias"]})
         h = torch.nn.functional.layer_norm(x, (width,), sd[p + "ln_1.weight"], sd[p + "ln_1.bias"])
@@ -201,15 +202,3 @@ def write_diffusers_folder(folder: Path, seed: int = 0, max_frames: int = 4) -> 
     src = write_modelscope_folder(folder.parent / (folder.name + "_modelscope_src"), max_frames, seed)
     save_diffusers_folder(load_components(src), folder)
     return folder
-
-
-@pytest.fixture(scope="session")
-def tiny_modelscope_folder(tmp_path_factory) -> Path:
-    """A tiny model in the ModelScope layout, max_frames 2."""
-    return write_modelscope_folder(tmp_path_factory.mktemp("t2v_modelscope") / "model", max_frames=2)
-
-
-@pytest.fixture(scope="session")
-def tiny_diffusers_folder(tmp_path_factory) -> Path:
-    """The same tiny model (same seed) in the diffusers layout."""
-    return write_diffusers_folder(tmp_path_factory.mktemp("t2v_diffusers") / "model", max_frames=2)

@@ -27,66 +27,18 @@ import lmdb
 import numpy as np
 import pytest
 
+from cache_frames import CHILD_HEADER, ReplayTha, character, psnr, render
+from cache_frames import signed_pose as pose
 from ezvtb.cache import create_output_cache
 from ezvtb.cache.lmdb_store import FORMAT, OLDER_FORMATS, LmdbStore, entry_checksum
 from ezvtb.core import Core
 
 MiB = 1 << 20
-PSNR_BOUND = 38.0  # JPEG q85 on these frames: 40+ dB; a damaged frame was 10 dB (issue 16)
+PSNR_BOUND = 38.0  # JPEG q85 on these frames: 40+ dB; a damaged frame measured 10 dB
 N_FRAMES = 6
 
-SHARED = """
-import numpy as np
+SHARED = CHILD_HEADER + "from cache_frames import ReplayTha, character, psnr, render, signed_pose as pose\n"
 
-def character():
-    y, x = np.mgrid[0:512, 0:512]
-    img = np.zeros((512, 512, 4), np.uint8)
-    inside = (x - 256) ** 2 / 150 ** 2 + (y - 280) ** 2 / 220 ** 2 < 1
-    img[..., 0] = (x // 2) % 256
-    img[..., 1] = (y // 2) % 256
-    img[..., 2] = 128 + 100 * np.sin(x / 40.0)
-    img[..., 3] = np.where(inside, 255, 0)
-    return img
-
-def render(i):
-    f = character()
-    f[..., 2] = np.roll(f[..., 2], 37 * i % 300, axis=1)
-    f[40 * i: 40 * i + 30, 100:400, :3] = (53 * i) % 256
-    return f
-
-def pose(i):
-    p = np.random.default_rng(i).random(45).astype(np.float32)
-    p[37:44] = p[37:44] * 2 - 1
-    return p
-
-class ReplayTha:
-    '''The THA stage's interface (set_image, run, has_image, stats, close) over recorded frames.'''
-
-    def __init__(self, poses, frames):
-        self.poses, self.frames, self.runs, self.has_image = poses, frames, 0, False
-        self._out = np.empty_like(frames[0])
-
-    def set_image(self, image):
-        self.has_image = True
-
-    def run(self, pose):
-        i = next(i for i in range(len(self.poses)) if np.array_equal(self.poses[i], pose))
-        self.runs += 1
-        np.copyto(self._out, self.frames[i])
-        return self._out
-
-    def stats(self):
-        return {"runs": self.runs}
-
-    def close(self):
-        pass
-
-def psnr(a, b):
-    import cv2
-
-    return min(float(cv2.PSNR(a, b)), 99.0)  # over all four channels; 99 = identical
-"""
-exec(SHARED)  # character(), render(i), pose(i), ReplayTha, psnr(): the same in the parent and the children
 
 CHILD = """
 import json, logging, sys, time

@@ -16,30 +16,12 @@ import pytest
 
 from ezvtb.cache import OutputCache, create_output_cache
 from ezvtb.cache.codec import JpegCodec, LosslessCodec, decode_blob
+from cache_frames import CHILD_HEADER, character, frame, pose
 from ezvtb.cache.lmdb_store import FORMAT, LmdbStore
 
 MiB = 1 << 20
 
-FRAMES = """
-import numpy as np
-def character():
-    y, x = np.mgrid[0:512, 0:512]
-    img = np.zeros((512, 512, 4), np.uint8)
-    inside = (x - 256) ** 2 / 150 ** 2 + (y - 280) ** 2 / 220 ** 2 < 1
-    img[..., 0] = (x // 2) % 256
-    img[..., 1] = (y // 2) % 256
-    img[..., 2] = 128 + 100 * np.sin(x / 40.0)
-    img[..., 3] = np.where(inside, 255, 0)
-    return img
-def frame(i):
-    f = character()
-    f[..., 2] = np.roll(f[..., 2], i % 300, axis=1)
-    f[i % 500: i % 500 + 12, 100:400, :3] = (37 * i) % 256
-    return f
-def pose(i):
-    return np.random.default_rng(i).random(45).astype(np.float32)
-"""
-exec(FRAMES)  # character(), frame(i), pose(i): the same content in the parent and the children
+FRAMES = CHILD_HEADER + "from cache_frames import character, frame, pose\n"  # what the children use
 
 
 def _run(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:

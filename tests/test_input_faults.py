@@ -12,7 +12,6 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from sd_video_tiny import tiny_diffusers_folder, tiny_modelscope_folder  # noqa: E402,F401 - fixtures
 from sgm_video_fixtures import tiny_checkpoint  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""SDVideo facade (seed 001): both folder layouts, t2v / v2v semantics, the seed's two examples
+"""SDVideo facade: both folder layouts, t2v / v2v semantics, the seed's two examples
 with only their imports changed, media helpers and bad-input errors (eager backend here; the
 exported path is tests/test_sd_video_export.py)."""
 from __future__ import annotations
@@ -8,7 +8,6 @@ import textwrap
 import pytest
 import torch
 
-from sd_video_tiny import tiny_diffusers_folder, tiny_modelscope_folder  # noqa: F401 - fixtures
 
 KW = dict(timesteps=2, image_size=(32, 32), num_frames=2)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from pipeline_contract import PipelineContract
-from sd_video_tiny import tiny_modelscope_folder  # noqa: F401 - fixture
 
 
 @pytest.fixture(scope="module")

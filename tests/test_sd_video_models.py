@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sd_video_tiny import (TINY_UNET, open_clip_text_reference, tiny_modelscope_folder, tiny_open_clip_state_dict,
+from sd_video_tiny import (TINY_UNET, open_clip_text_reference, tiny_open_clip_state_dict,
                            tiny_upstream_unet, tiny_upstream_vae, tiny_vocab, upstream)
 
 TOL = 1e-4

@@ -7,7 +7,6 @@ from functools import partial
 import pytest
 import torch
 
-from sd_video_tiny import tiny_modelscope_folder  # noqa: F401 - fixture
 
 
 @pytest.fixture()
