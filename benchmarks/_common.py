@@ -36,7 +36,8 @@ def machine() -> str:
             libs.append(f"{mod} {__import__(mod).__version__}")
         except Exception:  # noqa: BLE001
             pass
-    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, {load}; Python {platform.python_version()}; " + ", ".join(libs)
+    return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, {load}; Python {platform.python_version()}; "
+            + ", ".join(libs))
 
 
 def pct(samples: list[float], q: float) -> float:

@@ -32,7 +32,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.frames < 2:
         raise SystemExit(f"--frames: expected >= 2, got {args.frames}")
-    import cv2
     from ai_edge_litert.interpreter import Interpreter
     from skimage import data
 

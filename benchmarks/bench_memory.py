@@ -109,7 +109,7 @@ def main(argv=None) -> int:
         print(json.dumps(child(args.child, _opt(args.arena), _opt(args.pattern), _opt(args.shared), args.frames)))
         return 0
     # (cpu_mem_arena, mem_pattern, shared_cpu_arena); None = OrtOptions' default at this commit.
-    # "before" = ORT's own defaults, as before issue 14: an arena and a memory pattern per session.
+    # "before" = ORT's own defaults, as before the shared arena: an arena and a memory pattern per session.
     variants = {"default": (None, None, None), "before": (True, True, False), "arena-off": (False, True, False),
                 "pattern-off": (True, False, False), "both-off": (False, False, False),
                 "shared-arena": (True, True, True), "shared-arena+pattern-off": (True, False, True)}

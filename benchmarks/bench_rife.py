@@ -1,7 +1,7 @@
 """RIFE on the CPU: what an interpolated frame costs next to a THA frame, and what flow resolution
 keeps of its quality (default mode); or RifeStage against PyTorch eager (``--vs-eager``).
 
-Default mode (issue 14): real THA3 frame pairs. For each sample image, consecutive poses (k, k+1)
+Default mode: real THA3 frame pairs. For each sample image, consecutive poses (k, k+1)
 of the realistic tracker trace (`ezvtb.traces`, 20 fps) are rendered by the THA3 core (ORT CPU,
 separable fp32, no caches), and so is the midpoint pose (p_k + p_k+1) / 2: the true frame half-way,
 against which every interpolation is scored. Per setting (RIFE HDv3 x2, flow estimated at 1, 3/4,
@@ -209,7 +209,8 @@ def flow_scales(args: argparse.Namespace) -> int:
             label = f"RIFE HDv3 x2, flow at {s[0]:g}" + (", kept at block resolution" if s[1] else
                                                           ", warps at full size" if s[0] < 1 else " (reference)")
             label += " (CPU default)" if s == (CPU_FLOW_SCALE, CPU_FLOW_SCALE < 1) else ""
-        rows.append([label, m50, f"{100 * m50 / tha50:.0f} %", f"{100 * c50 / tha_cpu50:.0f} %", f"{truth:.2f}", f"{truth - full:+.2f}",
+        rows.append([label, m50, f"{100 * m50 / tha50:.0f} %", f"{100 * c50 / tha_cpu50:.0f} %", f"{truth:.2f}",
+                     f"{truth - full:+.2f}",
                      f"{np.mean(vs_full):.2f}" if vs_full else "identical", "yes" if ok else "no"])
     t = table(["setting (512x512, fp32, ORT CPU)", "ms per interpolated frame (p50)", "of a THA frame (wall)",
                "of a THA frame (CPU time)",
@@ -217,7 +218,8 @@ def flow_scales(args: argparse.Namespace) -> int:
                "meets <= 40 % (CPU time) and >= -0.5 dB"], rows)
     note = (f"{len(images)} images ({', '.join(images)}) x {args.pairs} pose pairs (k, k+{args.gap}) of the realistic "
             f"20 fps trace ({args.gap / 20:.2f} s apart: consecutive THA frames at {20 / args.gap:.1f} fps); "
-            f"THA frame p50 {tha50:.0f} ms wall, {tha_cpu50:.0f} ms CPU time (separable fp32, no caches, {len(tha_ms)} frames timed in the same "
+            f"THA frame p50 {tha50:.0f} ms wall, {tha_cpu50:.0f} ms CPU time (separable fp32, no caches, "
+            f"{len(tha_ms)} frames timed in the same "
             f"loop); {args.threads} threads. PSNR over alpha-premultiplied BGRA, means over pairs; the midpoint "
             "truth is THA3 rendered at (p_k + p_k+1) / 2. Settings and THA frames interleaved per pair, rotating "
             "which setting runs first. CPU time = process CPU time of the call (all threads): the fair ratio on "

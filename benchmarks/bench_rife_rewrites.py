@@ -1,4 +1,4 @@
-"""RIFE HDv3 on the CPU: candidate speed-ups beyond the product graph, and what each costs (issue 14).
+"""RIFE HDv3 on the CPU: candidate speed-ups beyond the product graph, and what each costs.
 
 Every candidate is exported at flow 1/2 (the product's CPU default, 512x512, fp32) and run in ONNX
 Runtime (CPU, the product's session options: no spinning) in the same process as the product graph,

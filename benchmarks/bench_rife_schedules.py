@@ -1,4 +1,4 @@
-"""RIFE HDv3 block schedules at reduced flow resolution (issue 14): PSNR against the rendered midpoint.
+"""RIFE HDv3 block schedules at reduced flow resolution: PSNR against the rendered midpoint.
 
 A schedule is a list of (block, resolution divisor): each block runs on the frames downscaled by
 its divisor, flow and mask are carried at block resolution (as the product's flow-0.5 mode,

@@ -140,7 +140,7 @@ class AtomicOutput:
             if replace:
                 self._fail(dest, e)
             raise
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - any stop (an interrupt too) discards the temporary file
             self._fail(dest, e)
         self.done = True
         _unregister(self.tmp)

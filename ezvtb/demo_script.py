@@ -48,7 +48,8 @@ def demo_poses(n_frames: int = 150, fps: float = 30.0) -> np.ndarray:
     p[:, index("eyebrow_troubled_left")] = p[:, index("eyebrow_troubled_right")] = _smooth_pulse(t, 1.8, 1.2) * 0.8
     p[:, index("eyebrow_happy_left")] = p[:, index("eyebrow_happy_right")] = _smooth_pulse(t, 3.3, 1.2)
     # A smile while happy.
-    p[:, index("mouth_raised_corner_left")] = p[:, index("mouth_raised_corner_right")] = _smooth_pulse(t, 3.3, 1.2) * 0.7
+    corners = _smooth_pulse(t, 3.3, 1.2) * 0.7
+    p[:, index("mouth_raised_corner_left")] = p[:, index("mouth_raised_corner_right")] = corners
 
     # Irises drift.
     p[:, index("iris_rotation_x")] = 0.4 * np.sin(2 * np.pi * t / 3.1)

@@ -270,7 +270,8 @@ def test_strict_layouts_and_sizes_from_shapes(ckpts, tmp_path):
     missing = {k: v for k, v in sd.items() if k != "audio2pose.netG.decoder.pose_linear.bias"}
     save_file(missing, str(tmp_path / "missing.safetensors"))
     with pytest.raises(ValueError, match="audio2pose weights"):
-        Audio2Coeff({**ckpts["safetensors"], "checkpoint": str(tmp_path / "missing.safetensors")}, "cpu", backend="torch")
+        Audio2Coeff({**ckpts["safetensors"], "checkpoint": str(tmp_path / "missing.safetensors")}, "cpu",
+                    backend="torch")
     save_file({"generator.x": torch.zeros(1)}, str(tmp_path / "none.safetensors"))
     with pytest.raises(ValueError, match=r"no audio2exp\.\* tensors .*networks present: \['generator'\]"):
         Audio2Coeff({**ckpts["safetensors"], "checkpoint": str(tmp_path / "none.safetensors")}, "cpu", backend="torch")

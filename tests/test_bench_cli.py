@@ -97,7 +97,8 @@ def _have_tha3_export():
     return True
 
 
-needs_core = pytest.mark.skipif(not _have_tha3_export(), reason="the THA3 export (ezvtb.export.tha3_graphs) is not in the tree yet")
+needs_core = pytest.mark.skipif(not _have_tha3_export(),
+                                reason="the THA3 export (ezvtb.export.tha3_graphs) is not in the tree yet")
 
 
 @pytest.mark.slow

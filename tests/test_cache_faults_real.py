@@ -124,7 +124,7 @@ def serve(root, dirs: list[str]) -> dict[str, dict]:
 def test_a_truncated_real_cache_is_set_aside_and_rendered_again(pristine):
     root, values = pristine
     size = os.path.getsize(root / "pristine" / "data.mdb")
-    offsets = [2 * PAGE, size // 2 // PAGE * PAGE + 7, size - PAGE]  # in get_core / on the first hit (issue 16)
+    offsets = [2 * PAGE, size // 2 // PAGE * PAGE + 7, size - PAGE]  # in get_core / on the first hit
     dirs = [damaged_copy(root, f"trunc-{o}", lambda f, o=o: f.truncate(o)) for o in offsets]
     results = serve(root, dirs)
     for o, d in zip(offsets, dirs):

@@ -133,7 +133,7 @@ def test_options_reach_the_session(toy_model):
         create_session(toy_model, SPEC, "cpu", optimization="max")
 
 
-# --- GPU library loading (issue 17): the real preload runs only with onnxruntime-gpu; here the ORT
+# --- GPU library loading: the real preload runs only with onnxruntime-gpu; here the ORT
 # module's functions are wrapped to record calls, the sessions themselves are real CPU sessions.
 
 @pytest.fixture

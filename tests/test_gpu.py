@@ -315,7 +315,7 @@ def _rife(half, backend):
 
 
 def test_trt_rife_fp16_is_strongly_typed_and_matches_cpu_fp32(native_trt, sample_bgra):
-    """The fp16 RIFE graph has uint8 I/O: its float16 weights make it strongly typed (issue 17, item 4)."""
+    """The fp16 RIFE graph has uint8 I/O: its float16 weights make it strongly typed."""
     trt, cpu = _rife(True, "trt"), _rife(False, "cpu")
     try:
         assert trt.session.backend == "trt" and trt.precision == "fp16"

@@ -153,7 +153,8 @@ def test_the_run_phase_end_to_end_with_a_driver_that_answers(prepared, tmp_path)
     bin_dir.mkdir()
     smi = bin_dir / "nvidia-smi"
     smi.write_text("#!/bin/sh\n"
-                   'if [ "$1" = "" ]; then echo "| NVIDIA-SMI 580.159.04   Driver Version: 580.159.04   CUDA Version: 13.0 |"\n'
+                   'if [ "$1" = "" ]; then echo "| NVIDIA-SMI 580.159.04   Driver Version: 580.159.04   '
+                   'CUDA Version: 13.0 |"\n'
                    'else echo "NVIDIA H100 80GB HBM3, 580.159.04, 9.0"; fi\n')
     smi.chmod(0o755)
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")

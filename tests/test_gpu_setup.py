@@ -7,7 +7,6 @@ leaves behind); onnxruntime's own `cuda_version` attribute is set only where thi
 from __future__ import annotations
 
 import re
-import sys
 import tomllib
 from pathlib import Path
 
@@ -143,7 +142,7 @@ def test_extras_table_covers_every_gpu_extra():
         assert f"| `{e.name}` |" in readme and f"| `{e.tensorrt_name}` |" in readme and f"R{e.driver_branch}" in readme
 
 
-# --- backend fallback under auto (issue 17, "Also") ---------------------------------------------------------
+# --- backend fallback under auto ---------------------------------------------------------------------------
 
 def test_open_first_falls_back_on_runtime_and_cuda_errors(caplog):
     import logging
@@ -219,7 +218,7 @@ def test_get_core_falls_back_when_native_tensorrt_fails_to_build(monkeypatch, ca
 
 def test_no_device_reason_names_the_cuda_error_and_a_major_mismatch(monkeypatch):
     """Real cuda-python on a machine without a usable driver: 0 devices, CUDA's own error, and the
-    installed-majors hint when onnxruntime-gpu and cuda-python disagree (the R580 trap of issue 17)."""
+    installed-majors hint when onnxruntime-gpu and cuda-python disagree (the R580 driver trap)."""
     import onnxruntime as ort
 
     from ezvtb.engines import cuda

@@ -1,4 +1,4 @@
-"""IPC faults of issue 16 against real ``ezvtb serve`` processes (echo engine): a second server's
+"""IPC faults against real ``ezvtb serve`` processes (echo engine): a second server's
 liveness probe on the same socket (while the first serves, and while it is still building its core),
 a second client, and SET_IMAGE headers whose dimensions overflow."""
 from __future__ import annotations

@@ -201,7 +201,8 @@ def _have_tha3_export():
     return True
 
 
-needs_core = pytest.mark.skipif(not _have_tha3_export(), reason="the THA3 export (ezvtb.export.tha3_graphs) is not in the tree yet")
+needs_core = pytest.mark.skipif(not _have_tha3_export(),
+                                reason="the THA3 export (ezvtb.export.tha3_graphs) is not in the tree yet")
 CPU = ["--backend", "cpu", "--no-model-cache", "--threads", "2"]
 
 

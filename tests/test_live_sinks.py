@@ -9,7 +9,7 @@ from multiprocessing import shared_memory
 import numpy as np
 import pytest
 
-from ezvtb.live.sinks import ShmFrameReader, SinkClosed, open_sink
+from ezvtb.live.sinks import ShmFrameReader, open_sink
 
 
 def frames(n, h=48, w=64, seed=0):

@@ -1,4 +1,4 @@
-"""ORT memory options of CPU sessions (issue 14): one shared arena, no per-session memory pattern,
+"""ORT memory options of CPU sessions: one shared arena, no per-session memory pattern,
 the same results as ORT's own defaults (benchmarks/bench_memory.py measures the RSS)."""
 import numpy as np
 import onnx

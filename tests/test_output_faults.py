@@ -8,7 +8,6 @@ use the writers directly and the commands up to the point where they refuse thei
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
@@ -107,7 +106,7 @@ def test_atomic_outputs_follow_the_umask_and_temp_names_are_per_attempt(tmp_path
     # outputs a.mp4 and a.b.mp4: neither attempt's temporary name is a prefix pattern of the other's
     ta, tb = temp_name(tmp_path / "a.mp4", "T1"), temp_name(tmp_path / "a.b.mp4", "T2")
     assert ta.name == ".a.mp4.ezvtb-T1.tmp.mp4" and ta.suffix == ".mp4"
-    assert not tb.name.startswith(f".a.mp4.") and ta != temp_name(tmp_path / "a.mp4", "T3")
+    assert not tb.name.startswith(".a.mp4.") and ta != temp_name(tmp_path / "a.mp4", "T3")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.gif", "a.json"]
 
 
@@ -348,7 +347,8 @@ def test_check_outputs_compares_files_not_text(tmp_path):
                        ([("--out", tmp_path / "hard.bgra")], "is the input --in"),
                        ([("--out", tmp_path / "sym.bgra")], "is the input --in"),
                        ([("--out", tmp_path / "out/../p.npy")], "is the input --in"),
-                       ([("--a", tmp_path / "out/c.mp4"), ("--b", tmp_path / "out/../out/c.mp4")], "also the output --a"),
+                       ([("--a", tmp_path / "out/c.mp4"), ("--b", tmp_path / "out/../out/c.mp4")],
+                        "also the output --a"),
                        ([("--out", tmp_path / "afile/x.mp4")], "is a file, so the folder"),
                        ([("--out", tmp_path / "out")], "is a folder")]:
         with pytest.raises(ValueError, match=word):
@@ -396,7 +396,8 @@ def test_commands_refuse_to_write_over_their_inputs_before_loading_anything(tmp_
         (["orbit", str(img), "--model", str(model), "--out", str(tmp_path / "img.png/../img.mp4"), "--fps", "inf"],
          "--fps: expected a frame rate"),
         (["orbit", str(img), "--model", str(model), "--fps", "0", "--out", str(tmp_path / "o.mp4")], "--fps"),
-        (["orbit", str(img), "--model", str(model), "--out", str(tmp_path / "p.npy/x.mp4")], "is a file, so the folder"),
+        (["orbit", str(img), "--model", str(model), "--out", str(tmp_path / "p.npy/x.mp4")],
+         "is a file, so the folder"),
         (["run", "--input", f"file://{poses}", "--output", f"raw:{poses}"], "is the input --input"),
         (["run", "--input", "trace://", "--output", f"raw:{tmp_path / 'frames.npy'}"], "ends in .npy"),
         (["run", "--input", f"file://{poses}", "--output", f"raw:{tmp_path / 'p_link.bgra'}"], "is the input --input"),
@@ -450,8 +451,8 @@ def test_render_batch_cleanup_removes_exactly_its_own_attempt(tmp_path):
     for j in (ja, ja_other, jb):
         temp_name(j.spec["output"], j.attempt).write_bytes(b"partial")
     ThaRenderKind().cleanup(ja)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".a.b.mp4.ezvtb-j1a1-z.tmp.mp4", ".a.mp4.ezvtb-j0a2-y.tmp.mp4",
-                                                          "p.npy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".a.b.mp4.ezvtb-j1a1-z.tmp.mp4",
+                                                          ".a.mp4.ezvtb-j0a2-y.tmp.mp4", "p.npy"]
 
 
 # --- ezvtb run: offline renders, a stopped recording -------------------------------------------

@@ -1,4 +1,4 @@
-"""-0.0 and +0.0 are one pose (issue 16 item 5): zeros are made canonical where poses are validated,
+"""-0.0 and +0.0 are one pose: zeros are made canonical where poses are validated,
 so THA's change detection, its intermediate cache and the output-cache key all see one zero."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Precision follows the backend (issue 14): `model_half`, `interpolation_half`, `sr_half` default to
+"""Precision follows the backend: `model_half`, `interpolation_half`, `sr_half` default to
 None = auto, fp16 on backends that run fp16 natively, fp32 on the CPU; an explicit value wins.
 
 The resolution is tested for every backend name (no GPU here); the CPU path end to end."""

@@ -1,4 +1,4 @@
-"""Quiet first run (issue 14): the exporter's known warnings go to the debug log, not the terminal;
+"""Quiet first run: the exporter's known warnings go to the debug log, not the terminal;
 one log line per exported graph."""
 import logging
 import os

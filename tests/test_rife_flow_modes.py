@@ -1,4 +1,4 @@
-"""RIFE flow modes and export rewrites (issue 14).
+"""RIFE flow modes and export rewrites.
 
 * ``batch_orders`` (each HDv3 block's two passes as one batch of 2) is exact: same output as the
   plain module, in torch and through the exported graph.

@@ -311,7 +311,8 @@ def test_key_errors_are_reported(hdv3_raw):
     with pytest.raises(RifeCheckpointError, match=r"1 unexpected: block2\.extra\.weight"):
         load_rife(extra)
     shaped = dict(raw, **{"module.block1.lastconv.0.bias": torch.zeros(50)})
-    with pytest.raises(RifeCheckpointError, match=r"mis-shaped: block1\.lastconv\.0\.bias \(50,\) \(expected \(52,\)\)"):
+    with pytest.raises(RifeCheckpointError,
+                       match=r"mis-shaped: block1\.lastconv\.0\.bias \(50,\) \(expected \(52,\)\)"):
         load_rife(shaped)
     collide = dict(raw, **{"block0.conv0.0.0.bias": torch.zeros(96)})
     with pytest.raises(RifeCheckpointError, match="collides"):
@@ -323,7 +324,8 @@ def test_key_errors_are_reported(hdv3_raw):
     for k, v in IFNetV4Lite(channels=(192, 128, 96, 64, 32)).state_dict().items():
         if k.startswith("block4."):
             full["module." + k] = v
-    with pytest.raises(RifeCheckpointError, match=r"v4\.x flownet with block channels \[192, 128, 96, 64, 32\].*not supported"):
+    with pytest.raises(RifeCheckpointError,
+                       match=r"v4\.x flownet with block channels \[192, 128, 96, 64, 32\].*not supported"):
         load_rife(full)
     with pytest.raises(RifeCheckpointError, match="not a RIFE flownet state dict"):
         load_rife({"module.conv.weight": torch.zeros(1)})

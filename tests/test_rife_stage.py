@@ -78,7 +78,8 @@ def test_bad_input_keeps_the_stage_usable(x2, frames):
     stage.run([f0])
     for bad, match in (([f0, f1], "frames: expected a list holding one THA frame, got list of 2"),
                        (f0, "frames: expected a list holding one THA frame, got ndarray"),
-                       ([f0.astype(np.float32)], r"frames\[0\].*expected uint8\[128, 128, 4\], got float32\[128, 128, 4\]"),
+                       ([f0.astype(np.float32)],
+                        r"frames\[0\].*expected uint8\[128, 128, 4\], got float32\[128, 128, 4\]"),
                        ([f0[:, :, :3].copy()], r"frames\[0\].*got uint8\[128, 128, 3\]"),
                        ([None], r"frames\[0\]: expected a uint8 \[128, 128, 4\] BGRA array, got NoneType")):
         with pytest.raises(ValueError, match=match):
@@ -150,7 +151,7 @@ def test_get_core_with_rife_end_to_end(sample_bgra):
     import ezvtb.export
 
     if not hasattr(ezvtb.export, "tha3_graphs"):
-        pytest.skip("the THA3 export (issue 2, ezvtb.export.tha3_graphs) is not in the tree yet")
+        pytest.skip("the THA3 export (ezvtb.export.tha3_graphs) is not in the tree yet")
     from ezvtb.factory import get_core
     from ezvtb.pose import index
 

@@ -195,7 +195,8 @@ def test_state_dict_layout_matches_upstream(variant, standard_upstream_modules):
 
 
 def test_official_weights_load_strict_and_are_detected(tha3_weight_paths):
-    params = {"decomposer": 3_319_982, "combiner": 3_325_370, "morpher": 3_335_201, "rotator": 3_580_014, "editor": 942_328}
+    params = {"decomposer": 3_319_982, "combiner": 3_325_370, "morpher": 3_335_201, "rotator": 3_580_014,
+              "editor": 942_328}
     for stage, path in tha3_weight_paths.items():
         m = load_tha3_network(None, None, path)  # auto-detected from keys and shapes
         assert (type(m), m.variant) == (type(build_tha3_network(stage, "separable")), "separable")
@@ -209,14 +210,16 @@ def test_detection_ignores_file_names_and_mismatches_name_the_file(tmp_path, tha
     misleading = tmp_path / "editor.pt"
     torch.save(load_checkpoint(tha3_weight_paths["combiner"]), misleading)
     assert detect_tha3_network(load_checkpoint(misleading)) == ("combiner", "separable")
-    with pytest.raises(CheckpointMismatchError, match=r"editor\.pt.*expected a THA3 separable editor.*holds a separable combiner"):
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"editor\.pt.*expected a THA3 separable editor.*holds a separable combiner"):
         load_tha3_network("editor", "separable", misleading)
     with pytest.raises(ValueError, match="expected a THA3 standard combiner"):
         load_tha3_network("combiner", "standard", misleading)
     sd = load_checkpoint(tha3_weight_paths["morpher"])
     del sd["eye_alpha.0.bias"]
     sd["extra.weight"] = torch.zeros(1)
-    with pytest.raises(CheckpointMismatchError, match=r"state dict: does not fit .*1 missing.*eye_alpha\.0\.bias.*1 unexpected"):
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"state dict: does not fit .*1 missing.*eye_alpha\.0\.bias.*1 unexpected"):
         load_tha3_network("morpher", None, sd)
     with pytest.raises(CheckpointMismatchError, match="not a THA3 network checkpoint"):
         load_tha3_network(None, None, {"conv.weight": torch.zeros(3, 3)})
@@ -353,5 +356,6 @@ def test_poser_rejects_bad_inputs(ours_separable):
     with pytest.raises(ValueError, match="weights: expected an entry for each of"):
         ThaPoser("separable", {"editor": "x"})
     nets = {s: build_tha3_network(s, "separable") for s in STAGES}
-    with pytest.raises(ValueError, match=r"weights\['decomposer'\]: expected a standard EyebrowDecomposer, got separable"):
+    with pytest.raises(ValueError,
+                       match=r"weights\['decomposer'\]: expected a standard EyebrowDecomposer, got separable"):
         ThaPoser("standard", nets)

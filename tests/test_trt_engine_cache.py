@@ -258,7 +258,7 @@ def test_timing_cache_missing_raising_or_uncreatable(tmp_path, caplog):
     assert "could not save the timing cache" in caplog.text
 
 
-# --- network typing from the graph's precision (issue 17, item 4) -----------------------------------------
+# --- network typing from the graph's precision ------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def exported_graphs():

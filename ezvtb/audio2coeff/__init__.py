@@ -1,4 +1,4 @@
-"""SadTalker Audio2Coeff (seed 003): speech -> 3DMM expression and head-pose coefficients.
+"""SadTalker Audio2Coeff: speech -> 3DMM expression and head-pose coefficients.
 
 `Audio2Coeff(sadtalker_path, device)`, `.generate(batch, coeff_save_dir, pose_style, ref_pose_coeff_path)`,
 `.using_refpose(...)`, `.from_wav(audio_path, first_coeff_path, pose_style=0, seed=0)`; `load_cpk(...)`.

@@ -86,7 +86,7 @@ class BfmLandmarks:
 
         try:
             m = loadmat(str(path), variable_names=list(BFM_KEYS))
-        except Exception as e:  # scipy raises several types for a file that is not a .mat
+        except Exception as e:  # noqa: BLE001 - scipy raises several types for a file that is not a .mat
             raise ValueError(f"{argument}: cannot read {str(path)!r} as a MATLAB .mat file: {e}") from None
         missing = [k for k in BFM_KEYS if k not in m]
         if missing:

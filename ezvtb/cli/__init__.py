@@ -14,7 +14,8 @@ import signal
 import sys
 import threading
 
-SUBCOMMANDS = ("demo", "export", "doctor", "serve", "run", "bench", "render_batch", "speak", "orbit", "novel_view", "t2v",
+SUBCOMMANDS = ("demo", "export", "doctor", "serve", "run", "bench", "render_batch", "speak", "orbit", "novel_view",
+               "t2v",
                "studio")
 
 

@@ -5,7 +5,8 @@
 
 Job file format: `ezvtb.cluster.jobs`. Each worker keeps one core loaded and reuses it for every
 job with the same options; a job whose worker dies, or that fails on a file or the disk, is retried
-(--retries); outputs are written atomically, and a stopped batch leaves no temporary file. Exit code 0 when every job succeeded, 1 otherwise.
+(--retries); outputs are written atomically, and a stopped batch leaves no temporary file. Exit code 0
+when every job succeeded, 1 otherwise.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="Ray CPUs per worker (default: %(default)s)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0,
                    help="Ray GPUs per worker; fractions share a GPU, e.g. 0.25 (default: %(default)s)")
-    p.add_argument("--retries", type=int, default=2, help="retries of a job whose worker died or that failed on a file or the disk "
+    p.add_argument("--retries", type=int, default=2,
+                   help="retries of a job whose worker died or that failed on a file or the disk "
                         "(default: %(default)s)")
     p.add_argument("--summary", metavar="PATH", help="write the per-job results as JSON (atomically)")
     p.set_defaults(func=run)
@@ -46,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
 
     jobs = load_jobs(args.jobs)
     check_outputs([("--summary", args.summary)],
-                  [("JOBS.json", args.jobs), *((f"job {j.index}'s file", p) for j in jobs for p in j.inputs + j.outputs)],
+                  [("JOBS.json", args.jobs),
+                   *((f"job {j.index}'s file", p) for j in jobs for p in j.inputs + j.outputs)],
                   suffixes={"--summary": (".json",)})
     bar = tqdm(total=len(jobs), desc="jobs", unit="job")
 

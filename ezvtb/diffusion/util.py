@@ -1,4 +1,4 @@
-"""The diffusion utilities of seed 002 (latent-diffusion's ``diffusionmodules/util``), written from
+"""The diffusion utilities of latent-diffusion's ``diffusionmodules/util``, written from
 the seed's description: beta schedules, DDIM timesteps and parameters, timestep embeddings, the
 spatial/temporal `AlphaBlender`, gradient checkpointing (`CheckpointFunction`, a custom autograd
 function that recomputes the forward pass in backward) and small module helpers.

@@ -210,7 +210,7 @@ class Mapper:
                 bs[a], bs[b] = state.blendshapes.get(b, 0.0), state.blendshapes.get(a, 0.0)
         g = bs.get
         p = np.zeros(POSE_SIZE, np.float64)
-        I = _I  # noqa: N806
+        I = _I  # noqa: E741, N806 - the ARKit-to-THA3 formulas' own name
 
         smile_l, smile_r = g("mouthSmileLeft", 0.0), g("mouthSmileRight", 0.0)
         smile = 0.5 * (smile_l + smile_r)
@@ -275,7 +275,7 @@ class Mapper:
         return out
 
     def _presets(self, pr: Mapping[str, float], p: np.ndarray) -> None:
-        I = _I  # noqa: N806
+        I = _I  # noqa: E741, N806 - the ARKit-to-THA3 formulas' own name
         c = self.config
         v = {k: _clip01(float(x)) for k, x in pr.items()}
         g = v.get

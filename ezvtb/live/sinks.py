@@ -100,7 +100,8 @@ class FrameSink:
             self._open(frame.shape)
             self.shape = frame.shape
         elif frame.shape != self.shape:
-            raise ValueError(f"frame: expected shape {self.shape} like the first frame of {self.url}, got {frame.shape}")
+            raise ValueError(f"frame: expected shape {self.shape} like the first frame of {self.url}, "
+                             f"got {frame.shape}")
         self._write(frame)
         self.frames += 1
         self.bytes += frame.nbytes

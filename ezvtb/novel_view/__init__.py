@@ -1,4 +1,4 @@
-"""Novel views from one image or a video (seed 000): SV3D orbits, SVD image-to-video, the SV4D helper names.
+"""Novel views from one image or a video : SV3D orbits, SVD image-to-video, the SV4D helper names.
 
 Seed-compatible names (`preprocess_video`, `load_model`, `do_sample`, `run_img2vid`, `load_module_gpu`,
 `unload_module_gpu`, `initial_model_load`) are thin facades over `ezvtb.novel_view.model.VideoModel` (the

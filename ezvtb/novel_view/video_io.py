@@ -1,4 +1,5 @@
-"""Frames in and out: mp4 / gif / image folders / globs read as RGBA PIL images; mp4 written atomically (`ezvtb.video`)."""
+"""Frames in and out: mp4 / gif / image folders / globs read as RGBA PIL images; mp4 written atomically
+(`ezvtb.video`)."""
 from __future__ import annotations
 
 import glob as _glob

@@ -223,7 +223,8 @@ def _load_diffusers(p: Path) -> T2VComponents:
     tcfg = _read_config(p / "text_encoder")
     tcfg = {k: v for k, v in tcfg.items() if k not in ("architectures", "transformers_version", "torch_dtype", "dtype")}
     text_encoder = CLIPTextModel(CLIPTextConfig(**tcfg))
-    sd = match_text_prefix(_checkpoint(_weights_file(p / "text_encoder", "text_encoder")), set(text_encoder.state_dict()))
+    sd = match_text_prefix(_checkpoint(_weights_file(p / "text_encoder", "text_encoder")),
+                           set(text_encoder.state_dict()))
     _strict_load(text_encoder, sd, "text_encoder/")
     tokenizer = load_tokenizer_folder(p / "tokenizer")
     _check_tokenizer(tokenizer, text_encoder)
@@ -274,7 +275,8 @@ def save_diffusers_folder(comps: T2VComponents, folder: str | os.PathLike, *, un
         comps.text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
         comps.tokenizer.save_pretrained(str(tmp / "tokenizer"))
         (tmp / "scheduler").mkdir()
-        (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config(comps.num_train_timesteps)))
+        config = scheduler_config(comps.num_train_timesteps)
+        (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
         index = {"_class_name": "TextToVideoSDPipeline", "scheduler": ["diffusers", "DDIMScheduler"],
                  "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
                  "unet": ["diffusers", "UNet3DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],

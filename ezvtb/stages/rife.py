@@ -86,7 +86,8 @@ class RifeStage:
 
     def _frame(self, frames: Any) -> np.ndarray:
         if not isinstance(frames, (list, tuple)) or len(frames) != 1:
-            got = f"{type(frames).__name__} of {len(frames)}" if isinstance(frames, (list, tuple)) else type(frames).__name__
+            got = (f"{type(frames).__name__} of {len(frames)}" if isinstance(frames, (list, tuple))
+                   else type(frames).__name__)
             raise ValueError(f"frames: expected a list holding one THA frame, got {got}")
         frame = frames[0]
         if not isinstance(frame, np.ndarray) and not (self.session.on_device and hasattr(frame, "memory")):
@@ -123,7 +124,8 @@ class RifeStage:
         return result
 
     def stats(self) -> dict[str, Any]:
-        return {"version": self.version, "scale": self.scale, "precision": self.precision, "flow_scale": self.flow_scale,
+        return {"version": self.version, "scale": self.scale, "precision": self.precision,
+                "flow_scale": self.flow_scale,
                 "device": bool(self.session.on_device), "device_output": bool(self.device_output),
                 "runs": self.runs, "repeats": self.repeats, "latency": self.timings.summary()}
 

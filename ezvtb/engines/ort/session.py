@@ -294,7 +294,8 @@ class OrtSession(Session):
             return "cpu", HOST_PTR
         if device != "cuda":
             if want:
-                raise ValueError(f"device_buffers=True: not supported on the {self.backend} backend (host buffers only)")
+                raise ValueError(f"device_buffers=True: not supported on the {self.backend} backend "
+                                 "(host buffers only)")
             return None, None
         try:
             from ezvtb.engines.cuda import cuda_memory

@@ -103,8 +103,8 @@ class _Conv(_Step):
     def forward(self, x: Tensor) -> Tensor:
         y = self.conv(x)
         if any(self.crop) or tuple(y.shape[2:]) != self.out_hw:
-            (t, l), (h, w) = self.crop, self.out_hw
-            y = y[:, :, t:t + h, l:l + w]
+            (top, left), (h, w) = self.crop, self.out_hw
+            y = y[:, :, top:top + h, left:left + w]
         return _activation(y, self.act, self.what)
 
 

@@ -59,7 +59,8 @@ class RifeConfig:
 def normalize_state_dict(state_dict: Mapping[str, object], what: str = "state dict") -> dict[str, Tensor]:
     """Strip the ``module.`` prefix; check every value is a tensor and no two keys collide."""
     if not isinstance(state_dict, Mapping):
-        raise RifeCheckpointError(f"{what}: expected a state dict (mapping name -> tensor), got {type(state_dict).__name__}")
+        raise RifeCheckpointError(f"{what}: expected a state dict (mapping name -> tensor), "
+                                  f"got {type(state_dict).__name__}")
     out: dict[str, Tensor] = {}
     for k, v in state_dict.items():
         if not isinstance(k, str) or not isinstance(v, Tensor):

@@ -32,7 +32,8 @@ def leaky_relu() -> nn.Module:
     return nn.LeakyReLU(0.1)
 
 
-def conv_layers(cin: int, cout: int, k: int, separable: bool, stride: int = 1, transpose: bool = False) -> list[nn.Module]:
+def conv_layers(cin: int, cout: int, k: int, separable: bool, stride: int = 1,
+                transpose: bool = False) -> list[nn.Module]:
     """The convolution(s) of one block, bias-free: [depthwise, 1x1] or [dense].
 
     ``k=4, stride=2`` halves (``transpose=True``: doubles) the resolution; other kernels keep it.
@@ -47,8 +48,10 @@ def conv_layers(cin: int, cout: int, k: int, separable: bool, stride: int = 1, t
 class ConvNormAct(nn.Sequential):
     """conv(s) -> InstanceNorm2d(affine) -> activation."""
 
-    def __init__(self, cin: int, cout: int, k: int, separable: bool, act=relu, stride: int = 1, transpose: bool = False):
-        super().__init__(*conv_layers(cin, cout, k, separable, stride, transpose), nn.InstanceNorm2d(cout, affine=True), act())
+    def __init__(self, cin: int, cout: int, k: int, separable: bool, act=relu, stride: int = 1,
+                 transpose: bool = False):
+        super().__init__(*conv_layers(cin, cout, k, separable, stride, transpose), nn.InstanceNorm2d(cout, affine=True),
+                         act())
 
 
 class ResidualBlock(nn.Module):
@@ -161,13 +164,16 @@ class ResizeConvEncoderDecoder(nn.Module):
         size = image_size
         while size > bottleneck_size:
             size //= 2
-            self.downsample_blocks.append(ConvNormAct(channels(size * 2), channels(size), 4, separable, down_act, stride=2))
-        self.bottleneck_blocks = nn.ModuleList(ResidualBlock(channels(size), separable, act) for _ in range(num_bottleneck))
+            self.downsample_blocks.append(ConvNormAct(channels(size * 2), channels(size), 4, separable, down_act,
+                                                      stride=2))
+        self.bottleneck_blocks = nn.ModuleList(ResidualBlock(channels(size), separable, act)
+                                               for _ in range(num_bottleneck))
         self.upsample_blocks = nn.ModuleList()
         while size < image_size:
             size *= 2
             self.upsample_blocks.append(nn.Sequential(
-                nn.Upsample(scale_factor=2, mode="nearest"), ConvNormAct(channels(size // 2), channels(size), 3, separable, act)
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                ConvNormAct(channels(size // 2), channels(size), 3, separable, act)
             ))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -193,7 +199,8 @@ class ResizeConvUNet(nn.Module):
             self.downsample_blocks.append(ConvNormAct(widths[-2], widths[-1], 4, separable, down_act, stride=2))
         self.bottleneck_blocks = nn.ModuleList(ResidualBlock(widths[-1], separable, act) for _ in range(num_bottleneck))
         self.upsample_blocks = nn.ModuleList(
-            ConvNormAct(widths[i + 1] + widths[i], widths[i], 3, separable, act) for i in reversed(range(len(widths) - 1))
+            ConvNormAct(widths[i + 1] + widths[i], widths[i], 3, separable, act)
+            for i in reversed(range(len(widths) - 1))
         )
         # Export-time rewrites: no concatenated tensor (`concat_conv_block`); `blocked_upsample`.
         self.split_skip_concat = False

@@ -134,7 +134,8 @@ class ThaPoser(nn.Module):
         out = self.decomposer(image[(..., *EYEBROW_BOX)])
         return out[3], out[0]
 
-    def combine(self, image: Tensor, background: Tensor, eyebrow: Tensor, eyebrow_pose: Tensor) -> tuple[Tensor, Tensor]:
+    def combine(self, image: Tensor, background: Tensor, eyebrow: Tensor,
+                eyebrow_pose: Tensor) -> tuple[Tensor, Tensor]:
         """-> (face_crop [1,4,192,192] with the morphed eyebrows pasted in, face_features [1,512,24,24])."""
         eyebrow_image = self.combiner(background, eyebrow, eyebrow_pose)[2]
         if self.paste_by_concat:
@@ -144,7 +145,8 @@ class ThaPoser(nn.Module):
             crop[(..., *EYEBROW_IN_FACE)] = eyebrow_image
         return crop, self.morpher.encode(crop)
 
-    def morph(self, image: Tensor, face_crop: Tensor, face_features: Tensor, face_pose: Tensor) -> tuple[Tensor, Tensor]:
+    def morph(self, image: Tensor, face_crop: Tensor, face_features: Tensor,
+              face_pose: Tensor) -> tuple[Tensor, Tensor]:
         """-> (face_morphed_full [1,4,512,512], face_morphed_half [1,4,256,256])."""
         face = self.morpher.decode(face_crop, face_features, face_pose)[0]
         if self.paste_by_concat:
