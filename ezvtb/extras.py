@@ -2,7 +2,7 @@
 
 `EXTRAS` restates pyproject.toml's optional dependencies as importable module names (a test keeps them equal);
 the GPU extras, which bring an ONNX Runtime build rather than a module, are named by
-`ezvtb.engines.policy.backend_install_hint`. `require(extra, what)` raises `MissingExtraError` before any work
+`ezvtb.engines.install.backend_install_hint`. `require(extra, what)` raises `MissingExtraError` before any work
 when a module of `extra` is missing; `explain(error)` turns a bare ``ModuleNotFoundError`` into the same advice.
 """
 from __future__ import annotations

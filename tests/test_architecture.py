@@ -18,7 +18,7 @@ LAYERS = {
     "ezvtb.models": 2,
     "ezvtb.engines": 1, "ezvtb.cache": 1, "ezvtb.weights": 1, "ezvtb.models.*.spec": 1,
     "ezvtb.paths": 0, "ezvtb.atomic": 0, "ezvtb.image": 0, "ezvtb.pose": 0, "ezvtb.lru": 0, "ezvtb.traces": 0,
-    "ezvtb.video": 0, "ezvtb.demo_script": 0, "ezvtb.stages.timing": 0,
+    "ezvtb.video": 0, "ezvtb.demo_script": 0, "ezvtb.stages.timing": 0, "ezvtb.outputs": 0, "ezvtb.extras": 0,
 }
 NAMES = {0: "leaf modules", 1: "engines, cache, weights, graph specs", 2: "models", 3: "export",
          4: "core, stages, live I/O, generative pipelines", 5: "core assembly", 6: "CLI, web app, IPC, cluster"}

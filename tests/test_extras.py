@@ -12,7 +12,7 @@ from ezvtb.extras import EXTRAS, MissingExtraError, explain, missing, require
 ROOT = Path(__file__).resolve().parents[1]
 # distributions whose import name differs from the distribution name
 MODULE_OF = {"python-osc": "pythonosc", "pillow": "PIL", "pyyaml": "yaml", "PyTurboJPEG": "turbojpeg"}
-# extras that bring an ONNX Runtime build (named by ezvtb.engines.policy.backend_install_hint) or the tests
+# extras that bring an ONNX Runtime build (named by ezvtb.engines.install.backend_install_hint) or the tests
 NOT_MODULE_EXTRAS = {"cpu", "cuda", "tensorrt", "cuda12", "tensorrt-cuda12", "directml", "dev"}
 
 
@@ -49,7 +49,7 @@ def test_a_backend_without_its_provider_fails_before_any_download_or_export(tmp_
     from ezvtb import get_core
     from ezvtb.cli import main
     from ezvtb.engines.errors import BackendUnavailableError
-    from ezvtb.engines.policy import installed_ort_packages
+    from ezvtb.engines.install import installed_ort_packages
 
     home = tmp_path / "home"
     monkeypatch.setenv("EZVTB_HOME", str(home))

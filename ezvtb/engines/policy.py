@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ezvtb.engines.errors import BackendUnavailableError
+from ezvtb.engines.install import backend_install_hint
 
 log = logging.getLogger("ezvtb.engines.policy")
 
@@ -89,42 +90,6 @@ def backend_chain(backend: str, use_tensorrt: bool) -> list[tuple[str, str]]:
     for what, why in skipped.items():
         log.debug("use_tensorrt=True: %s skipped: %s", what, why)
     return chain
-
-
-# The ONNX Runtime packages: each installs the same `onnxruntime` module, so one replaces another's files.
-ORT_PACKAGES = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml")
-
-
-def installed_ort_packages() -> list[str]:
-    """The ONNX Runtime packages (`ORT_PACKAGES`) installed in this environment."""
-    from importlib import metadata
-
-    found = []
-    for name in ORT_PACKAGES:
-        try:
-            metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-        found.append(name)
-    return found
-
-
-def backend_install_hint(backend: str) -> str:
-    """What to install for `backend`: the ezvtb extra(s), after uninstalling the ONNX Runtime package in place."""
-    from ezvtb.engines.driver import GPU_EXTRAS
-
-    if backend in ("cuda", "tensorrt", "trt"):
-        extras = " or ".join(f"`pip install 'ezvtb[{e.name if backend == 'cuda' else e.tensorrt_name}]'` for CUDA "
-                             f"{e.cuda_major} (NVIDIA driver R{e.driver_branch}+)" for e in GPU_EXTRAS)
-        extras += "; `ezvtb doctor` says which fits this driver"
-    elif backend == "directml":
-        extras = "`pip install 'ezvtb[directml]'` (Windows)"
-    else:
-        extras = "`pip install 'ezvtb[cpu]'`"
-    present = installed_ort_packages()
-    first = (f"`pip uninstall -y {' '.join(present)}` first (the ONNX Runtime packages install the same "
-             f"`onnxruntime` module and overwrite each other), then " if present else "")
-    return f"Install the extra for it: {first}{extras}."
 
 
 def require_backend(backend: str) -> None:
@@ -212,7 +177,6 @@ def open_stage(chain: Sequence[tuple[str, str]], backend: str, open_on: Callable
     return open_first(rest, lambda name: open_on(name, session_options(name, device_id, threads)))[0]
 
 
-__all__ = ["BACKENDS", "CONCRETE_BACKENDS", "CPU_HALF_COST", "FALLBACK_ERRORS", "HALF_BACKENDS", "ORT_PACKAGES",
-           "PRECISIONS", "RUNNER_BACKENDS", "backend_chain", "backend_install_hint", "check_backend",
-           "check_precision", "concrete_backend", "installed_ort_packages", "log_fallback", "open_first", "open_stage",
-           "require_backend", "resolve_precision", "select_backend", "session_options"]
+__all__ = ["BACKENDS", "CONCRETE_BACKENDS", "CPU_HALF_COST", "FALLBACK_ERRORS", "HALF_BACKENDS", "PRECISIONS",
+           "RUNNER_BACKENDS", "backend_chain", "check_backend", "check_precision", "concrete_backend", "log_fallback",
+           "open_first", "open_stage", "require_backend", "resolve_precision", "select_backend", "session_options"]

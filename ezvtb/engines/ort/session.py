@@ -35,6 +35,7 @@ import numpy as np
 
 from ezvtb.engines.base import GraphSpec, Session
 from ezvtb.engines.errors import BackendUnavailableError
+from ezvtb.engines.install import backend_install_hint
 from ezvtb.engines.memory import HOST_PTR, DeviceBuffer, Memory
 
 log = logging.getLogger("ezvtb.engines.ort")
@@ -127,8 +128,6 @@ def resolve_providers(backend: str) -> tuple[str, bool]:
         raise ValueError(f"backend: expected one of {['auto', *_PROVIDERS]}, got {backend!r}")
     ep = _PROVIDERS[backend][0]
     if ep not in available:
-        from ezvtb.engines.policy import backend_install_hint
-
         raise BackendUnavailableError(
             f"backend {backend!r} needs {ep}, which this onnxruntime build does not offer "
             f"(available: {sorted(available)}). {backend_install_hint(backend)}"
