@@ -43,6 +43,7 @@ def child(config: str, arena: bool | None, pattern: bool | None, shared: bool | 
 
     import ezvtb.engines as engines
     import ezvtb.factory as factory
+    import ezvtb.stages.rife as rife_stage
     from ezvtb import get_core, prepare_image
     from ezvtb.traces import realistic_trace
     from ezvtb.weights.tha3 import sample_image
@@ -56,7 +57,7 @@ def child(config: str, arena: bool | None, pattern: bool | None, shared: bool | 
         def create_session(*a, **kw):
             return opened(*a, **{**kw, **extra})
 
-        factory.create_session = engines.create_session = create_session
+        factory.create_session = engines.create_session = rife_stage.create_session = create_session
     rife = config == "tha+cache+rife"
     core = get_core(use_tensorrt=False, backend="cpu", threads=2, use_interpolation=rife, interpolation_scale=2,
                     use_cacher=rife)

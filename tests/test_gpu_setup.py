@@ -251,6 +251,7 @@ def test_a_frame_stage_that_fails_on_thas_backend_falls_back_too(monkeypatch, ca
     import logging
 
     import ezvtb.engines as engines
+    import ezvtb.stages.rife as rife_stage
     from ezvtb import factory, options
 
     real = engines.create_session
@@ -265,6 +266,7 @@ def test_a_frame_stage_that_fails_on_thas_backend_falls_back_too(monkeypatch, ca
 
     monkeypatch.setattr(engines, "create_session", rife_fails_on_cpu)
     monkeypatch.setattr(factory, "create_session", rife_fails_on_cpu)
+    monkeypatch.setattr(rife_stage, "create_session", rife_fails_on_cpu)
     monkeypatch.setattr(options, "backend_chain", lambda backend, use_tensorrt: [
         ("cpu", "first candidate"), ("auto", "second candidate")] if backend == "auto" else [(backend, "requested")])
     opts = dict(use_tensorrt=True, model_half=False, interpolation_half=False, use_interpolation=True,

@@ -96,7 +96,7 @@ def require_backend(backend: str) -> None:
     """BackendUnavailableError, naming what to install, when `backend` cannot run here; cheap (no graph, no
     session), so callers check before exporting anything. ``auto`` and ``torch`` always pass."""
     if backend == "trt":
-        from ezvtb.engines.trt import available
+        from ezvtb.engines.trt import available  # probes tensorrt and CUDA, both optional
 
         ok, why = available()
         if not ok:

@@ -107,11 +107,7 @@ def finalise_captured(raw: Path, path: Path, spec: GraphSpec, key: str, name: st
                     h.data_location = TensorProto.EXTERNAL
                     offset += blob.nbytes
         model.graph.initializer.extend(headers)
-        with atomic_write(marker, "w") as m:
-            m.write(data_name + "\n")
-        with atomic_write(path) as out:
-            out.write(model.SerializeToString())
-        log.debug("%s: %.1f MB of weights in %s", name, size / 1e6, data_name)
+        _write_with_external_data(model, path, data_name, name, size)
         return
     if size > 2**31 - 2**24:
         raise ValueError(f"external_data=False: graph {name!r} holds {size / 2**30:.2f} GiB of weights, over "
@@ -169,11 +165,7 @@ def finalise(raw: Path, path: Path, spec: GraphSpec, key: str, name: str, extern
             model = onnx.load_model_from_string(graph_bytes)
             del graph_bytes
             _set_static_io(model, spec, name)
-            with atomic_write(marker, "w") as m:
-                m.write(data_name + "\n")
-            with atomic_write(path) as out:
-                out.write(model.SerializeToString())
-            log.debug("%s: %.1f MB of weights in %s", name, size / 1e6, data_name)
+            _write_with_external_data(model, path, data_name, name, size)
             return
         outputs = _graph_outputs(mm)
     if marker.exists():
@@ -191,6 +183,15 @@ def finalise(raw: Path, path: Path, spec: GraphSpec, key: str, name: str, extern
         with atomic_write(path) as out:
             out.write(data)
     log.debug("%s: %.1f MB graph with inline weights", name, size / 1e6)
+
+
+def _write_with_external_data(model: Any, path: Path, data_name: str, name: str, size: int) -> None:
+    """The marker naming the (already written) external-data file, then the graph itself, last."""
+    with atomic_write(path.with_suffix(".external"), "w") as m:
+        m.write(data_name + "\n")
+    with atomic_write(path) as out:
+        out.write(model.SerializeToString())
+    log.debug("%s: %.1f MB of weights in %s", name, size / 1e6, data_name)
 
 
 # -- protobuf wire format (ONNX ModelProto field 7 = graph; GraphProto 5 = initializer, 12 = output)

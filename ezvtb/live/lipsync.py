@@ -44,7 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from ezvtb.audio2coeff.frontend import hann_periodic
+from ezvtb.atomic import atomic_write
+from ezvtb.audio2coeff.frontend import hann_periodic, load_wav, resample, to_mono
 from ezvtb.live.mapping import breathing_value
 from ezvtb.live.source_base import (
     PLAYBACK_KEYS,
@@ -236,7 +237,6 @@ class VowelEstimator:
                 "templates": {v: [float(x) for x in self.templates[v]] for v in VOWELS}}
 
     def save_profile(self, path: str | os.PathLike) -> None:
-        from ezvtb.atomic import atomic_write
 
         with atomic_write(path, "w") as f:
             json.dump(self.profile(), f, indent=1)
@@ -256,7 +256,6 @@ class VowelEstimator:
 
 
 def _to_16k(samples: np.ndarray, rate: int) -> np.ndarray:
-    from ezvtb.audio2coeff.frontend import resample, to_mono
 
     return resample(to_mono(samples), int(rate), RATE)
 
@@ -331,7 +330,7 @@ class MicrophonePoseSource(PoseSource):
     def __init__(self, url: str, estimator: VowelEstimator, device: str | int | None = None,
                  breathing_period: float = 0.0) -> None:
         try:
-            import sounddevice
+            import sounddevice  # the optional mic extra (PortAudio)
         except (ImportError, OSError) as e:
             raise RuntimeError(f"input {url}: the microphone needs the 'sounddevice' package and PortAudio "
                                f"(pip install ezvtb[mic]): {e}") from None
@@ -433,7 +432,6 @@ def open_audio_source(url: str, rest: str, q: dict[str, str]) -> PoseSource:
         if isinstance(dev, str) and dev.isdigit():
             dev = int(dev)
         return MicrophonePoseSource(url, est, dev, breathing).start()
-    from ezvtb.audio2coeff.frontend import load_wav
 
     samples = load_wav(target, RATE, "input")
     fps, loop, step = playback_options(q, loop=False)
@@ -449,7 +447,7 @@ def _expression_player(url: str, target: str, q: dict[str, str]) -> Any:
     if not q.get("sadtalker") or not q.get("bfm"):
         raise ValueError(f"input: {url!r}: the expression mouth needs both sadtalker=SadTalker_V0.0.2_*.safetensors "
                          f"and bfm=BFM_model_front.mat")
-    from ezvtb.audio2coeff.mouth import expression_player
+    from ezvtb.audio2coeff.mouth import expression_player  # Audio2Coeff: torch and the SadTalker networks
 
     return expression_player(target, q["sadtalker"], q["bfm"], profile=q.get("exp_profile") or None,
                              pose_style=int(query_number("pose_style", q.get("pose_style", "0"))),

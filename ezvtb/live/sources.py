@@ -43,6 +43,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ezvtb.demo_script import demo_poses
+from ezvtb.extras import require
 from ezvtb.live.filters import OneEuroFilter
 from ezvtb.live.lipsync import open_audio_source
 from ezvtb.live.mapping import (
@@ -188,8 +190,6 @@ class VmcAccumulator:
     """
 
     def __init__(self) -> None:
-        from ezvtb.extras import require
-
         require("io", "the VMC input (vmc://)")  # when the source opens, not in its receiver thread
         self.pending: dict[str, float] = {}
         self.blend: dict[str, float] = {}
@@ -199,7 +199,7 @@ class VmcAccumulator:
         self.messages = 0
 
     def feed(self, data: bytes) -> bool:
-        from pythonosc.osc_packet import OscPacket, ParseError
+        from pythonosc.osc_packet import OscPacket, ParseError  # the optional io extra (checked in __init__)
 
         try:
             packet = OscPacket(data)
@@ -504,8 +504,6 @@ def builtin_trace(n_frames: int = 300, fps: float = 30.0, name: str = "") -> np.
         return np.asarray(traces.realistic_trace(n_frames, fps, **({"name": name} if name else {})), np.float32)
     if name:
         raise ValueError(f"input: named traces need ezvtb.traces, got trace://{name}")
-    from ezvtb.demo_script import demo_poses
-
     return demo_poses(n_frames, fps)
 
 

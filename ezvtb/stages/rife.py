@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from ezvtb.engines import create_session
 from ezvtb.engines.base import Session
 from ezvtb.engines.policy import concrete_backend, require_backend, resolve_precision
+from ezvtb.export.rife import rife_graph  # torch is imported only when the graph must be exported
 from ezvtb.models.rife.spec import INPUT_NAMES, OUTPUT_NAME, SCALES, VERSIONS, check_flow_scale, check_scale
 from ezvtb.stages.timing import Timings
 
@@ -161,8 +163,6 @@ def create_rife_stage(interpolation_scale: int, half: bool | None = None, rife_m
     half: None = auto (fp16 on GPU backends, fp32 on the CPU; `ezvtb.engines.policy.resolve_precision`).
     flow_scale: resolution of the flow estimate (`FLOW_SCALES`); None = auto (`resolve_flow_scale`).
     """
-    from ezvtb.engines import create_session
-    from ezvtb.export.rife import rife_graph  # imports torch only when the graph must be exported
 
     scale = check_interpolation_options(interpolation_scale, rife_model)
     if flow_scale is not None:

@@ -22,8 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from ezvtb.engines import create_session
 from ezvtb.engines.base import Session
 from ezvtb.engines.policy import concrete_backend, require_backend, resolve_precision
+from ezvtb.export.sr import sr_graph  # torch is imported only when the graph must be exported
 from ezvtb.models.sr.spec import (
     ALPHA_MODE,
     FRAME_SIZE,
@@ -172,8 +174,6 @@ def create_sr_stage(sr_x4: bool = True, sr_half: bool | None = None, sr_noise: i
 
     sr_region_size (x4 only): side of the upscaled region (`REGION_SIZES`; None = 256, output
     1024x1024); the output is 4x the side."""
-    from ezvtb.engines import create_session
-    from ezvtb.export.sr import sr_graph  # imports torch only when the graph must be exported
 
     o = check_sr_options(sr_x4, sr_half, sr_noise, sr_region, sr_alpha, sr_region_size)
     require_backend(backend)  # before the export below
