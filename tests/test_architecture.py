@@ -24,8 +24,7 @@ NAMES = {0: "leaf modules", 1: "engines, cache, weights, graph specs", 2: "model
          4: "core, stages, live I/O, generative pipelines", 5: "core assembly", 6: "CLI, web app, IPC, cluster"}
 # Known cycles being removed by other work in flight (each pair sorted); empty when none.
 KNOWN_CYCLES: set[tuple[str, ...]] = {
-    ("ezvtb.novel_view.helpers", "ezvtb.novel_view.sv4d"),
-    ("ezvtb.novel_view.model", "ezvtb.novel_view.sampling"),
+    ("ezvtb.audio2coeff.pipeline", "ezvtb.audio2coeff.streamed"),
 }
 
 

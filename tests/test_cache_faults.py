@@ -366,8 +366,8 @@ def test_a_file_truncated_while_two_processes_use_it_never_kills_them(tmp_path):
             [c.communicate() for c in children]
         __import__("time").sleep(0.02)
     data = path / "data.mdb"
-    subprocess.run([sys.executable, "-c", f"import os; os.truncate({str(data)!r}, os.path.getsize({str(data)!r}) // 4)"],
-                   check=True)
+    truncate = f"import os; os.truncate({str(data)!r}, os.path.getsize({str(data)!r}) // 4)"
+    subprocess.run([sys.executable, "-c", truncate], check=True)
     (tmp_path / "truncated").touch()
     results, logs = [], []
     for c in children:

@@ -67,10 +67,11 @@ def cached_files(home: Path) -> list[str]:
         groups: dict[str, list[Path]] = {}
         for f in model.rglob("*.onnx"):  # <model>_<variant>_<precision>_<part>.onnx: count each variant's parts
             groups.setdefault(f.stem.rsplit("_", 1)[0], []).append(f)
-        # one folder per export key: several folders = exports of older versions or other weights
+        # one folder per export key (each graph has its own): the folders a variant spans are shown
         shown = [f"{g} x{len(fs)}" + (f" in {n} folders" if (n := len({f.parent for f in fs})) > 1 else "")
                  for g, fs in sorted(groups.items())]
-        graphs.append(f"{model.name}: " + ", ".join(shown) + f" ({_size([f for f in model.rglob('*') if f.is_file()])})")
+        files = [f for f in model.rglob("*") if f.is_file()]
+        graphs.append(f"{model.name}: " + ", ".join(shown) + f" ({_size(files)})")
     lines.append("graphs: " + ("; ".join(graphs) if graphs else "none"))
     return lines
 
