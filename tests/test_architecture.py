@@ -23,9 +23,7 @@ LAYERS = {
 NAMES = {0: "leaf modules", 1: "engines, cache, weights, graph specs", 2: "models", 3: "export",
          4: "core, stages, live I/O, generative pipelines", 5: "core assembly", 6: "CLI, web app, IPC, cluster"}
 # Known cycles being removed by other work in flight (each pair sorted); empty when none.
-KNOWN_CYCLES: set[tuple[str, ...]] = {
-    ("ezvtb.audio2coeff.pipeline", "ezvtb.audio2coeff.streamed"),
-}
+KNOWN_CYCLES: set[tuple[str, ...]] = set()
 
 
 def modules() -> dict[str, Path]:

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-EXP_DIM = 64
+from ezvtb.audio2coeff.coeffs import EXP_DIM
 N_LANDMARKS = 68
 BFM_KEYS = ("meanshape", "exBase", "keypoints")
 BFM_HINT = ("SadTalker's checkpoint download ships it as checkpoints/BFM_Fitting/BFM_model_front.mat "

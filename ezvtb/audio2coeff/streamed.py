@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ezvtb.audio2coeff import frontend
+from ezvtb.audio2coeff.coeffs import COEFF_DIM, EXP_DIM, read_coeff_mat, smooth_pose
 
 log = logging.getLogger("ezvtb.audio2coeff")
 
@@ -29,7 +30,6 @@ def coefficients_from_wav(a2c: Any, audio_path: str | os.PathLike, first_coeff_p
     """(T, 70) float32 coefficients of a wav, as `Audio2Coeff.from_wav` documents, streamed."""
     import torch
 
-    from ezvtb.audio2coeff.pipeline import COEFF_DIM, EXP_DIM, read_coeff_mat, smooth_pose
 
     n, samples = frontend.stream_wav(audio_path, argument="audio_path")
     heard = [False]
