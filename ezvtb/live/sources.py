@@ -599,7 +599,7 @@ def open_source(url: str) -> PoseSource:
     if scheme == "audio":  # speech -> mouth (ezvtb.live.lipsync)
         return open_audio_source(url, rest, q)
     if scheme in ("cam", "video"):  # webcam or video file -> face tracker (ezvtb.live.facetrack)
-        from ezvtb.live.facetrack import open_camera_source  # loads OpenCV and the tracker's graphs
+        from ezvtb.live.camera import open_camera_source  # loads OpenCV and the tracker's graphs
 
         return open_camera_source(url, scheme, rest, q)
     live = {"ifm": IFM_PORT, "osf": OSF_PORT, "vmc": VMC_PORT}
