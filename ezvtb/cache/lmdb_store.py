@@ -54,7 +54,6 @@ forked child (LMDB handles must not cross ``fork``).
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -62,11 +61,13 @@ import struct
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 import lmdb
 
 from ezvtb.cache.codec import CodecError
+from ezvtb.cache.lmdb_file import folder_lock, inode, inspect_data_file
+from ezvtb.cache.shared_lock import SharedExclusive
 from ezvtb.cache.mapguard import Registration, guard, mapping_of
 
 log = logging.getLogger("ezvtb.cache.lmdb")
@@ -80,10 +81,6 @@ LOW_WATER = 0.75
 MIN_BUDGET = 1 << 20
 _DBS = (b"frames", b"access", b"order", b"meta")
 _U64 = struct.Struct(">Q")
-_LMDB_MAGIC = 0xBEEFC0DE
-_LMDB_DATA_VERSION = 1
-_P_META = 0x08
-_META_READ = 152  # page header (16) + MDB_meta up to mm_txnid
 # What LMDB reports on a damaged tree. MDB_BAD_TXN too: our transactions are always fresh and used
 # correctly, and LMDB flags one as failed when it cannot read a named database's record (its first
 # error is not returned then, only MDB_BAD_TXN on the next call).
@@ -116,138 +113,8 @@ def _u64(b: Any) -> int:
     return _U64.unpack(bytes(b))[0] if b is not None else 0
 
 
-class _SharedExclusive:
-    """Many transactions at once, or one `set_mapsize` (LMDB: no transaction may be active)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._active = 0
-        self._exclusive = False
-
-    def shared(self) -> "_Held":
-        return _Held(self, False)
-
-    def exclusive(self) -> "_Held":
-        return _Held(self, True)
-
-    def acquire(self, exclusive: bool) -> None:
-        with self._cond:
-            if exclusive:
-                while self._exclusive or self._active:
-                    self._cond.wait()
-                self._exclusive = True
-            else:
-                while self._exclusive:
-                    self._cond.wait()
-                self._active += 1
-
-    def release(self, exclusive: bool) -> None:
-        with self._cond:
-            if exclusive:
-                self._exclusive = False
-            else:
-                self._active -= 1
-            self._cond.notify_all()
-
-
-class _Held:
-    __slots__ = ("lock", "exclusive")
-
-    def __init__(self, lock: _SharedExclusive, exclusive: bool) -> None:
-        self.lock, self.exclusive = lock, exclusive
-
-    def __enter__(self) -> None:
-        self.lock.acquire(self.exclusive)
-
-    def __exit__(self, *exc: object) -> None:
-        self.lock.release(self.exclusive)
-
-
-def _meta_page(head: bytes) -> tuple[int, int, int, int] | None:
-    """(magic ok, page size, last page, txnid) of a meta page's first bytes; None if too short."""
-    if len(head) < _META_READ:
-        return None
-    flags = struct.unpack_from("<H", head, 10)[0]
-    magic, version = struct.unpack_from("<II", head, 16)
-    psize = struct.unpack_from("<I", head, 40)[0]  # FREE_DBI's md_pad holds the page size
-    last_pg, txnid = struct.unpack_from("<QQ", head, 136)
-    ok = magic == _LMDB_MAGIC and version == _LMDB_DATA_VERSION and bool(flags & _P_META) \
-        and psize >= 512 and psize & (psize - 1) == 0 and psize <= 1 << 16
-    return (int(ok), psize, last_pg, txnid)
-
-
-def inspect_data_file(data: Path, path: Path) -> str | None:
-    """Why `data` (an LMDB data file) cannot be opened safely, or None when it can (or is empty).
-
-    Damage found: a meta page that is not valid, or a file shorter than its newest meta page
-    says it holds ((last page + 1) x page size; LMDB would map the missing pages and the first
-    access to one kills the process with SIGBUS). ValueError when the file is no LMDB database at
-    all (no meta page with LMDB's magic): it is not ours to move."""
-    try:
-        size = data.stat().st_size
-        with open(data, "rb") as f:
-            head = f.read(_META_READ)
-            m0 = _meta_page(head)
-            psizes = [m0[1]] if m0 and m0[0] else [4096, 8192, 16384, 65536, 512, 1024, 2048, 32768]
-            m1 = None
-            for ps in psizes:
-                f.seek(ps)
-                cand = _meta_page(f.read(_META_READ))
-                if cand and cand[0] and cand[1] == ps:
-                    m1 = cand
-                    break
-    except FileNotFoundError:
-        return None  # moved aside by another process meanwhile: LMDB starts a new one
-    except OSError as e:
-        raise ValueError(f"cacher_db_path: cannot read {str(data)!r}: {e.strerror}") from None
-    if size == 0:
-        return None
-    magic0 = len(head) >= 20 and struct.unpack_from("<I", head, 16)[0] == _LMDB_MAGIC
-    if not magic0 and m1 is None:
-        raise ValueError(f"cacher_db_path: {str(path)!r} is not an LMDB database "
-                         f"({str(data)!r} has no LMDB header); choose another path")
-    if magic0 and struct.unpack_from("<I", head, 20)[0] != _LMDB_DATA_VERSION:
-        raise ValueError(f"cacher_db_path: {str(path)!r} was written by another LMDB version "
-                         f"(data version {struct.unpack_from('<I', head, 20)[0]})")
-    valid = [m for m in (m0, m1) if m and m[0]]
-    if len(valid) < 2:
-        return "a meta page is damaged" if size >= 2 * (valid[0][1] if valid else 4096) \
-            else f"{size} bytes, shorter than its two meta pages"
-    if valid[0][1] != valid[1][1]:
-        return f"its meta pages disagree on the page size ({valid[0][1]} / {valid[1][1]})"
-    psize, last_pg, _ = max(valid, key=lambda m: m[3])[1:]
-    need = (last_pg + 1) * psize
-    if size < need:
-        return f"{size} bytes, shorter than the {need} bytes its meta page says it holds (truncated)"
-    return None
-
-
 class _Damaged(Exception):
     """LMDB found the tree damaged while opening."""
-
-
-@contextlib.contextmanager
-def _folder_lock(folder: Path) -> Iterator[None]:
-    """An exclusive flock on `folder` (no-op where flock does not exist): processes that found the same file
-    damaged must not both check-then-rename, or the second renames the fresh file the first just created."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _inode(path: Path) -> int | None:
-    try:
-        return path.stat().st_ino
-    except OSError:
-        return None
 
 
 class LmdbStore:
@@ -268,7 +135,7 @@ class LmdbStore:
         self.path = Path(os.fspath(path)).expanduser()
         self.budget_bytes = budget_bytes
         self.max_readers = max_readers
-        self._rw = _SharedExclusive()
+        self._rw = SharedExclusive()
         self._write_lock = threading.Lock()
         self._touch_lock = threading.Lock()
         self._touched: dict[bytes, None] = {}
@@ -310,7 +177,7 @@ class LmdbStore:
         and remove its lock file, so that LMDB starts an empty cache there. One warning.
         `inode`: only if the file there is still that one (another process may have replaced it)."""
         try:
-            with _folder_lock(data.parent):  # the inode check and the rename, atomic among our processes
+            with folder_lock(data.parent):  # the inode check and the rename, atomic among our processes
                 if inode is not None and data.stat().st_ino != inode:
                     return
                 aside = data.with_name(f"{data.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
@@ -349,7 +216,7 @@ class LmdbStore:
                 self._dbs = self._init_dbs(env)
                 break
             except _Damaged as e:  # the tree itself is damaged: set it aside once and start over
-                ino = _inode(data)
+                ino = inode(data)
                 env.close()
                 if attempt:
                     raise ValueError(f"cacher_db_path: cannot open {str(p)!r}: {e}") from None
@@ -358,7 +225,7 @@ class LmdbStore:
                 env.close()
                 raise
         self._env = env
-        self._inode = _inode(data)
+        self._inode = inode(data)
         self._data_file, self._lock_file = data, lock
         self._damaged = None
         self._pid = os.getpid()
@@ -487,7 +354,7 @@ class LmdbStore:
             inherited, self._env = self._env, None
             self._release()
             inherited.close()  # only this process's copies (map, fds, its own reader slots)
-            self._rw = _SharedExclusive()
+            self._rw = SharedExclusive()
             self._write_lock = threading.Lock()
             self._touch_lock = threading.Lock()
             self._touched = {}
@@ -719,7 +586,7 @@ class LmdbStore:
             with self._touch_lock:
                 touches, self._touched = list(self._touched), {}
                 discards, self._discards = list(self._discards), set()
-            if self._damaged is None and self._inode is not None and _inode(self._data_file) != self._inode:
+            if self._damaged is None and self._inode is not None and inode(self._data_file) != self._inode:
                 self._note_damage(FileLostError("data.mdb was replaced by another process (it found the file "
                                                 "damaged and moved it aside)"))
             if self._damaged is not None:
