@@ -233,7 +233,7 @@ class CoreOptions:
             flag = next((f for f in FLAGS if name in f.options), None)
             if flag is None:
                 raise
-            raise ValueError(f"{flag.name}: {e}") from None
+            raise ValueError(f"{flag.name}: {str(e).split(':', 1)[1].strip()}") from None
 
 
 @dataclass(frozen=True)

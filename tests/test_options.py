@@ -137,7 +137,7 @@ def test_cli_backend_auto_picks_the_same_backend_as_get_core(monkeypatch):
 def test_cli_errors_name_the_flag():
     with pytest.raises(ValueError, match=r"^--interpolation: expected 1 \(off\), 2, 3 or 4, got 5"):
         CoreOptions.from_args(parse("--interpolation", "5"))
-    with pytest.raises(ValueError, match=r"^--sr-region-size: sr_region_size: expected a multiple of 32"):
+    with pytest.raises(ValueError, match=r"^--sr-region-size: expected a multiple of 32"):
         CoreOptions.from_args(parse("--sr", "x4", "--sr-region-size", "100"))
     with pytest.raises(SystemExit):
         parse("--sr-region", "top")

@@ -51,6 +51,7 @@ def test_a_real_export_prints_one_line_and_no_warnings(tmp_path):
     logged = [ln for ln in lines if ln.startswith(("INFO", "WARNING", "DEBUG"))]
     assert "Warning" not in r.stderr, r.stderr[-3000:]
     exported = [ln for ln in logged if " ezvtb.export" in ln]  # (ezvtb.weights logs the first-run extraction)
-    assert len(exported) == 1 and exported[0].startswith("INFO ezvtb.export: exported RIFE hdv3 x2 fp32"), logged
+    assert len(exported) == 1 and exported[0].startswith("INFO ezvtb.export: exported rife_hdv3_x2_fp32_128 "), logged
     assert not [ln for ln in logged if not ln.startswith("INFO")], logged
-    assert [ln for ln in lines if not ln.startswith("INFO")] == [ln for ln in lines if "export RIFE" in ln]  # bar
+    bar = [ln for ln in lines if "export rife_hdv3" in ln]  # the progress bar
+    assert [ln for ln in lines if not ln.startswith("INFO")] == bar
