@@ -44,7 +44,7 @@ def test_core_flags_map_to_get_core_keywords(tmp_path):
     assert kw["pipelined"] is True
     with pytest.raises(ValueError, match="--interpolation"):
         core_kwargs(parse("--interpolation", "5"))
-    with pytest.raises(ValueError, match=r"^--cache-quality: cacher_quality: expected an int in 1\.\.100"):
+    with pytest.raises(ValueError, match=r"^--cache-quality: expected an int in 1\.\.100"):
         core_kwargs(parse("--cache-quality", "0"))
 
 
