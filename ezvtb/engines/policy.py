@@ -26,6 +26,10 @@ PRECISIONS = ("fp32", "fp16")
 # Backends that run fp16 graphs natively (tensor cores / DirectX half); the CPU provider emulates
 # most fp16 kernels by casting, so fp16 graphs are slower there (README, "get_core options").
 HALF_BACKENDS = ("cuda", "tensorrt", "trt", "directml")
+# Backends whose generative graphs are exported with `ezvtb.export.network_rewrites.REWRITES`: those the
+# rewrites were measured on (ONNX Runtime's CPU provider; benchmarks/bench_diffusion_rewrites.py). The others
+# get the graph as the module is written (TensorRT fuses attention and normalisation itself).
+REWRITE_BACKENDS = ("cpu",)
 # Measured on a 2-core CPU: fp16 vs fp32 graphs on ONNX Runtime's CPU provider.
 CPU_HALF_COST = "THA frame 758 vs 513 ms, RIFE x2 1294 vs 775 ms (fp16 vs fp32), UpConv7 2x 5270 ms in fp16"
 
@@ -178,5 +182,6 @@ def open_stage(chain: Sequence[tuple[str, str]], backend: str, open_on: Callable
 
 
 __all__ = ["BACKENDS", "CONCRETE_BACKENDS", "CPU_HALF_COST", "FALLBACK_ERRORS", "HALF_BACKENDS", "PRECISIONS",
-           "RUNNER_BACKENDS", "backend_chain", "check_backend", "check_precision", "concrete_backend", "log_fallback",
-           "open_first", "open_stage", "require_backend", "resolve_precision", "select_backend", "session_options"]
+           "REWRITE_BACKENDS", "RUNNER_BACKENDS", "backend_chain", "check_backend", "check_precision",
+           "concrete_backend", "log_fallback", "open_first", "open_stage", "require_backend", "resolve_precision",
+           "select_backend", "session_options"]

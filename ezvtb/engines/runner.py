@@ -17,6 +17,7 @@ from ezvtb.engines import create_session
 from ezvtb.engines.base import GraphSpec
 from ezvtb.engines.policy import RUNNER_BACKENDS, check_backend, check_precision, require_backend
 from ezvtb.export.exporter import check_name, export_module, weights_digest
+from ezvtb.export.network_rewrites import check_rewrites, rewrites_for
 
 
 class GraphRunner:
@@ -35,13 +36,14 @@ class GraphRunner:
     `ezvtb.engines.create_session` opens it with ``session_options``. Inputs are converted to the
     spec's dtypes; outputs are fresh torch tensors on the first input's device (copied out of the
     session-owned buffers). The weights are hashed once, at the first export: do not change them
-    afterwards (build a new runner).
+    afterwards (build a new runner). `rewrites` (names of `ezvtb.export.network_rewrites.REWRITES`;
+    None: ``rewrites_for(backend)``, the ones measured faster there) are applied for the export only.
     """
 
     def __init__(self, module: Any, spec_for: Callable[[tuple[tuple[int, ...], ...]], GraphSpec], *, name: str,
                  backend: str = "auto", precision: str = "fp32", progress: bool = True,
                  external_data: bool | None = None, device: Any = None, autocast: Any = None, grad: bool = True,
-                 **session_options: Any) -> None:
+                 rewrites: Any = None, **session_options: Any) -> None:
         check_backend(backend, RUNNER_BACKENDS)
         require_backend(backend)  # before any export: a missing provider is named now, not after minutes
         if not callable(spec_for):
@@ -56,6 +58,7 @@ class GraphRunner:
         self.device = device
         self.autocast = autocast
         self.grad = bool(grad)
+        self.rewrites = None if rewrites is None else check_rewrites(rewrites)
         self.session_options = session_options
         self._sessions: dict[tuple, Any] = {}
         self._digest: str | None = None
@@ -96,8 +99,11 @@ class GraphRunner:
                              f"{list(map(list, declared))}")
         if self._digest is None:
             self._digest = weights_digest(self.module)
+        if self.rewrites is None:
+            self.rewrites = rewrites_for(self.backend)
         path = export_module(self.module, spec, name=self.name, precision=self.precision,
-                             external_data=self.external_data, progress=self.progress, digest=self._digest)
+                             external_data=self.external_data, progress=self.progress, digest=self._digest,
+                             rewrites=self.rewrites)
         sess = create_session(path, spec, self.backend, **self.session_options)
         self._sessions[shapes] = sess
         self.paths[shapes] = path

@@ -213,22 +213,24 @@ def weights_digest(module: Any) -> str:
 
 
 def export_key(module: Any, spec: GraphSpec, precision: str = "fp32", opset: int = OPSET,
-               digest: str | None = None) -> str:
-    """The cache key `export_module` uses for (module weights and structure, spec, precision, opset)."""
-    return graph_key(_module_identity(module, precision, digest), spec, opset)
+               digest: str | None = None, rewrites: Sequence[str] = ()) -> str:
+    """The cache key `export_module` uses for (module weights and structure, spec, precision, rewrites, opset)."""
+    from ezvtb.export.network_rewrites import check_rewrites
+
+    return graph_key(_module_identity(module, precision, digest, check_rewrites(rewrites)), spec, opset)
 
 
-def _module_identity(module: Any, precision: str, digest: str | None) -> str:
+def _module_identity(module: Any, precision: str, digest: str | None, rewrites: tuple[str, ...]) -> str:
     digest = weights_digest(module) if digest is None else digest
     structure = hashlib.blake2b(f"{type(module).__module__}.{type(module).__qualname__}\n{module!r}".encode(),
                                 digest_size=8).hexdigest()
-    return f"{digest}|{structure}|{precision}"
+    return f"{digest}|{structure}|{precision}" + (f"|rewrites={','.join(rewrites)}" if rewrites else "")
 
 
 def export_module(module: Any, spec: GraphSpec, *, name: str, precision: str = "fp32",
                   out_dir: str | os.PathLike | None = None, external_data: bool | None = None,
                   opset: int = OPSET, progress: bool = True, example_inputs: Sequence[Any] | None = None,
-                  digest: str | None = None) -> Path:
+                  digest: str | None = None, rewrites: Sequence[str] = ()) -> Path:
     """Export `module` to ONNX with the static shapes/dtypes of `spec` and return the .onnx path.
 
     module: called as ``module(*inputs)`` with tensors in ``spec.inputs`` order (dtypes from the spec);
@@ -244,6 +246,8 @@ def export_module(module: Any, spec: GraphSpec, *, name: str, precision: str = "
     example_inputs: values to trace with (default: seeded random floats, zero integers, in spec shapes);
         give real values when the module's control flow depends on them.
     digest: a precomputed `weights_digest(module)` (saves hashing the weights again).
+    rewrites: names from `ezvtb.export.network_rewrites.REWRITES` applied to the module for the export
+        (part of the cache key; `network_rewrites.rewrites_for(backend)` says which a backend gets).
     Raises ValueError for bad arguments or a module whose outputs do not match the spec, and
     `ExportError` when the exporter fails.
     """
@@ -259,14 +263,18 @@ def export_module(module: Any, spec: GraphSpec, *, name: str, precision: str = "
         raise ValueError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
     if example_inputs is not None:
         _example_inputs(spec, example_inputs)  # a bad one is refused before the cache is looked at
-    recipe = Recipe(family=name, name=name, spec=spec, identity=_module_identity(module, precision, digest),
+    from ezvtb.export.network_rewrites import check_rewrites, rewritten
+
+    rewrites = check_rewrites(rewrites)
+    recipe = Recipe(family=name, name=name, spec=spec, identity=_module_identity(module, precision, digest, rewrites),
                     module=lambda: _SpecModule(module, spec, precision),
                     example_inputs=(lambda: example_inputs) if example_inputs is not None else None,
                     external_data=external_data, opset=opset, check_outputs=True)
     was_training = module.training
     module.eval()
     try:
-        return export_graph(recipe, out_dir=out_dir, progress=progress)
+        with rewritten(module, rewrites):  # in place, parameters shared; undone on exit
+            return export_graph(recipe, out_dir=out_dir, progress=progress)
     finally:
         module.train(was_training)
 

@@ -1,0 +1,91 @@
+"""Export-time rewrites of the generative networks (diffusers UNets and the blocks built on them).
+
+Each rewrite computes the same function in operators ONNX Runtime's CPU provider runs faster; each
+was measured alone and together by ``benchmarks/bench_diffusion_rewrites.py`` and is exact up to
+float rounding (the pipelines' torch-vs-graph bounds hold). The torch modules themselves stay
+upstream's computation: `rewritten` swaps sub-modules in place for the duration of an export (the
+new modules share the original parameters, nothing is copied) and puts everything back after.
+
+    fused_attention   every diffusers ``Attention`` as ONNX Runtime's ``com.microsoft.MultiHeadAttention``
+                      (head split, scaled QK^T, softmax and the weighted sum in one kernel; nothing of
+                      size heads x queries x keys is written to memory). Runs only on ONNX Runtime.
+    temporal_conv2d   ``Conv3d`` with a (k, 1, 1) kernel (the temporal convolutions) as a ``Conv2d`` with a
+                      (k, 1) kernel over (batch, channels, frames, height * width): the CPU provider runs
+                      2-D convolutions in its blocked NCHWc layout, 3-D ones through im2col.
+    split_geglu       GEGLU's one projection to 2 x inner channels followed by a split as two projections
+                      (no copy of the 2 x inner tensor into two halves).
+
+`CONTRIB_REWRITES` need ONNX Runtime's contrib operators; `PORTABLE_REWRITES` give standard ONNX that any
+runtime reads (TensorRT, OpenVINO). Which rewrites a backend's graphs get is decided here, by `rewrites_for`.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+REWRITES = ("fused_attention", "temporal_conv2d", "split_geglu")
+CONTRIB_REWRITES = ("fused_attention",)  # need ONNX Runtime's com.microsoft operators
+PORTABLE_REWRITES = tuple(r for r in REWRITES if r not in CONTRIB_REWRITES)  # standard ONNX
+
+
+def rewrites_for(backend: str) -> tuple[str, ...]:
+    """The rewrites a graph opened on `backend` is exported with (``auto`` resolved as a session would)."""
+    from ezvtb.engines.policy import REWRITE_BACKENDS, concrete_backend
+
+    return REWRITES if backend != "torch" and concrete_backend(backend) in REWRITE_BACKENDS else ()
+
+
+def check_rewrites(rewrites: Iterable[str]) -> tuple[str, ...]:
+    """`rewrites` as a sorted tuple of known names; ValueError naming the unknown ones."""
+    if isinstance(rewrites, str) or not isinstance(rewrites, Iterable):
+        raise ValueError(f"rewrites: expected a sequence of rewrite names, got {rewrites!r}")
+    names = tuple(sorted(set(rewrites)))
+    unknown = [r for r in names if r not in REWRITES]
+    if unknown:
+        raise ValueError(f"rewrites: unknown {unknown}; expected some of {list(REWRITES)}")
+    return names
+
+
+# -- applying them ------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def rewritten(module: Any, rewrites: Iterable[str]) -> Iterator[dict[str, int]]:
+    """`module` with `rewrites` applied in place until the block exits (then exactly as before).
+
+    Yields how many sub-modules each rewrite replaced. Parameters are shared, never copied; the
+    module's state dict keys change inside the block (compute digests before entering it).
+    """
+    names = check_rewrites(rewrites)
+    if names:
+        from ezvtb.models.export_blocks import FusedAttentionProcessor, SplitGEGLU, TemporalConv2d, is_geglu, \
+            plain_attention
+    counts = {r: 0 for r in names}
+    undo: list[Any] = []
+    try:
+        if names:
+            for parent in list(module.modules()):
+                for child_name, child in list(parent.named_children()):
+                    new = None
+                    if "temporal_conv2d" in names and TemporalConv2d.applies(child):
+                        new, kind = TemporalConv2d(child), "temporal_conv2d"
+                    elif "split_geglu" in names and is_geglu(child):
+                        new, kind = SplitGEGLU(child), "split_geglu"
+                    if new is not None:
+                        setattr(parent, child_name, new)
+                        undo.append((parent, child_name, child))
+                        counts[kind] += 1
+                if "fused_attention" in names and plain_attention(parent):
+                    old = parent.processor
+                    parent.processor = FusedAttentionProcessor(old)
+                    undo.append((parent, "processor", old))
+                    counts["fused_attention"] += 1
+        yield counts
+    finally:
+        for obj, attr, old in reversed(undo):
+            if attr == "processor":
+                obj.processor = old
+            else:
+                setattr(obj, attr, old)
+
+
+__all__ = ["CONTRIB_REWRITES", "PORTABLE_REWRITES", "REWRITES", "check_rewrites", "rewrites_for", "rewritten"]

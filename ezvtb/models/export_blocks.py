@@ -1,0 +1,136 @@
+"""Stand-ins for diffusers blocks that compute the same function in operators ONNX Runtime's CPU provider runs
+faster. Used only while exporting (`ezvtb.export.network_rewrites.rewritten` swaps them in and out); each
+shares the parameters of the block it stands for.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+# -- fused attention ---------------------------------------------------------------------------------
+class _MultiHeadAttention(torch.autograd.Function):
+    """softmax(q k^T * scale) v over `heads` heads; q (b, s, heads*d), k (b, l, heads*d), v (b, l, heads*dv)
+    -> (b, s, heads*dv). Eager: torch's SDPA; exported: one ``com.microsoft.MultiHeadAttention`` node."""
+
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,  # noqa: ARG004
+                scale: float) -> torch.Tensor:
+        return _sdpa(q, k, v, heads, scale)
+
+    @staticmethod
+    def symbolic(g: Any, q: Any, k: Any, v: Any, heads: int, scale: float) -> Any:
+        out = g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=heads, scale_f=scale)
+        q_sizes = q.type().sizes() if q.type().kind() == "TensorType" else None
+        v_sizes = v.type().sizes() if v.type().kind() == "TensorType" else None
+        if q_sizes and v_sizes:
+            out.setType(q.type().with_sizes([q_sizes[0], q_sizes[1], v_sizes[2]]))
+        return out
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, scale: float) -> torch.Tensor:
+    b, s, _ = q.shape
+    split = lambda x: x.reshape(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)  # noqa: E731
+    o = F.scaled_dot_product_attention(split(q), split(k), split(v), scale=scale)
+    return o.transpose(1, 2).reshape(b, s, -1)
+
+
+def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                         scale: float) -> torch.Tensor:
+    """Attention over `heads` heads on unsplit (batch, tokens, channels) tensors (see `_MultiHeadAttention`)."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return _MultiHeadAttention.apply(q, k, v, int(heads), float(scale))
+    return _sdpa(q, k, v, heads, scale)
+
+
+class FusedAttentionProcessor:
+    """A diffusers attention processor computing what ``AttnProcessor2_0`` computes (SDPA with its
+    default scale 1/sqrt(head dim)) through `multi_head_attention`. Calls it cannot express (an
+    attention mask) go to the processor it replaced."""
+
+    def __init__(self, fallback: Any) -> None:
+        self.fallback = fallback
+
+    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args: Any,
+                 **kwargs: Any) -> torch.Tensor:
+        if attention_mask is not None or args or kwargs:
+            return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        residual = hidden_states
+        four_d = hidden_states.ndim == 4
+        if four_d:
+            b, c, h, w = hidden_states.shape
+            hidden_states = hidden_states.reshape(b, c, h * w).transpose(1, 2)
+        q = attn.to_q(hidden_states)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        k, v = attn.to_k(context), attn.to_v(context)
+        out = multi_head_attention(q, k, v, attn.heads, (k.shape[-1] // attn.heads) ** -0.5)
+        out = attn.to_out[1](attn.to_out[0](out.to(q.dtype)))
+        if four_d:
+            out = out.transpose(-1, -2).reshape(b, c, h, w)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+def plain_attention(attn: Any) -> bool:
+    """Whether `attn` is a diffusers Attention whose processor `FusedAttentionProcessor` can stand in for."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    return (isinstance(getattr(attn, "processor", None), (AttnProcessor, AttnProcessor2_0))
+            and all(getattr(attn, n, None) is None for n in ("spatial_norm", "group_norm", "norm_q", "norm_k",
+                                                             "add_k_proj", "add_v_proj"))
+            and not getattr(attn, "norm_cross", False) and isinstance(getattr(attn, "to_out", None), nn.ModuleList))
+
+
+# -- temporal convolutions ------------------------------------------------------------------------
+class TemporalConv2d(nn.Module):
+    """A Conv3d with a (k, 1, 1) kernel, stride 1 and padding (p, 0, 0) computed as a Conv2d over
+    (batch, channels, frames, height * width); shares the Conv3d's parameters."""
+
+    def __init__(self, conv: nn.Conv3d) -> None:
+        super().__init__()
+        self.conv = conv
+
+    @staticmethod
+    def applies(conv: nn.Module) -> bool:
+        return (type(conv) is nn.Conv3d and conv.kernel_size[1:] == (1, 1) and conv.stride == (1, 1, 1)
+                and conv.dilation == (1, 1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
+                and not isinstance(conv.padding, str) and tuple(conv.padding[1:]) == (0, 0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, f, h, w = x.shape
+        y = F.conv2d(x.reshape(b, c, f, h * w), self.conv.weight.squeeze(-1), self.conv.bias,
+                     padding=(self.conv.padding[0], 0))
+        return y.reshape(b, y.shape[1], y.shape[2], h, w)
+
+
+# -- GEGLU ---------------------------------------------------------------------------------------------
+class SplitGEGLU(nn.Module):
+    """diffusers' GEGLU (``h, g = proj(x).chunk(2); h * gelu(g)``) with the two halves of its projection
+    as two projections; shares the GEGLU's parameters."""
+
+    def __init__(self, geglu: nn.Module) -> None:
+        super().__init__()
+        self.geglu = geglu
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        proj = self.geglu.proj
+        half = proj.out_features // 2
+        bias = proj.bias
+        h = F.linear(x, proj.weight[:half], None if bias is None else bias[:half])
+        g = F.linear(x, proj.weight[half:], None if bias is None else bias[half:])
+        return h * self.geglu.gelu(g)
+
+
+def is_geglu(m: nn.Module) -> bool:
+    from diffusers.models.activations import GEGLU
+
+    return type(m) is GEGLU and isinstance(getattr(m, "proj", None), nn.Linear)
+
+
+__all__ = ["FusedAttentionProcessor", "SplitGEGLU", "TemporalConv2d", "is_geglu", "multi_head_attention",
+           "plain_attention"]
