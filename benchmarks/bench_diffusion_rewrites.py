@@ -1,0 +1,272 @@
+"""What each export-time rewrite of the generative networks gives on ONNX Runtime's CPU provider, next to
+torch eager and OpenVINO, per UNet step; and where the time of the fully rewritten graph goes.
+
+Networks (random weights, fp32): the UNet3D of bench_diffusion.py (diffusers UNet3DConditionModel,
+64/128/256 channels, 8 frames, 32x32 latent, cond + uncond batched) and the SVD/SV3D VideoUNet of
+bench_novel_view.py's "mid" config (64/128/256/256 channels, 8 frames, 16x16 latent, CFG batch 16).
+For each network: the graph exported without rewrites, with each rewrite of
+`ezvtb.export.network_rewrites.REWRITES` alone ("+ X"), with all of them (what the ``cpu`` backend
+runs), and with all but one ("all - X", with ``--leave-one-out``); torch eager (the module, as the
+``torch`` backend runs it); OpenVINO's CPU plugin on the graph without rewrites and on the portable one
+(the rewrites OpenVINO can read). Every side is timed in turn in one process, the order reversed every
+other round, after a short settle pause. Per row: p50 and min ms, speed-up over the unrewritten graph,
+ratio to eager and to the best OpenVINO row (p50), max abs output difference to the torch module.
+
+Then one profiled run of the all-rewrites graph: ORT's per-node times summed by kind (attention,
+convolution, linear layers, normalisation, element-wise, data movement), and what the step time would
+have to be to reach the targets (2x eager, 1.2x OpenVINO).
+
+    python benchmarks/bench_diffusion_rewrites.py [--rounds 4] [--threads 2] [--networks unet3d,videounet]
+        [--leave-one-out] [--allow-loaded] [--append]
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import LoadWatch, add_load_args, alternating_ms, openvino_runner, pct, publish, table  # noqa: E402
+
+TARGET_EAGER, TARGET_OPENVINO = 2.0, 1.2
+KINDS = ("attention", "convolution", "linear", "normalisation", "element-wise", "data movement", "other")
+
+
+def build(network: str):
+    """(module, spec, example inputs as torch tensors, a few words describing it)."""
+    import torch
+
+    from ezvtb.diffusion.unet3d import UNet3DStep, parameter_count, unet3d, unet3d_step_spec
+
+    g = torch.Generator().manual_seed(0)
+    if network == "unet3d":
+        net = UNet3DStep(unet3d(64, levels=3, layers_per_block=2, cross_attention_dim=1024, attention_head_dim=8,
+                                seed=0)).eval()
+        xs = (torch.randn(2, 4, 8, 32, 32, generator=g), torch.full((2,), 500.0), torch.randn(2, 77, 1024, generator=g))
+        spec = unet3d_step_spec(tuple(tuple(x.shape) for x in xs))
+        about = (f"UNet3D (64/128/256 ch, 2 res blocks per level, 8 heads), {parameter_count(net) / 1e6:.1f} M "
+                 "params; sample 2x4x8x32x32, context 2x77x1024")
+        return net, spec, xs, about
+    if network == "videounet":
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+        from sgm_video_fixtures import randomise_
+
+        from ezvtb.models.sgm_video import spec as specs
+        from ezvtb.models.sgm_video.unet import UNetHyper, VideoUNet
+
+        hp = UNetHyper(in_channels=8, out_channels=4, context_dim=1024, adm_in_channels=1280,
+                       video_kernel_size=(3, 1, 1), model_channels=64, channel_mult=(1, 2, 4, 4), num_res_blocks=1,
+                       attention_levels=(True, True, True, False), transformer_depth=(1, 1, 1, 1),
+                       num_head_channels=32)
+        frames, s = 8, 16
+        net = randomise_(VideoUNet(hp, frames), 0).eval()
+        xs = (torch.randn(2 * frames, 8, s, s, generator=g), torch.randn(2 * frames, generator=g),
+              torch.randn(2 * frames, 1, 1024, generator=g), torch.randn(2 * frames, 1280, generator=g),
+              torch.zeros(2, frames))
+        spec = specs.unet_spec("bench-videounet", tuple(tuple(x.shape) for x in xs))
+        about = (f"SVD/SV3D VideoUNet (64/128/256/256 ch, head dim 32), {parameter_count(net) / 1e6:.1f} M params; "
+                 f"CFG batch {2 * frames} frames of 8x{s}x{s}, context 1x1024 per frame")
+        return net, spec, xs, about
+    raise SystemExit(f"--networks: unknown {network!r}, expected unet3d or videounet")
+
+
+def ort_session(data: bytes, threads: int, profile_prefix: str | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+
+
+def kind_of(op: str, node: str) -> str:
+    """The kind of work an ORT node does (for the time shares)."""
+    in_attention = "/attn" in node and not any(p in node for p in ("/to_q", "/to_k", "/to_v", "/to_out"))
+    if op in ("MultiHeadAttention", "Attention", "Softmax") or (op in ("MatMul", "FusedMatMul") and in_attention):
+        return "attention"
+    if op in ("Conv", "FusedConv", "NhwcConv", "ReorderInput", "ReorderOutput", "ConvTranspose"):
+        return "convolution"
+    if op in ("Gemm", "MatMul", "FusedMatMul", "FusedGemm"):
+        return "linear"
+    if op in ("InstanceNormalization", "LayerNormalization", "SkipLayerNormalization", "GroupNorm",
+              "GroupNormalization", "SkipSimplifiedLayerNormalization"):
+        return "normalisation"
+    if op in ("Add", "Sub", "Mul", "Div", "Gelu", "BiasGelu", "FastGelu", "QuickGelu", "Sigmoid", "Erf", "Sin", "Cos",
+              "Exp", "Sqrt", "Pow", "Where", "Neg"):
+        return "element-wise"
+    if op in ("Transpose", "Reshape", "Concat", "Split", "Slice", "Tile", "Resize", "Expand", "Gather", "Unsqueeze",
+              "Squeeze", "Flatten", "Cast", "Upsample", "Identity"):
+        return "data movement"
+    return "other"
+
+
+# Nodes that compute the same values at every denoising step (they depend on the text / image context or
+# the timestep only): the most that folding them out of the step graph could save.
+STEP_INVARIANT = ("attn2/to_k", "attn2/to_v", "time_embedding", "time_proj", "time_pos_embed")
+
+
+def profile_shares(data: bytes, feeds: dict, threads: int, runs: int = 2) -> tuple[dict[str, float], float]:
+    """{kind: ms per run} over `runs` profiled runs (after one unprofiled warm-up), and the summed total;
+    kind "step-invariant" (also counted in its own kind) sums the `STEP_INVARIANT` nodes."""
+    with tempfile.TemporaryDirectory(prefix="ezvtb-profile.") as tmp:
+        sess = ort_session(data, threads, profile_prefix=os.path.join(tmp, "p"))
+        sess.run(None, feeds)
+        for _ in range(runs):
+            sess.run(None, feeds)
+        path = sess.end_profiling()
+        events = json.loads(Path(path).read_text())
+    # every node's events in run order: the last `runs` of each are the profiled runs after the warm-up
+    per_node: dict[str, list[float]] = collections.defaultdict(list)
+    ops: dict[str, str] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            name = e["name"][: -len("_kernel_time")]
+            per_node[name].append(e["dur"] / 1e3)
+            ops[name] = e["args"].get("op_name", "")
+    shares = dict.fromkeys(KINDS, 0.0)
+    for name, durs in per_node.items():
+        shares[kind_of(ops[name], name)] += sum(durs[-runs:]) / runs
+    total = sum(shares.values())
+    shares["step-invariant"] = sum(sum(d[-runs:]) / runs for n, d in per_node.items()
+                                   if any(p in n for p in STEP_INVARIANT))
+    return shares, total
+
+
+def measure(network: str, args) -> tuple[list[list[object]], str]:
+    import torch
+
+    from ezvtb.export.exporter import export_bytes
+    from ezvtb.export.network_rewrites import PORTABLE_REWRITES, REWRITES, rewritten
+
+    net, spec, xs, about = build(network)
+    feeds = {t.name: x.numpy() for t, x in zip(spec.inputs, xs)}
+    with torch.no_grad():
+        ref = net(*xs)
+    ref = (ref[0] if isinstance(ref, tuple) else ref).numpy()
+
+    variants: dict[str, tuple[str, ...]] = {"no rewrites": ()}
+    variants.update({f"+ {r}": (r,) for r in REWRITES})
+    variants["all rewrites (cpu backend)"] = REWRITES
+    if args.leave_one_out:
+        variants.update({f"all - {r}": tuple(x for x in REWRITES if x != r) for r in REWRITES})
+    graphs: dict[str, bytes] = {}
+    export_s = {}
+    for label, rw in variants.items():
+        t0 = time.perf_counter()
+        with rewritten(net, rw):
+            graphs[label] = export_bytes(net, spec, xs)
+        export_s[label] = time.perf_counter() - t0
+    sides = {}
+    outputs = {}
+    for label, data in graphs.items():
+        sess = ort_session(data, args.threads)
+        sides[f"ORT: {label}"] = (lambda s=sess: s.run(None, feeds))
+        outputs[f"ORT: {label}"] = sides[f"ORT: {label}"]()[0]
+    with tempfile.TemporaryDirectory(prefix="ezvtb-ov.") as tmp:
+        ov_graphs = {"OpenVINO: no rewrites": graphs["no rewrites"]}
+        with rewritten(net, PORTABLE_REWRITES):
+            ov_graphs["OpenVINO: portable rewrites"] = export_bytes(net, spec, xs)
+        ov_reason = ""
+        for label, data in ov_graphs.items():
+            path = Path(tmp) / f"{len(sides)}.onnx"
+            path.write_bytes(data)
+            run, reason = openvino_runner(path, args.threads)
+            if run is None:
+                ov_reason = reason
+                continue
+            sides[label] = (lambda r=run: r(feeds))
+            outputs[label] = sides[label]()[0]
+
+    def eager():
+        with torch.no_grad():
+            return net(*xs)
+
+    sides["torch eager"] = eager
+    outputs["torch eager"] = ref
+    eager()
+    with LoadWatch(args.allow_loaded) as watch:
+        times = alternating_ms(sides, args.rounds)
+    base = pct(times["ORT: no rewrites"], 50)
+    eager50 = pct(times["torch eager"], 50)
+    ov_labels = [k for k in times if k.startswith("OpenVINO")]
+    ov_best = min((pct(times[k], 50) for k in ov_labels), default=float("nan"))
+    rows = []
+    for k, ts in times.items():
+        p50 = pct(ts, 50)
+        err = float(np.abs(np.asarray(outputs[k], np.float64) - ref).max())
+        rows.append([f"{network}: {k}", f"{p50:.0f}", f"{min(ts):.0f}", f"{base / p50:.2f}x", f"{eager50 / p50:.2f}x",
+                     f"{ov_best / p50:.2f}x" if ov_labels else "-", f"{err:.1e}"])
+    full = "ORT: all rewrites (cpu backend)"
+    shares, total = profile_shares(graphs["all rewrites (cpu backend)"], feeds, args.threads)
+    best = pct(times[full], 50)
+    need = max(best / (eager50 / TARGET_EAGER), best / (ov_best / TARGET_OPENVINO) if ov_labels else 0.0)
+    invariant = shares.pop("step-invariant")
+    share_text = ", ".join(f"{k} {100 * v / total:.0f}% ({v:.0f} ms)" for k, v in
+                           sorted(shares.items(), key=lambda kv: -kv[1]) if v >= 0.005 * total)
+    share_text += (f"; of it, work that is the same at every step (cross-attention K/V of the context, the "
+                   f"timestep embedding) {100 * invariant / total:.1f}% ({invariant:.0f} ms)")
+    attention = shares["attention"]
+    att_need = attention - (best - best / need) if need > 1 else attention
+    note = (f"{network}: {about}. Export per graph {np.median(list(export_s.values())):.0f} s (TorchScript). "
+            f"Where the all-rewrites graph's time goes (ORT profile, {total:.0f} ms of node time per run): "
+            f"{share_text}. ")
+    if ov_reason:
+        note += f"OpenVINO row left out: {ov_reason}. "
+    if need > 1:
+        note += (f"Targets ({TARGET_EAGER}x eager = {eager50 / TARGET_EAGER:.0f} ms, {TARGET_OPENVINO}x OpenVINO = "
+                 f"{ov_best / TARGET_OPENVINO:.0f} ms p50): not reached; the step would have to be {need:.2f}x "
+                 f"faster, e.g. attention at {max(att_need, 0):.0f} ms instead of {attention:.0f} ms with all else "
+                 "unchanged" + (" (more than all of it: no attention kernel alone can close the gap)"
+                                if att_need <= 0 else "") + ". ")
+    else:
+        note += f"Targets ({TARGET_EAGER}x eager, {TARGET_OPENVINO}x OpenVINO): reached. "
+    return rows, note + watch.note(), watch
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=4, help="timed calls per side (alternating)")
+    ap.add_argument("--threads", type=int, default=2, help="threads for every side")
+    ap.add_argument("--networks", default="unet3d,videounet")
+    ap.add_argument("--leave-one-out", action="store_true", help="also time all rewrites but one")
+    ap.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    add_load_args(ap)
+    args = ap.parse_args(argv)
+    if args.rounds < 1 or args.threads < 1:
+        ap.error("--rounds and --threads: expected >= 1")
+    LoadWatch(args.allow_loaded).check()  # before minutes of export
+    import torch
+
+    torch.set_num_threads(args.threads)
+    rows, notes, watches = [], [], []
+    for network in [n for n in args.networks.split(",") if n]:
+        r, n, w = measure(network, args)
+        rows += r
+        notes.append(n)
+        watches.append(w)
+    text = table(["UNet step: graph / runtime (CPU)", "p50 ms", "min ms", "vs no rewrites", "vs eager",
+                  "vs best OpenVINO", "max abs vs torch"], rows)
+    note = (f"{args.rounds} alternating rounds per side after one warm-up call, {args.threads} threads everywhere "
+            "(ORT intra-op, torch, OpenVINO inference threads), fp32. '+ X' = only rewrite X; 'all rewrites' = the "
+            "graph the cpu backend exports; OpenVINO reads standard ONNX only (no com.microsoft operators), so "
+            "its best graph is the portable one. " + " ".join(notes))
+    title = "Generative network rewrites: ORT CPU per rewrite vs torch eager and OpenVINO (bench_diffusion_rewrites)"
+    flagged = next((w for w in watches if w.loaded), watches[0])  # any loaded network marks the whole table
+    publish(flagged.heading(title), text, note, args.append)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
