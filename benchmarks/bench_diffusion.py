@@ -4,8 +4,13 @@ A random diffusers UNet3DConditionModel (the ModelScope text-to-video layout) at
 channels 64 (x1, x2, x4), 2 res blocks per level, 8 frames, 32x32 latent, cond + uncond batched
 (batch 2), 77-token 1024-d context. The graph is exported with `ezvtb.export.exporter` (cached, so a
 second run skips the export) and run the way the pipelines run it: a `NetworkSet` network on the
-"torch" backend (eager) and on the CPU backend (ORT). Calls alternate between the sides; the table
-reports p50/min per step and the ratio to eager (target: ORT >= 1.5x eager).
+"torch" backend (eager) and on the CPU backend (ORT). OpenVINO's CPU plugin (what a CPU user would pick
+instead) runs the portable export of the same module (standard ONNX operators only) when openvino is
+installed. Calls alternate between the sides, each after a short settle pause; the table reports p50/min
+per step and the ratios to eager and to OpenVINO (target: ORT >= 1.5x eager).
+
+The run refuses to start on a loaded machine (1-minute load average over 1.5; ``--allow-loaded`` runs it
+anyway, marked LOADED) and reports the CPU other processes used while it was timed.
 
 ``--baseline DIR``: also time the runner of another checkout of ezvtb (DIR is its repository root,
 e.g. a ``git worktree`` of an older commit) on the same module and inputs, calling it as that code
@@ -13,7 +18,7 @@ called it (eager: the module itself; ORT: its GraphRunner), alternating with the
 change to the runtime path is measured before/after in one process on one machine state.
 
     python benchmarks/bench_diffusion.py [--rounds 5] [--channels 64] [--frames 8] [--size 32] \
-        [--baseline DIR] [--append]
+        [--baseline DIR] [--allow-loaded] [--append]
 """
 from __future__ import annotations
 
@@ -25,7 +30,20 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import pct, publish, table  # noqa: E402
+from _common import (  # noqa: E402
+    SETTLE_S,
+    LoadWatch,
+    add_load_args,
+    alternating_ms,
+    openvino_runner,
+    pct,
+    portable_onnx,
+    publish,
+    table,
+)
+
+
+OV = "OpenVINO CPU (portable graph)"
 
 
 def baseline_runner_class(root: str):
@@ -41,6 +59,12 @@ def baseline_runner_class(root: str):
     raise SystemExit(f"--baseline: no ezvtb/engines/runner.py or ezvtb/export/generic.py under {root}")
 
 
+def openvino_version() -> str:
+    import openvino
+
+    return openvino.__version__.split("-")[0]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5, help="timed calls per side (alternating)")
@@ -54,7 +78,9 @@ def main() -> None:
     ap.add_argument("--baseline", help="repository root of another ezvtb checkout to time alongside")
     ap.add_argument("--baseline-label", default="before", help="how the baseline rows are labelled")
     ap.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    add_load_args(ap)
     args = ap.parse_args()
+    watch = LoadWatch(args.allow_loaded).check()  # before the model is built: set-up raises the load too
 
     import torch
 
@@ -88,40 +114,51 @@ def main() -> None:
     t0 = time.perf_counter()
     with torch.no_grad():
         got = sides["ORT CPU"](x, t, ctx)  # export (or cache hit) + session + first run
-        setup_s = time.perf_counter() - t0
+    setup_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    spec = unet3d_step_spec((tuple(x.shape), tuple(t.shape), tuple(ctx.shape)))
+    ov_path, ov_graph = portable_onnx(net, spec, name)
+    ov_run, ov_reason = openvino_runner(ov_path, args.threads)
+    ov_setup_s = time.perf_counter() - t0
+    if ov_run is not None:
+        def openvino_step(*inputs, _run=ov_run):
+            out = _run({n: v.numpy() for n, v in zip(spec.input_names, inputs)})
+            return torch.from_numpy(out[0])
+
+        sides[OV] = openvino_step
+    with torch.no_grad():
         ref = net(x, t, ctx)
         errs = {k: float((f(x, t, ctx) - ref).abs().max()) for k, f in sides.items() if k != "ORT CPU"}
     errs["ORT CPU"] = float((got - ref).abs().max())
-    times: dict[str, list[float]] = {k: [] for k in sides}
-    order = list(sides.items())
-    with torch.no_grad():
-        for r in range(args.rounds):
-            for k, fn in (order if r % 2 == 0 else order[::-1]):
-                s = time.perf_counter()
-                fn(x, t, ctx)
-                times[k].append((time.perf_counter() - s) * 1e3)
+    with torch.no_grad(), watch:
+        times = alternating_ms({k: (lambda f=f: f(x, t, ctx)) for k, f in sides.items()}, args.rounds)
     eager_set.close()
     ort_set.close()
     if args.baseline:
         sides[f"ORT CPU ({args.baseline_label})"].close()
     eager_p50 = pct(times["torch eager"], 50)
+    ov_p50 = pct(times[OV], 50) if OV in times else None
     rows = []
     for k, ts in times.items():
         p50 = pct(ts, 50)
-        rows.append([k, len(ts), f"{p50:.0f}", f"{min(ts):.0f}", f"{eager_p50 / p50:.2f}x", f"{errs[k]:.1e}"])
-    text = table(["UNet step", "calls", "p50 ms", "min ms", "vs eager (p50)", "max abs vs module"], rows)
+        rows.append([k, len(ts), f"{p50:.0f}", f"{min(ts):.0f}", f"{eager_p50 / p50:.2f}x"]
+                    + ([f"{ov_p50 / p50:.2f}x"] if ov_p50 else []) + [f"{errs[k]:.1e}"])
+    ov_col = ["vs OpenVINO (p50)"] if ov_p50 else []
+    text = table(["UNet step", "calls", "p50 ms", "min ms", "vs eager (p50)"] + ov_col + ["max abs vs module"], rows)
     chans = ", ".join(str(args.channels * 2 ** i) for i in range(args.levels))
     base = (f" Rows marked ({args.baseline_label}) run the code of {args.baseline} (eager: the module called directly;"
             " ORT: its GraphRunner) on the same module, inputs and cached graph." if args.baseline else "")
-    load = os.getloadavg()
+    ov_note = (f" OpenVINO {openvino_version()} CPU plugin (f32, latency hint) reads the {ov_graph} of the same "
+               f"module; its set-up (export or cache hit + compile) {ov_setup_s:.0f} s; 'vs OpenVINO' = OpenVINO p50 "
+               "/ row p50." if ov_run is not None else f" OpenVINO: not run ({ov_reason}).")
     note = (f"diffusers UNet3DConditionModel ({chans}) channels, {args.layers} res blocks per level, "
             f"{parameter_count(net) / 1e6:.1f} M parameters, random weights; input {args.batch}x4x{args.frames}x"
             f"{args.size}x{args.size}, context {args.batch}x77x1024, fp32. Eager and ORT run as the pipelines run "
             f"them (a NetworkSet network on the torch and cpu backends).{base} Threads: "
-            f"{args.threads or 'library defaults'}; calls alternate between the sides. First ORT call (export or "
-            f"cache hit + session) {setup_s:.0f} s. Load average at the end {load[0]:.1f} / {load[1]:.1f} / "
-            f"{load[2]:.1f} (shared machine: compare ratios within this table only). Target: ORT >= 1.5x eager.")
-    publish("UNet3D step: torch eager vs ORT (CPU)", text, note, args.append)
+            f"{args.threads or 'library defaults'}; calls alternate between the sides, each after a "
+            f"{SETTLE_S * 1e3:.0f} ms settle pause. First ORT call (export or cache hit + session) {setup_s:.0f} s."
+            f"{ov_note} Target: ORT >= 1.5x eager.")
+    publish("UNet3D step: torch eager vs ORT (CPU) vs OpenVINO", text, note, args.append, load=watch)
 
 
 if __name__ == "__main__":
