@@ -1,12 +1,15 @@
 """ModelScope text-to-video: torch eager vs exported ONNX Runtime graphs, seconds per sampling step
 and per video, peak RSS, for random-weight models of two sizes (no real weights needed).
 
-Each (config, backend) runs in its own child process so its peak RSS is its own. A run = load the
-folder, one warm-up video (exports the graphs on the ORT side; its time is reported separately),
-then `--videos` timed videos. A sampling step is two UNet calls (CFG 9.0); a video is text
-encoding + steps + per-frame VAE decoding.
+Each timed video runs in its own child process (load the folder, one warm-up video, one timed video),
+so a backend's peak RSS is its own; the children alternate between the backends (eager, ORT, ORT,
+eager, ...), so both sides see the same machine state. The first ORT child exports the graphs in its
+warm-up video (reported separately). A sampling step is two UNet calls (CFG 9.0); a video is text
+encoding + steps + per-frame VAE decoding. The run refuses to start on a loaded machine (1-minute load
+average over 1.5; ``--allow-loaded`` runs it anyway, marked LOADED) and reports the CPU other processes
+used while it ran (the children count as this run's own).
 
-    python benchmarks/bench_t2v.py [--append] [--videos 2] [--steps 4] [--configs tiny,mid]
+    python benchmarks/bench_t2v.py [--append] [--videos 2] [--steps 4] [--configs tiny,mid] [--allow-loaded]
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import publish, table  # noqa: E402
+from _common import LoadWatch, add_load_args, publish, table  # noqa: E402
 
 # UNet (diffusers UNet3DConditionModel), VAE (AutoencoderKL), text tower (CLIPTextModel) sizes.
 CONFIGS = {
@@ -87,15 +90,15 @@ def child(name: str, backend: str, folder: str, steps: int, videos: int) -> dict
     params = sum(p.numel() for p in model.components.unet.parameters())
     kw = dict(timesteps=steps, image_size=cfg["size"], num_frames=cfg["frames"], seed=0)
     step_times: list[float] = []
-    inner = model._eps
+    inner = model.denoise
 
-    def timed_eps(*a, **k):
+    def timed_denoise(x, sched, ts, *a, **k):  # a sampling step: the whole DDIM loop / its steps
         t0 = time.perf_counter()
-        out = inner(*a, **k)
-        step_times.append(time.perf_counter() - t0)
+        out = inner(x, sched, ts, *a, **k)
+        step_times.append((time.perf_counter() - t0) / max(1, len(ts)))
         return out
 
-    model._eps = timed_eps
+    model.denoise = timed_denoise
     t0 = time.perf_counter()
     model("a cat", **kw)
     first = time.perf_counter() - t0
@@ -105,8 +108,16 @@ def child(name: str, backend: str, folder: str, steps: int, videos: int) -> dict
         t0 = time.perf_counter()
         model("a cat", **kw)
         video_times.append(time.perf_counter() - t0)
-    return {"params": params, "first": first, "step": statistics.median(step_times),
-            "video": statistics.median(video_times), "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"params": params, "first": first, "steps": step_times, "videos": video_times,
+            "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def merge(runs: list[dict]) -> dict:
+    """One backend's children in run order: medians over all their steps and videos, the first child's
+    warm-up, the largest peak RSS."""
+    return {"params": runs[0]["params"], "first": runs[0]["first"], "video0": runs[0]["videos"][0],
+            "step": statistics.median(t for r in runs for t in r["steps"]),
+            "video": statistics.median(t for r in runs for t in r["videos"]), "rss": max(r["rss"] for r in runs)}
 
 
 def main() -> None:
@@ -115,6 +126,7 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=2)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--configs", default="tiny,mid")
+    add_load_args(ap)
     ap.add_argument("--child", nargs=3, metavar=("CONFIG", "BACKEND", "FOLDER"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -124,35 +136,40 @@ def main() -> None:
     for n in names:
         if n not in CONFIGS:
             ap.error(f"--configs: unknown {n!r}, expected some of {list(CONFIGS)}")
+    if args.videos < 1:
+        ap.error(f"--videos: expected an int >= 1, got {args.videos}")
+    watch = LoadWatch(args.allow_loaded).check()
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, watch:
         env = {**os.environ, "EZVTB_HOME": os.path.join(tmp, "home")}
         for n in names:
             folder = Path(tmp) / n
             write_random_folder(n, folder)
-            res = {}
-            for backend in ("torch", "cpu"):
-                p = subprocess.run([sys.executable, __file__, "--child", n, backend, str(folder), "--steps",
-                                    str(args.steps), "--videos", str(args.videos)], capture_output=True, text=True,
-                                   env=env)
-                line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
-                if p.returncode or not line:
-                    raise SystemExit(f"{n}/{backend} failed:\n{p.stderr[-3000:]}")
-                res[backend] = json.loads(line[0][7:])
+            runs: dict[str, list[dict]] = {"torch": [], "cpu": []}
+            for i in range(args.videos):  # one timed video per child, the backends alternating
+                for backend in (("torch", "cpu") if i % 2 == 0 else ("cpu", "torch")):
+                    p = subprocess.run([sys.executable, __file__, "--child", n, backend, str(folder), "--steps",
+                                        str(args.steps), "--videos", "1"], capture_output=True, text=True, env=env)
+                    line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+                    if p.returncode or not line:
+                        raise SystemExit(f"{n}/{backend} failed:\n{p.stderr[-3000:]}")
+                    runs[backend].append(json.loads(line[0][7:]))
             cfg = CONFIGS[n]
-            e, o = res["torch"], res["cpu"]
+            e, o = merge(runs["torch"]), merge(runs["cpu"])
             shape = f"{cfg['frames']}x{cfg['size'][0]}x{cfg['size'][1]}"
             rows.append([n, f"{e['params'] / 1e6:.1f} M", shape, f"{e['step']:.3f}", f"{o['step']:.3f}",
                          f"{e['step'] / o['step']:.2f}x", f"{e['video']:.2f}", f"{o['video']:.2f}",
-                         f"{e['video'] / o['video']:.2f}x", f"{o['first'] - o['video']:.1f}",
+                         f"{e['video'] / o['video']:.2f}x", f"{o['first'] - o['video0']:.1f}",
                          f"{e['rss']:.0f}", f"{o['rss']:.0f}"])
     text = table(["config", "UNet", "f x W x H", "step eager s", "step ORT s", "step ratio", "video eager s",
                   "video ORT s", "video ratio", "ORT export s", "peak RSS eager MB", "peak RSS ORT MB"], rows)
     note = (f"Random weights; {args.steps} DDIM steps (2 UNet calls each, CFG 9.0), medians of {args.videos} videos "
-            f"after one warm-up video; 'ORT export s' = first ORT video minus a timed one (graph export + session "
-            f"set-up, cached afterwards). Eager = diffusers/transformers modules in torch fp32; ORT = the exported "
-            f"graphs on ONNX Runtime's CPU provider. Each column pair ran in its own process. {REAL}.")
-    publish("ModelScope text-to-video: eager vs ONNX Runtime (bench_t2v.py)", text, note, args.append)
+            f"per backend, each timed video in its own child after one warm-up video there, children alternating "
+            f"between the backends; 'ORT export s' = the first ORT child's warm-up video minus its timed one (graph "
+            f"export + session set-up, cached afterwards). Eager = diffusers/transformers modules in torch fp32; "
+            f"ORT = the exported graphs on ONNX Runtime's CPU provider. OpenVINO: not run (it runs graphs, not the "
+            f"whole pipeline; bench_diffusion.py compares it on the UNet step alone). {REAL}.")
+    publish("ModelScope text-to-video: eager vs ONNX Runtime (bench_t2v.py)", text, note, args.append, load=watch)
 
 
 if __name__ == "__main__":
