@@ -4,8 +4,9 @@ lip-sync path's per-hop cost and sound-to-pose latency.
 Audio2Coeff uses random weights in the real sizes and the bundled safetensors layout (no SadTalker weights are
 installable; the cost does not depend on the weight values). The clip is a synthetic voiced signal (espeak-ng
 speech when espeak-ng is installed). One warm-up call per backend on a short clip (ORT: the export and session
-creation happen there), then `--rounds` timed `from_wav` calls per backend, alternating; the table shows the
-best and the median. Rows: mel front end alone, whole `from_wav` (front end + audio2exp + audio2pose + smoothing).
+creation happen there), then `--rounds` timed `from_wav` calls per backend, alternating, each after a short
+settle pause; the table shows the best and the median. Rows: mel front end alone, whole `from_wav` (front end +
+audio2exp + audio2pose + smoothing).
 
 Lip sync (`ezvtb.live.lipsync`): analysis cost per 10 ms hop (p50/p95 over a real signal), the onset delay in
 audio time (hop at which mouth_aaa first reaches half its sustained value after a vowel onset), and the wall-clock
@@ -13,7 +14,10 @@ sound-to-pose latency of the file source played in real time and polled every mi
 render tick would read; add the microphone's input buffer, typically 10-30 ms at ``latency="low"``, and half a
 render tick for a live setup).
 
-    python benchmarks/bench_audio.py [--seconds 4] [--rounds 3] [--append]
+The run refuses to start on a loaded machine (1-minute load average over 1.5; ``--allow-loaded`` runs it anyway,
+marked LOADED) and reports the CPU other processes used while it ran.
+
+    python benchmarks/bench_audio.py [--seconds 4] [--rounds 3] [--allow-loaded] [--append]
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import pct, publish, table  # noqa: E402
+from _common import SETTLE_S, LoadWatch, add_load_args, alternating_ms, pct, publish, table  # noqa: E402
 
 
 def speech(seconds: float, folder: str) -> str:
@@ -80,16 +84,10 @@ def audio2coeff_rows(seconds: float, rounds: int, folder: str) -> tuple[list[lis
                "ORT (cpu)": Audio2Coeff(paths, "cpu", backend="cpu")}
     for a2c in runners.values():
         a2c.from_wav(short, face, seed=0)  # warm-up; ORT exports and opens its sessions here
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    mel_t: list[float] = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fe.audio_features(fe.load_wav(wav))
-        mel_t.append(time.perf_counter() - t0)
-        for name, a2c in runners.items():
-            t0 = time.perf_counter()
-            a2c.from_wav(wav, face, seed=0)
-            times[name].append(time.perf_counter() - t0)
+    sides = {"mel": lambda: fe.audio_features(fe.load_wav(wav))}
+    sides |= {name: (lambda a2c=a2c: a2c.from_wav(wav, face, seed=0)) for name, a2c in runners.items()}
+    times = {k: [ms / 1e3 for ms in ts] for k, ts in alternating_ms(sides, rounds).items()}
+    mel_t = times.pop("mel")
     ref = float(np.median(times["torch eager"]))
     rows = [["mel front end (numpy)", f"{min(mel_t) / dur:.4f}", f"{float(np.median(mel_t)) / dur:.4f}", "-"]]
     for name, ts in times.items():
@@ -131,7 +129,7 @@ def lipsync_rows() -> list[list[object]]:
     for _ in range(3):
         src = ls.AudioFilePoseSource("bench", signal, ls.VowelEstimator())
         src.start()
-        t0 = src._t0
+        t0 = time.perf_counter() - src.clock.elapsed()  # when playback started
         crossed = None
         while time.perf_counter() - t0 < onset + 0.5:
             s = src.latest()
@@ -152,17 +150,24 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=4.0, help="clip length for Audio2Coeff (default 4)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    add_load_args(ap)
     args = ap.parse_args()
+    watch = LoadWatch(args.allow_loaded).check()
     os.environ.setdefault("EZVTB_HOME", tempfile.mkdtemp(prefix="ezvtb_bench_audio_"))
-    with tempfile.TemporaryDirectory() as d:
-        rows, dur = audio2coeff_rows(args.seconds, args.rounds, d)
+    with watch:
+        with tempfile.TemporaryDirectory() as d:
+            rows, dur = audio2coeff_rows(args.seconds, args.rounds, d)
+        lip = lipsync_rows()
     t1 = table(["Audio2Coeff (random weights, real sizes)", "s per s of audio (best)", "median", "vs eager"], rows)
-    t2 = table(["live lip sync (ezvtb.live.lipsync)", "p50 / median", "p95 / max"], lipsync_rows())
+    t2 = table(["live lip sync (ezvtb.live.lipsync)", "p50 / median", "p95 / max"], lip)
     note = (f"Audio2Coeff on a {dur:.1f} s clip ({'espeak-ng speech' if shutil.which('espeak-ng') else 'synthetic'}),"
-            f" {args.rounds} rounds alternating backends after one warm-up each; 'vs eager' = eager median / this "
-            "median. Lip-sync latency budget 100 ms: the measured onset delay + the microphone input buffer "
-            "(10-30 ms, not measurable without a microphone here) + half a render tick (17 ms at 30 fps).")
-    publish("Speech: Audio2Coeff (torch vs ORT) and live lip sync", t1 + "\n\n" + t2, note, args.append)
+            f" {args.rounds} rounds alternating backends after one warm-up each, each call after a "
+            f"{SETTLE_S * 1e3:.0f} ms settle pause; 'vs eager' = eager median / this median. OpenVINO: not run "
+            "(from_wav chains several graphs with host steps between them through ONNX Runtime sessions; there is "
+            "no OpenVINO backend to put in their place). Lip-sync latency budget 100 ms: the measured onset delay + "
+            "the microphone input buffer (10-30 ms, not measurable without a microphone here) + half a render tick "
+            "(17 ms at 30 fps).")
+    publish("Speech: Audio2Coeff (torch vs ORT) and live lip sync", t1 + "\n\n" + t2, note, args.append, load=watch)
 
 
 if __name__ == "__main__":
