@@ -41,17 +41,11 @@ CONFIGS = {
 REAL = "released model: UNet 320 [1,2,4,4] x2 blocks (1.41 B params), VAE 128 [1,2,4,4], ViT-H text 23 blocks"
 
 
-def write_random_folder(name: str, folder: Path) -> Path:
-    """A diffusers-layout folder with random weights of config `name` (byte-level tokenizer)."""
+def unet3d_of(cfg: dict):
+    """The random diffusers UNet3DConditionModel of a config (every zero-initialised layer re-drawn)."""
     import torch
-    from diffusers import AutoencoderKL, UNet3DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import UNet3DConditionModel
 
-    from ezvtb.sd_video.loader import T2VComponents, save_diffusers_folder
-    from ezvtb.sd_video.tokenizer import END, START, bytes_to_unicode
-
-    torch.manual_seed(0)
-    cfg = CONFIGS[name]
     u = cfg["unet"]
     up = ["CrossAttnUpBlock3D" if d.startswith("CrossAttn") else "UpBlock3D" for d in reversed(u["down"])]
     unet = UNet3DConditionModel(in_channels=4, out_channels=4, down_block_types=u["down"], up_block_types=up,
@@ -62,6 +56,21 @@ def write_random_folder(name: str, folder: Path) -> Path:
         for p in unet.parameters():
             if p.ndim > 1 and p.abs().max() == 0:
                 p.normal_(0, 0.02)
+    return unet
+
+
+def write_random_folder(name: str, folder: Path) -> Path:
+    """A diffusers-layout folder with random weights of config `name` (byte-level tokenizer)."""
+    import torch
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from ezvtb.sd_video.loader import T2VComponents, save_diffusers_folder
+    from ezvtb.sd_video.tokenizer import END, START, bytes_to_unicode
+
+    torch.manual_seed(0)
+    cfg = CONFIGS[name]
+    unet = unet3d_of(cfg)
     n = len(cfg["vae"])
     vae = AutoencoderKL(block_out_channels=cfg["vae"], down_block_types=["DownEncoderBlock2D"] * n,
                         up_block_types=["UpDecoderBlock2D"] * n, layers_per_block=1, latent_channels=4,

@@ -70,6 +70,7 @@ def test_names_and_backend_choice():
     assert set(CONTRIB_REWRITES) | set(PORTABLE_REWRITES) == set(REWRITES)
     assert not set(CONTRIB_REWRITES) & set(PORTABLE_REWRITES)
     assert rewrites_for("cpu") == REWRITES
+    assert rewrites_for("cpu", "fp16") == PORTABLE_REWRITES
     for backend in ("torch", "cuda", "tensorrt", "trt", "directml"):
         assert rewrites_for(backend) == (), backend
     assert check_rewrites(["split_geglu", "temporal_conv2d", "split_geglu"]) == ("split_geglu", "temporal_conv2d")
@@ -90,7 +91,8 @@ def test_each_stand_in_computes_the_same_in_torch(blocks, rewrite):
         got = _out(m, x, ctx)
     err = float((got - ref).abs().max())
     print(f"{rewrite}: {counts} replaced, torch max abs {err:.1e}")
-    assert counts[rewrite] == {"fused_attention": 2, "temporal_conv2d": 4, "split_geglu": 1}[rewrite]
+    assert counts[rewrite] == {"fused_attention": 2, "temporal_conv2d": 4, "split_geglu": 1,
+                               "single_key_attention": 2}[rewrite]
     assert err <= 1e-5
     assert list(m.state_dict()) == keys  # put back exactly
     assert torch.equal(_out(m, x, ctx), ref)
@@ -118,6 +120,30 @@ def test_exported_rewrites_match_torch_on_onnxruntime(blocks, rewrites):
     assert err <= 1e-4
 
 
+def test_single_key_attention_skips_the_attention_and_stays_exact(blocks):
+    """A one-token context (SVD's image embedding): the cross-attention is its value, broadcast."""
+    m, x, _ = blocks
+    one = torch.randn(4, 1, 32, generator=torch.Generator().manual_seed(3))
+    spec = GraphSpec("blocks1", (TensorSpec("x", SHAPES[0], "float32"), TensorSpec("context", (4, 1, 32), "float32")),
+                     SPEC.outputs)
+    ref = _out(m, x, one)
+    graphs = {}
+    for rw in [(), ("single_key_attention",), REWRITES]:
+        with rewritten(m, rw):
+            eager = _out(m, x, one)
+            graphs[rw] = onnx.load_from_string(export_bytes(m, spec, (x, one)))
+        err = float((eager - ref).abs().max())
+        sess = ort.InferenceSession(graphs[rw].SerializeToString(), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {"x": x.numpy(), "context": one.numpy()})[0]
+        err_ort = float(np.abs(got - ref.numpy()).max())
+        print(f"{'+'.join(rw) or 'none'}: torch max abs {err:.1e}, ORT {err_ort:.1e}")
+        assert err <= 1e-5 and err_ort <= 1e-4
+    cross_q = lambda g: [n.name for n in g.graph.node if "/attn2/to_q" in n.name]  # noqa: E731
+    assert cross_q(graphs[()]) and not cross_q(graphs[("single_key_attention",)]) and not cross_q(graphs[REWRITES])
+    # the self-attention (64 tokens) keeps its query projection
+    assert [n.name for n in graphs[REWRITES].graph.node if "/attn1/to_q" in n.name]
+
+
 def test_attention_mask_goes_to_the_replaced_processor(blocks):
     m, _, _ = blocks
     attn = m.spatial.transformer_blocks[0].attn2
@@ -127,8 +153,8 @@ def test_attention_mask_goes_to_the_replaced_processor(blocks):
     mask[:, 4:] = 0
     bias = (1 - mask) * -10000.0
     ref = _out(attn, h, c, bias[:, None, :])
-    with rewritten(m, ["fused_attention"]):
-        assert type(attn.processor).__name__ == "FusedAttentionProcessor"
+    with rewritten(m, ["fused_attention", "single_key_attention"]):
+        assert type(attn.processor).__name__ == "ExportAttentionProcessor"
         got = _out(attn, h, c, bias[:, None, :])
     assert torch.equal(got, ref)
 

@@ -37,7 +37,7 @@ class GraphRunner:
     spec's dtypes; outputs are fresh torch tensors on the first input's device (copied out of the
     session-owned buffers). The weights are hashed once, at the first export: do not change them
     afterwards (build a new runner). `rewrites` (names of `ezvtb.export.network_rewrites.REWRITES`;
-    None: ``rewrites_for(backend)``, the ones measured faster there) are applied for the export only.
+    None: ``rewrites_for(backend, precision)``, the ones measured faster there) are applied for the export only.
     """
 
     def __init__(self, module: Any, spec_for: Callable[[tuple[tuple[int, ...], ...]], GraphSpec], *, name: str,
@@ -100,7 +100,7 @@ class GraphRunner:
         if self._digest is None:
             self._digest = weights_digest(self.module)
         if self.rewrites is None:
-            self.rewrites = rewrites_for(self.backend)
+            self.rewrites = rewrites_for(self.backend, self.precision)
         path = export_module(self.module, spec, name=self.name, precision=self.precision,
                              external_data=self.external_data, progress=self.progress, digest=self._digest,
                              rewrites=self.rewrites)

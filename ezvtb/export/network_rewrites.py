@@ -14,6 +14,10 @@ new modules share the original parameters, nothing is copied) and puts everythin
                       2-D convolutions in its blocked NCHWc layout, 3-D ones through im2col.
     split_geglu       GEGLU's one projection to 2 x inner channels followed by a split as two projections
                       (no copy of the 2 x inner tensor into two halves).
+    single_key_attention  attention to a one-token context (SVD/SV3D's image embedding) as that token's
+                      projected value broadcast over the queries: the softmax of one logit is exactly 1, so
+                      the query and key projections and the attention itself are skipped, and the output
+                      projection runs on the context tokens only.
 
 `CONTRIB_REWRITES` need ONNX Runtime's contrib operators; `PORTABLE_REWRITES` give standard ONNX that any
 runtime reads (TensorRT, OpenVINO). Which rewrites a backend's graphs get is decided here, by `rewrites_for`.
@@ -24,16 +28,20 @@ import contextlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-REWRITES = ("fused_attention", "temporal_conv2d", "split_geglu")
+REWRITES = ("fused_attention", "temporal_conv2d", "split_geglu", "single_key_attention")
 CONTRIB_REWRITES = ("fused_attention",)  # need ONNX Runtime's com.microsoft operators
 PORTABLE_REWRITES = tuple(r for r in REWRITES if r not in CONTRIB_REWRITES)  # standard ONNX
 
 
-def rewrites_for(backend: str) -> tuple[str, ...]:
-    """The rewrites a graph opened on `backend` is exported with (``auto`` resolved as a session would)."""
+def rewrites_for(backend: str, precision: str = "fp32") -> tuple[str, ...]:
+    """The rewrites a graph opened on `backend` is exported with (``auto`` resolved as a session would): all of
+    them for fp32 on the `REWRITE_BACKENDS` they were measured on, the portable ones for fp16 there (the
+    contrib attention kernel was measured in fp32 only), none elsewhere."""
     from ezvtb.engines.policy import REWRITE_BACKENDS, concrete_backend
 
-    return REWRITES if backend != "torch" and concrete_backend(backend) in REWRITE_BACKENDS else ()
+    if backend == "torch" or concrete_backend(backend) not in REWRITE_BACKENDS:
+        return ()
+    return REWRITES if precision == "fp32" else PORTABLE_REWRITES
 
 
 def check_rewrites(rewrites: Iterable[str]) -> tuple[str, ...]:
@@ -57,7 +65,7 @@ def rewritten(module: Any, rewrites: Iterable[str]) -> Iterator[dict[str, int]]:
     """
     names = check_rewrites(rewrites)
     if names:
-        from ezvtb.models.export_blocks import FusedAttentionProcessor, SplitGEGLU, TemporalConv2d, is_geglu, \
+        from ezvtb.models.export_blocks import ExportAttentionProcessor, SplitGEGLU, TemporalConv2d, is_geglu, \
             plain_attention
     counts = {r: 0 for r in names}
     undo: list[Any] = []
@@ -74,11 +82,13 @@ def rewritten(module: Any, rewrites: Iterable[str]) -> Iterator[dict[str, int]]:
                         setattr(parent, child_name, new)
                         undo.append((parent, child_name, child))
                         counts[kind] += 1
-                if "fused_attention" in names and plain_attention(parent):
+                fused, single = "fused_attention" in names, "single_key_attention" in names
+                if (fused or single) and plain_attention(parent):
                     old = parent.processor
-                    parent.processor = FusedAttentionProcessor(old)
+                    parent.processor = ExportAttentionProcessor(old, fused=fused, single_key=single)
                     undo.append((parent, "processor", old))
-                    counts["fused_attention"] += 1
+                    for r in ("fused_attention",) * fused + ("single_key_attention",) * single:
+                        counts[r] += 1
         yield counts
     finally:
         for obj, attr, old in reversed(undo):

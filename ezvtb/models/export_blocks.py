@@ -46,13 +46,22 @@ def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head
     return _sdpa(q, k, v, heads, scale)
 
 
-class FusedAttentionProcessor:
-    """A diffusers attention processor computing what ``AttnProcessor2_0`` computes (SDPA with its
-    default scale 1/sqrt(head dim)) through `multi_head_attention`. Calls it cannot express (an
-    attention mask) go to the processor it replaced."""
+class ExportAttentionProcessor:
+    """A diffusers attention processor computing what ``AttnProcessor2_0`` computes (SDPA with its default
+    scale 1/sqrt(head dim)), in the form the export rewrites ask for:
 
-    def __init__(self, fallback: Any) -> None:
+    fused: the attention through `multi_head_attention` (one ONNX Runtime ``MultiHeadAttention`` node);
+        otherwise torch's SDPA, exported as the classic exporter writes it.
+    single_key: attention to a context of one token is that token's value for every query (the softmax of
+        one logit is exactly 1), so it is computed as ``to_out(to_v(context))`` on the context tokens only and
+        broadcast over the queries (no query or key projection, no attention).
+    Calls it cannot express (an attention mask, extra arguments) go to the processor it replaced.
+    """
+
+    def __init__(self, fallback: Any, fused: bool = True, single_key: bool = False) -> None:
         self.fallback = fallback
+        self.fused = fused
+        self.single_key = single_key
 
     def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args: Any,
@@ -64,11 +73,17 @@ class FusedAttentionProcessor:
         if four_d:
             b, c, h, w = hidden_states.shape
             hidden_states = hidden_states.reshape(b, c, h * w).transpose(1, 2)
-        q = attn.to_q(hidden_states)
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        k, v = attn.to_k(context), attn.to_v(context)
-        out = multi_head_attention(q, k, v, attn.heads, (k.shape[-1] // attn.heads) ** -0.5)
-        out = attn.to_out[1](attn.to_out[0](out.to(q.dtype)))
+        if self.single_key and encoder_hidden_states is not None and encoder_hidden_states.shape[1] == 1:
+            v = attn.to_out[1](attn.to_out[0](attn.to_v(encoder_hidden_states)))
+            out = v.expand(hidden_states.shape[0], hidden_states.shape[1], v.shape[2]).to(hidden_states.dtype)
+        else:
+            q = attn.to_q(hidden_states)
+            context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+            k, v = attn.to_k(context), attn.to_v(context)
+            scale = (k.shape[-1] // attn.heads) ** -0.5
+            out = (multi_head_attention(q, k, v, attn.heads, scale) if self.fused
+                   else _sdpa(q, k, v, attn.heads, scale))
+            out = attn.to_out[1](attn.to_out[0](out.to(q.dtype)))
         if four_d:
             out = out.transpose(-1, -2).reshape(b, c, h, w)
         if attn.residual_connection:
@@ -77,7 +92,7 @@ class FusedAttentionProcessor:
 
 
 def plain_attention(attn: Any) -> bool:
-    """Whether `attn` is a diffusers Attention whose processor `FusedAttentionProcessor` can stand in for."""
+    """Whether `attn` is a diffusers Attention whose processor `ExportAttentionProcessor` can stand in for."""
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
     return (isinstance(getattr(attn, "processor", None), (AttnProcessor, AttnProcessor2_0))
@@ -132,5 +147,5 @@ def is_geglu(m: nn.Module) -> bool:
     return type(m) is GEGLU and isinstance(getattr(m, "proj", None), nn.Linear)
 
 
-__all__ = ["FusedAttentionProcessor", "SplitGEGLU", "TemporalConv2d", "is_geglu", "multi_head_attention",
+__all__ = ["ExportAttentionProcessor", "SplitGEGLU", "TemporalConv2d", "is_geglu", "multi_head_attention",
            "plain_attention"]
