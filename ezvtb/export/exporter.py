@@ -214,10 +214,11 @@ def weights_digest(module: Any) -> str:
 
 def export_key(module: Any, spec: GraphSpec, precision: str = "fp32", opset: int = OPSET,
                digest: str | None = None, rewrites: Sequence[str] = ()) -> str:
-    """The cache key `export_module` uses for (module weights and structure, spec, precision, rewrites, opset)."""
-    from ezvtb.export.network_rewrites import check_rewrites
+    """The cache key `export_module` uses for (module weights and structure, spec, precision, the rewrites that
+    apply to the module, opset)."""
+    from ezvtb.export.network_rewrites import applicable
 
-    return graph_key(_module_identity(module, precision, digest, check_rewrites(rewrites)), spec, opset)
+    return graph_key(_module_identity(module, precision, digest, applicable(module, rewrites)), spec, opset)
 
 
 def _module_identity(module: Any, precision: str, digest: str | None, rewrites: tuple[str, ...]) -> str:
@@ -263,9 +264,9 @@ def export_module(module: Any, spec: GraphSpec, *, name: str, precision: str = "
         raise ValueError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
     if example_inputs is not None:
         _example_inputs(spec, example_inputs)  # a bad one is refused before the cache is looked at
-    from ezvtb.export.network_rewrites import check_rewrites, rewritten
+    from ezvtb.export.network_rewrites import applicable, rewritten
 
-    rewrites = check_rewrites(rewrites)
+    rewrites = applicable(module, rewrites)  # validated; only those that change this module's graph
     recipe = Recipe(family=name, name=name, spec=spec, identity=_module_identity(module, precision, digest, rewrites),
                     module=lambda: _SpecModule(module, spec, precision),
                     example_inputs=(lambda: example_inputs) if example_inputs is not None else None,

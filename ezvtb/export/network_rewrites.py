@@ -55,6 +55,13 @@ def check_rewrites(rewrites: Iterable[str]) -> tuple[str, ...]:
     return names
 
 
+def applicable(module: Any, rewrites: Iterable[str]) -> tuple[str, ...]:
+    """The rewrites of `rewrites` that would replace something in `module` (sorted): a module with nothing to
+    rewrite exports the same graph, under the same cache key, as without them."""
+    with rewritten(module, rewrites) as counts:
+        return tuple(r for r, n in counts.items() if n)
+
+
 # -- applying them ------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def rewritten(module: Any, rewrites: Iterable[str]) -> Iterator[dict[str, int]]:
@@ -98,4 +105,5 @@ def rewritten(module: Any, rewrites: Iterable[str]) -> Iterator[dict[str, int]]:
                 setattr(obj, attr, old)
 
 
-__all__ = ["CONTRIB_REWRITES", "PORTABLE_REWRITES", "REWRITES", "check_rewrites", "rewrites_for", "rewritten"]
+__all__ = ["CONTRIB_REWRITES", "PORTABLE_REWRITES", "REWRITES", "applicable", "check_rewrites", "rewrites_for",
+           "rewritten"]
