@@ -186,6 +186,29 @@ def test_runner_exports_what_its_backend_gets(tmp_path, monkeypatch):
     assert GraphRunner(lin, lambda s: spec, name="lin", backend="cpu", rewrites=()).rewrites == ()
 
 
+def test_networks_without_diffusers_export_where_diffusers_is_not_installed(tmp_path):
+    """Audio2Coeff or a CLIP tower on the cpu backend: the rewrites are looked for without importing diffusers."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['diffusers'] = None\n"  # any import of diffusers fails, as when not installed
+        "import torch\n"
+        "from ezvtb.engines.base import GraphSpec, TensorSpec\n"
+        "from ezvtb.engines.runner import GraphRunner\n"
+        "spec = GraphSpec('lin', (TensorSpec('x', (2, 4), 'float32'),), (TensorSpec('y', (2, 4), 'float32'),))\n"
+        "lin = torch.nn.Linear(4, 4)\n"
+        "run = GraphRunner(lin, lambda s: spec, name='lin', backend='cpu', progress=False)\n"
+        "x = torch.randn(2, 4)\n"
+        "err = float((run(x) - lin(x)).abs().max())\n"
+        "assert err < 1e-6, err\n"
+        "print('ok', run.rewrites)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**__import__("os").environ, "EZVTB_HOME": str(tmp_path)})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.startswith("ok")
+
+
 def test_rewrites_apply_to_the_unet3d_and_the_video_unet():
     """Every attention, temporal conv and GEGLU of both UNet families is replaced (eager outputs equal)."""
     from sgm_video_fixtures import tiny_unet

@@ -4,6 +4,7 @@ shares the parameters of the block it stands for.
 """
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -51,7 +52,7 @@ class ExportAttentionProcessor:
     scale 1/sqrt(head dim)), in the form the export rewrites ask for:
 
     fused: the attention through `multi_head_attention` (one ONNX Runtime ``MultiHeadAttention`` node);
-        otherwise torch's SDPA, exported as the classic exporter writes it.
+        otherwise the replaced processor's own computation.
     single_key: attention to a context of one token is that token's value for every query (the softmax of
         one logit is exactly 1), so it is computed as ``to_out(to_v(context))`` on the context tokens only and
         broadcast over the queries (no query or key projection, no attention).
@@ -66,23 +67,22 @@ class ExportAttentionProcessor:
     def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args: Any,
                  **kwargs: Any) -> torch.Tensor:
-        if attention_mask is not None or args or kwargs:
+        one_token = encoder_hidden_states is not None and encoder_hidden_states.shape[1] == 1
+        if attention_mask is not None or args or kwargs or not (self.fused or self.single_key and one_token):
             return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         residual = hidden_states
         four_d = hidden_states.ndim == 4
         if four_d:
             b, c, h, w = hidden_states.shape
             hidden_states = hidden_states.reshape(b, c, h * w).transpose(1, 2)
-        if self.single_key and encoder_hidden_states is not None and encoder_hidden_states.shape[1] == 1:
+        if self.single_key and one_token:
             v = attn.to_out[1](attn.to_out[0](attn.to_v(encoder_hidden_states)))
             out = v.expand(hidden_states.shape[0], hidden_states.shape[1], v.shape[2]).to(hidden_states.dtype)
         else:
             q = attn.to_q(hidden_states)
             context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
             k, v = attn.to_k(context), attn.to_v(context)
-            scale = (k.shape[-1] // attn.heads) ** -0.5
-            out = (multi_head_attention(q, k, v, attn.heads, scale) if self.fused
-                   else _sdpa(q, k, v, attn.heads, scale))
+            out = multi_head_attention(q, k, v, attn.heads, (k.shape[-1] // attn.heads) ** -0.5)
             out = attn.to_out[1](attn.to_out[0](out.to(q.dtype)))
         if four_d:
             out = out.transpose(-1, -2).reshape(b, c, h, w)
@@ -91,11 +91,22 @@ class ExportAttentionProcessor:
         return out / attn.rescale_output_factor
 
 
+def _loaded_diffusers_class(module: str, name: str) -> Any:
+    """A diffusers class if diffusers is already imported, else None: a module holding diffusers blocks has
+    imported it, so networks without any (Audio2Coeff, CLIP towers) are walked without diffusers installed."""
+    if sys.modules.get("diffusers") is None:
+        return None
+    import importlib
+
+    return getattr(importlib.import_module(module), name, None)
+
+
 def plain_attention(attn: Any) -> bool:
     """Whether `attn` is a diffusers Attention whose processor `ExportAttentionProcessor` can stand in for."""
-    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
-
-    return (isinstance(getattr(attn, "processor", None), (AttnProcessor, AttnProcessor2_0))
+    kinds = tuple(k for k in (_loaded_diffusers_class("diffusers.models.attention_processor", "AttnProcessor"),
+                              _loaded_diffusers_class("diffusers.models.attention_processor", "AttnProcessor2_0"))
+                  if k is not None)
+    return (bool(kinds) and isinstance(getattr(attn, "processor", None), kinds)
             and all(getattr(attn, n, None) is None for n in ("spatial_norm", "group_norm", "norm_q", "norm_k",
                                                              "add_k_proj", "add_v_proj"))
             and not getattr(attn, "norm_cross", False) and isinstance(getattr(attn, "to_out", None), nn.ModuleList))
@@ -142,9 +153,8 @@ class SplitGEGLU(nn.Module):
 
 
 def is_geglu(m: nn.Module) -> bool:
-    from diffusers.models.activations import GEGLU
-
-    return type(m) is GEGLU and isinstance(getattr(m, "proj", None), nn.Linear)
+    geglu = _loaded_diffusers_class("diffusers.models.activations", "GEGLU")
+    return geglu is not None and type(m) is geglu and isinstance(getattr(m, "proj", None), nn.Linear)
 
 
 __all__ = ["ExportAttentionProcessor", "SplitGEGLU", "TemporalConv2d", "is_geglu", "multi_head_attention",
