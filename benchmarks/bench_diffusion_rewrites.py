@@ -162,7 +162,7 @@ def profile_shares(data: bytes, feeds: dict, threads: int, runs: int = 2) -> tup
     return shares, total
 
 
-def measure(network: str, args) -> tuple[list[list[object]], str]:
+def measure(network: str, args) -> tuple[list[list[object]], str, LoadWatch]:
     import torch
 
     from ezvtb.export.exporter import export_bytes
