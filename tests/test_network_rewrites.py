@@ -51,6 +51,8 @@ class Blocks(torch.nn.Module):
 
 
 SHAPES = ((1, 64, 4, 8, 8), (4, 7, 32))
+# what the blocks alone take: frame_shared_context needs the UNet3D that repeats the context per frame
+BLOCK_REWRITES = tuple(r for r in REWRITES if r != "frame_shared_context")
 SPEC = GraphSpec("blocks", (TensorSpec("x", SHAPES[0], "float32"), TensorSpec("context", SHAPES[1], "float32")),
                  (TensorSpec("y", (4, 64, 8, 8), "float32"),))
 
@@ -82,7 +84,7 @@ def test_names_and_backend_choice():
         GraphRunner(torch.nn.Linear(2, 2), lambda s: SPEC, name="x", backend="cpu", rewrites=["nope"])
 
 
-@pytest.mark.parametrize("rewrite", REWRITES)
+@pytest.mark.parametrize("rewrite", BLOCK_REWRITES)
 def test_each_stand_in_computes_the_same_in_torch(blocks, rewrite):
     m, x, ctx = blocks
     ref = _out(m, x, ctx)
@@ -98,7 +100,7 @@ def test_each_stand_in_computes_the_same_in_torch(blocks, rewrite):
     assert torch.equal(_out(m, x, ctx), ref)
 
 
-@pytest.mark.parametrize("rewrites", [(r,) for r in REWRITES] + [REWRITES], ids=lambda r: "+".join(r))
+@pytest.mark.parametrize("rewrites", [(r,) for r in BLOCK_REWRITES] + [REWRITES], ids=lambda r: "+".join(r))
 def test_exported_rewrites_match_torch_on_onnxruntime(blocks, rewrites):
     m, x, ctx = blocks
     ref = _out(m, x, ctx).numpy()
@@ -225,4 +227,47 @@ def test_rewrites_apply_to_the_unet3d_and_the_video_unet():
     with rewritten(video, REWRITES) as counts:
         pass
     print("VideoUNet", counts)
+    assert counts["frame_shared_context"] == 0  # its context is per frame, not repeated by the network
     assert counts["fused_attention"] > 0 and counts["temporal_conv2d"] > 0 and counts["split_geglu"] > 0
+
+
+@pytest.fixture(scope="module")
+def cfg_unet3d():
+    """A tiny UNet3D on a CFG batch of 2 videos of 3 frames, two different contexts."""
+    net = UNet3DStep(unet3d(32, levels=2, seed=4)).eval()
+    g = torch.Generator().manual_seed(1)
+    xs = (torch.randn(2, 4, 3, 8, 8, generator=g), torch.full((2,), 700.0), torch.randn(2, 7, 32, generator=g))
+    return net, xs
+
+
+def test_frame_shared_context_projects_the_context_once_per_video(cfg_unet3d):
+    """Exact in torch, on ONNX Runtime with and without the fused attention; the key projection of every
+    cross-attention sees one context per video (batch 2), not one per frame (6); the hook is removed after."""
+    from ezvtb.diffusion.unet3d import unet3d_step_spec
+
+    net, xs = cfg_unet3d
+    ref = _out(net, *xs)
+    crosses = [m for m in net.modules() if getattr(m, "is_cross_attention", False)]
+    with rewritten(net, ["frame_shared_context"]) as counts:
+        got = _out(net, *xs)
+    err = float((got - ref).abs().max())
+    print(f"frame_shared_context: {counts}, torch max abs {err:.1e}")
+    assert counts["frame_shared_context"] == len(crosses) > 0
+    assert err <= 1e-5
+    assert not net.unet._forward_pre_hooks and torch.equal(_out(net, *xs), ref)
+    spec = unet3d_step_spec(tuple(tuple(x.shape) for x in xs))
+    feeds = {t.name: x.numpy() for t, x in zip(spec.inputs, xs)}
+    for rewrites in (("frame_shared_context",), ("frame_shared_context", "fused_attention"), ()):
+        with rewritten(net, rewrites):
+            data = export_bytes(net, spec, xs)
+        graph = onnx.load_from_string(data)  # the spatial cross-attentions' key projections as extra outputs
+        keys = [n.output[0] for n in graph.graph.node
+                if n.op_type == "MatMul" and "/attentions." in n.name and "attn2/to_k" in n.name]
+        graph.graph.output.extend(onnx.ValueInfoProto(name=k) for k in keys)
+        got, *projected = ort.InferenceSession(graph.SerializeToString(),
+                                               providers=["CPUExecutionProvider"]).run(None, feeds)
+        key_batches = {k.shape[0] for k in projected}
+        err = float(np.abs(got - ref.numpy()).max())
+        print(f"{'+'.join(rewrites) or 'none'}: key projection batches {key_batches}, ORT vs torch max abs {err:.1e}")
+        assert key_batches == ({2} if rewrites else {6})
+        assert err <= 1e-4

@@ -18,6 +18,9 @@ new modules share the original parameters, nothing is copied) and puts everythin
                       projected value broadcast over the queries: the softmax of one logit is exactly 1, so
                       the query and key projections and the attention itself are skipped, and the output
                       projection runs on the context tokens only.
+    frame_shared_context  the cross-attention of a ``UNet3DConditionModel``, which repeats each video's text
+                      context for every frame: keys and values projected once per video instead of once per
+                      frame, and the queries of all its frames attending to them in one call.
 
 `CONTRIB_REWRITES` need ONNX Runtime's contrib operators; `PORTABLE_REWRITES` give standard ONNX that any
 runtime reads (TensorRT, OpenVINO). Which rewrites a backend's graphs get is decided here, by `rewrites_for`.
@@ -28,7 +31,7 @@ import contextlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-REWRITES = ("fused_attention", "temporal_conv2d", "split_geglu", "single_key_attention")
+REWRITES = ("fused_attention", "temporal_conv2d", "split_geglu", "single_key_attention", "frame_shared_context")
 CONTRIB_REWRITES = ("fused_attention",)  # need ONNX Runtime's com.microsoft operators
 PORTABLE_REWRITES = tuple(r for r in REWRITES if r not in CONTRIB_REWRITES)  # standard ONNX
 
@@ -72,13 +75,19 @@ def rewritten(module: Any, rewrites: Iterable[str]) -> Iterator[dict[str, int]]:
     """
     names = check_rewrites(rewrites)
     if names:
-        from ezvtb.models.export_blocks import ExportAttentionProcessor, SplitGEGLU, TemporalConv2d, is_geglu, \
-            plain_attention
+        from ezvtb.models.export_blocks import ExportAttentionProcessor, FrameCount, SplitGEGLU, TemporalConv2d, \
+            is_geglu, is_unet3d, plain_attention
     counts = {r: 0 for r in names}
     undo: list[Any] = []
+    frames_of: dict[int, Any] = {}  # id of a cross-attention of a UNet3D -> that UNet3D's FrameCount
     try:
         if names:
             for parent in list(module.modules()):
+                if "frame_shared_context" in names and is_unet3d(parent):
+                    frames = FrameCount()
+                    undo.append((parent.register_forward_pre_hook(frames.hook, with_kwargs=True), "hook", None))
+                    frames_of.update((id(m), frames) for m in parent.modules()
+                                     if getattr(m, "is_cross_attention", False) and plain_attention(m))
                 for child_name, child in list(parent.named_children()):
                     new = None
                     if "temporal_conv2d" in names and TemporalConv2d.applies(child):
@@ -90,16 +99,20 @@ def rewritten(module: Any, rewrites: Iterable[str]) -> Iterator[dict[str, int]]:
                         undo.append((parent, child_name, child))
                         counts[kind] += 1
                 fused, single = "fused_attention" in names, "single_key_attention" in names
-                if (fused or single) and plain_attention(parent):
+                frames = frames_of.get(id(parent))
+                if (fused or single or frames is not None) and plain_attention(parent):
                     old = parent.processor
-                    parent.processor = ExportAttentionProcessor(old, fused=fused, single_key=single)
+                    parent.processor = ExportAttentionProcessor(old, fused=fused, single_key=single, frames=frames)
                     undo.append((parent, "processor", old))
-                    for r in ("fused_attention",) * fused + ("single_key_attention",) * single:
+                    for r in (("fused_attention",) * fused + ("single_key_attention",) * single
+                              + ("frame_shared_context",) * (frames is not None)):
                         counts[r] += 1
         yield counts
     finally:
         for obj, attr, old in reversed(undo):
-            if attr == "processor":
+            if attr == "hook":
+                obj.remove()
+            elif attr == "processor":
                 obj.processor = old
             else:
                 setattr(obj, attr, old)

@@ -47,6 +47,24 @@ def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head
     return _sdpa(q, k, v, heads, scale)
 
 
+class FrameCount:
+    """The frame count F of the video a diffusers ``UNet3DConditionModel`` is running on, recorded by a forward
+    pre-hook (`hook`) from its sample (b, c, F, h, w); that network repeats each video's context F times
+    (``repeat_interleave`` over the batch) before its cross-attentions. 0 until the network has run."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:  # noqa: ARG002
+        sample = args[0] if args else kwargs["sample"]
+        self.count = int(sample.shape[2])
+
+
+def is_unet3d(m: nn.Module) -> bool:
+    kind = _loaded_diffusers_class("diffusers.models.unets.unet_3d_condition", "UNet3DConditionModel")
+    return kind is not None and isinstance(m, kind)
+
+
 class ExportAttentionProcessor:
     """A diffusers attention processor computing what ``AttnProcessor2_0`` computes (SDPA with its default
     scale 1/sqrt(head dim)), in the form the export rewrites ask for:
@@ -56,33 +74,53 @@ class ExportAttentionProcessor:
     single_key: attention to a context of one token is that token's value for every query (the softmax of
         one logit is exactly 1), so it is computed as ``to_out(to_v(context))`` on the context tokens only and
         broadcast over the queries (no query or key projection, no attention).
+    frames: for the cross-attention of a network that repeats each video's context for each of its frames
+        (`FrameCount` of that network): keys and values are projected from one copy of the context per video
+        (rows 0, F, 2F, ... of the repeated batch), and the queries of a video's F frames attend to them in
+        one call, as F x tokens queries of one batch item. Exact: every frame's queries see the same keys.
     Calls it cannot express (an attention mask, extra arguments) go to the processor it replaced.
     """
 
-    def __init__(self, fallback: Any, fused: bool = True, single_key: bool = False) -> None:
+    def __init__(self, fallback: Any, fused: bool = True, single_key: bool = False,
+                 frames: FrameCount | None = None) -> None:
         self.fallback = fallback
         self.fused = fused
         self.single_key = single_key
+        self.frames = frames
 
     def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args: Any,
                  **kwargs: Any) -> torch.Tensor:
         one_token = encoder_hidden_states is not None and encoder_hidden_states.shape[1] == 1
-        if attention_mask is not None or args or kwargs or not (self.fused or self.single_key and one_token):
+        frames = self.frames.count if self.frames is not None else 0
+        shared = (frames > 1 and not one_token and encoder_hidden_states is not None
+                  and encoder_hidden_states.ndim == 3 and encoder_hidden_states.shape[0] == hidden_states.shape[0]
+                  and encoder_hidden_states.shape[0] % frames == 0)
+        if attention_mask is not None or args or kwargs or not (self.fused or self.single_key and one_token
+                                                                 or shared):
             return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         residual = hidden_states
         four_d = hidden_states.ndim == 4
         if four_d:
             b, c, h, w = hidden_states.shape
             hidden_states = hidden_states.reshape(b, c, h * w).transpose(1, 2)
+        attend = multi_head_attention if self.fused else _sdpa
         if self.single_key and one_token:
             v = attn.to_out[1](attn.to_out[0](attn.to_v(encoder_hidden_states)))
             out = v.expand(hidden_states.shape[0], hidden_states.shape[1], v.shape[2]).to(hidden_states.dtype)
+        elif shared:
+            q = attn.to_q(hidden_states)
+            bf, s = q.shape[0], q.shape[1]
+            context = encoder_hidden_states[::frames]  # one copy per video
+            k, v = attn.to_k(context), attn.to_v(context)
+            out = attend(q.reshape(bf // frames, frames * s, q.shape[2]), k, v, attn.heads,
+                         (k.shape[-1] // attn.heads) ** -0.5)
+            out = attn.to_out[1](attn.to_out[0](out.reshape(bf, s, -1).to(q.dtype)))
         else:
             q = attn.to_q(hidden_states)
             context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
             k, v = attn.to_k(context), attn.to_v(context)
-            out = multi_head_attention(q, k, v, attn.heads, (k.shape[-1] // attn.heads) ** -0.5)
+            out = attend(q, k, v, attn.heads, (k.shape[-1] // attn.heads) ** -0.5)
             out = attn.to_out[1](attn.to_out[0](out.to(q.dtype)))
         if four_d:
             out = out.transpose(-1, -2).reshape(b, c, h, w)
@@ -157,5 +195,5 @@ def is_geglu(m: nn.Module) -> bool:
     return geglu is not None and type(m) is geglu and isinstance(getattr(m, "proj", None), nn.Linear)
 
 
-__all__ = ["ExportAttentionProcessor", "SplitGEGLU", "TemporalConv2d", "is_geglu", "multi_head_attention",
-           "plain_attention"]
+__all__ = ["ExportAttentionProcessor", "FrameCount", "SplitGEGLU", "TemporalConv2d", "is_geglu", "is_unet3d",
+           "multi_head_attention", "plain_attention"]
