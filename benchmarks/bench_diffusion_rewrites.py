@@ -34,7 +34,16 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import LoadWatch, add_load_args, alternating_ms, openvino_runner, pct, publish, table  # noqa: E402
+from _common import (  # noqa: E402
+    LoadWatch,
+    add_load_args,
+    alternating_ms,
+    openvino_runner,
+    pct,
+    publish,
+    table,
+    timed_ms,
+)
 
 TARGET_EAGER, TARGET_OPENVINO = 2.0, 1.2
 NETWORKS = ("unet3d", "t2v-mid", "videounet")
@@ -135,9 +144,24 @@ def kind_of(op: str, node: str) -> str:
 STEP_INVARIANT = ("attn2/to_k", "attn2/to_v", "time_embedding", "time_proj", "time_pos_embed")
 
 
-def profile_shares(data: bytes, feeds: dict, threads: int, runs: int = 2) -> tuple[dict[str, float], float]:
-    """{kind: ms per run} over `runs` profiled runs (after one unprofiled warm-up), and the summed total;
-    kind "step-invariant" (also counted in its own kind) sums the `STEP_INVARIANT` nodes."""
+def node_flops(op: str, inputs: list[list[int]], outputs: list[list[int]]) -> float:
+    """Multiply-adds x 2 of a convolution or linear node from the shapes ORT's profile records (0 for
+    other nodes). Constant weights a kernel pre-packed are not listed; the output and the activation's
+    last axis give a linear layer's work, the (out, in/groups, *kernel) weight a convolution's."""
+    if not outputs:
+        return 0.0
+    out = float(np.prod(outputs[0]))
+    if op in ("Gemm", "MatMul", "FusedMatMul", "FusedGemm") and inputs:
+        return 2.0 * out * inputs[0][-1]
+    if op in ("Conv", "FusedConv") and len(inputs) > 1 and len(inputs[1]) >= 3:
+        return 2.0 * out * float(np.prod(inputs[1][1:]))
+    return 0.0
+
+
+def profile_shares(data: bytes, feeds: dict, threads: int, runs: int = 2) -> dict:
+    """One profiled look at a graph: {"kinds": {kind: ms per run}, "total": ms, "invariant": ms of the
+    `STEP_INVARIANT` nodes (also counted in their kind), "gemm_flops": FLOP per run of the convolution and
+    linear nodes, "gemm_ms": their ms per run}, over `runs` profiled runs after one unprofiled warm-up."""
     with tempfile.TemporaryDirectory(prefix="ezvtb-profile.") as tmp:
         sess = ort_session(data, threads, profile_prefix=os.path.join(tmp, "p"))
         sess.run(None, feeds)
@@ -147,19 +171,107 @@ def profile_shares(data: bytes, feeds: dict, threads: int, runs: int = 2) -> tup
         events = json.loads(Path(path).read_text())
     # every node's events in run order: the last `runs` of each are the profiled runs after the warm-up
     per_node: dict[str, list[float]] = collections.defaultdict(list)
-    ops: dict[str, str] = {}
+    args: dict[str, dict] = {}
     for e in events:
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
             name = e["name"][: -len("_kernel_time")]
             per_node[name].append(e["dur"] / 1e3)
-            ops[name] = e["args"].get("op_name", "")
-    shares = dict.fromkeys(KINDS, 0.0)
+            args[name] = e["args"]
+    kinds = dict.fromkeys(KINDS, 0.0)
+    flops = gemm_ms = 0.0
+    shapes = lambda a, key: [list(d.values())[0] for d in a.get(key, [])]  # noqa: E731
     for name, durs in per_node.items():
-        shares[kind_of(ops[name], name)] += sum(durs[-runs:]) / runs
-    total = sum(shares.values())
-    shares["step-invariant"] = sum(sum(d[-runs:]) / runs for n, d in per_node.items()
-                                   if any(p in n for p in STEP_INVARIANT))
-    return shares, total
+        op = args[name].get("op_name", "")
+        ms = sum(durs[-runs:]) / runs
+        kind = kind_of(op, name)
+        kinds[kind] += ms
+        if kind in ("linear", "convolution"):
+            f = node_flops(op, shapes(args[name], "input_type_shape"), shapes(args[name], "output_type_shape"))
+            if f:
+                flops += f
+                gemm_ms += ms
+    invariant = sum(sum(d[-runs:]) / runs for n, d in per_node.items() if any(p in n for p in STEP_INVARIANT))
+    return {"kinds": kinds, "total": sum(kinds.values()), "invariant": invariant, "gemm_flops": flops,
+            "gemm_ms": gemm_ms}
+
+
+def gemm_rate(threads: int, n: int = 2048, calls: int = 5) -> float:
+    """This machine's large-GEMM rate on ONNX Runtime (GFLOP/s): the best of `calls` n x n x n MatMuls with a
+    constant (pre-packed) weight, the kernel every linear layer and convolution of the UNets runs on."""
+    import onnxruntime as ort  # noqa: F401
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "gemm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, n])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, n])],
+                              [numpy_helper.from_array(rng.standard_normal((n, n), dtype=np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    sess = ort_session(model.SerializeToString(), threads)
+    x = {"x": rng.standard_normal((n, n), dtype=np.float32)}
+    sess.run(None, x)
+    best = min(timed_ms(lambda: sess.run(None, x)) for _ in range(calls))
+    return 2.0 * n ** 3 / (best / 1e3) / 1e9
+
+
+def group_norm_forms(net, xs, threads: int, rounds: int) -> str:
+    """GroupNorm + SiLU at the largest GroupNorm input of `net`: the form the exporter writes (Reshape,
+    InstanceNormalization, Reshape, Mul, Add; ORT fuses x * sigmoid(x) into QuickGelu) against the one
+    standard operator for it (ONNX GroupNormalization-21, then SiLU), alternating on ORT; a sentence."""
+    import onnx
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ezvtb.engines.base import GraphSpec, TensorSpec
+    from ezvtb.export.exporter import export_bytes
+
+    seen: list[tuple[tuple[int, ...], int, int, float]] = []
+    hooks = [m.register_forward_pre_hook(lambda m, a: seen.append((tuple(a[0].shape), m.num_groups, m.num_channels,
+                                                                   m.eps)))
+             for m in net.modules() if isinstance(m, torch.nn.GroupNorm)]
+    try:
+        with torch.no_grad():
+            net(*xs)
+    finally:
+        for h in hooks:
+            h.remove()
+    if not seen:
+        return ""
+    shape, groups, channels, eps = max(seen, key=lambda s: np.prod(s[0]))
+    g = torch.Generator().manual_seed(0)
+    block = torch.nn.Sequential(torch.nn.GroupNorm(groups, channels, eps=eps), torch.nn.SiLU()).eval()
+    with torch.no_grad():
+        block[0].weight.copy_(1 + 0.1 * torch.randn(channels, generator=g))
+        block[0].bias.copy_(0.1 * torch.randn(channels, generator=g))
+    x = torch.randn(shape, generator=g)
+    spec = GraphSpec("group_norm_silu", (TensorSpec("x", shape, "float32"),), (TensorSpec("y", shape, "float32"),))
+    exported = export_bytes(block, spec, (x,))
+    vi = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, list(shape))  # noqa: E731
+    standard = helper.make_model(helper.make_graph(
+        [helper.make_node("GroupNormalization", ["x", "scale", "bias"], ["n"], num_groups=groups, epsilon=eps),
+         helper.make_node("Sigmoid", ["n"], ["s"]), helper.make_node("Mul", ["n", "s"], ["y"])],
+        "group_norm_silu", [vi("x")], [vi("y")],
+        [numpy_helper.from_array(block[0].weight.detach().numpy(), "scale"),
+         numpy_helper.from_array(block[0].bias.detach().numpy(), "bias")]),
+        opset_imports=[helper.make_opsetid("", 21)])
+    feeds = {"x": x.numpy()}
+    with torch.no_grad():
+        ref = block(x).numpy()
+    sides, errs = {}, {}
+    for label, data in (("exported", exported), ("standard", standard.SerializeToString())):
+        sess = ort_session(data, threads)
+        errs[label] = float(np.abs(sess.run(None, feeds)[0] - ref).max())
+        sides[label] = (lambda s=sess: s.run(None, feeds))
+    times = alternating_ms(sides, max(rounds, 10))
+    ops = sorted({n.op_type for n in onnx.load_from_string(exported).graph.node})
+    a, b = pct(times["exported"], 50), pct(times["standard"], 50)
+    verdict = ("faster: a GroupNorm rewrite would pay here" if b < 0.95 * a else
+               "no faster on ORT's CPU provider, which has no kernel fusing the norm with the activation; so the "
+               "exporter's form is kept")
+    return (f"GroupNorm + SiLU at its largest input here ({'x'.join(map(str, shape))}, {groups} groups): as exported "
+            f"({', '.join(ops)}) {a:.2f} ms p50, max abs {errs['exported']:.1e}; as ONNX GroupNormalization-21 + "
+            f"SiLU {b:.2f} ms, max abs {errs['standard']:.1e}: the standard operator runs at {a / b:.2f}x the "
+            f"exported form's speed, {verdict}. ")
 
 
 def measure(network: str, args) -> tuple[list[list[object]], str, LoadWatch]:
@@ -228,10 +340,12 @@ def measure(network: str, args) -> tuple[list[list[object]], str, LoadWatch]:
         rows.append([f"{network}: {k}", f"{p50:.0f}", f"{min(ts):.0f}", f"{base / p50:.2f}x", f"{eager50 / p50:.2f}x",
                      f"{ov_best / p50:.2f}x" if ov_labels else "-", f"{err:.1e}"])
     full = "ORT: all rewrites (cpu backend)"
-    shares, total = profile_shares(graphs["all rewrites (cpu backend)"], feeds, args.threads)
+    prof = profile_shares(graphs["all rewrites (cpu backend)"], feeds, args.threads)
+    shares, total, invariant = prof["kinds"], prof["total"], prof["invariant"]
+    peak = gemm_rate(args.threads)
     best = pct(times[full], 50)
-    need = max(best / (eager50 / TARGET_EAGER), best / (ov_best / TARGET_OPENVINO) if ov_labels else 0.0)
-    invariant = shares.pop("step-invariant")
+    target_ms = min(eager50 / TARGET_EAGER, ov_best / TARGET_OPENVINO if ov_labels else float("inf"))
+    need = best / target_ms
     share_text = ", ".join(f"{k} {100 * v / total:.0f}% ({v:.0f} ms)" for k, v in
                            sorted(shares.items(), key=lambda kv: -kv[1]) if v >= 0.005 * total)
     share_text += (f"; of it, work that is the same at every step (cross-attention K/V of the context, the "
@@ -241,6 +355,17 @@ def measure(network: str, args) -> tuple[list[list[object]], str, LoadWatch]:
     note = (f"{network}: {about}. Export per graph {np.median(list(export_s.values())):.0f} s (TorchScript). "
             f"Where the all-rewrites graph's time goes (ORT profile, {total:.0f} ms of node time per run): "
             f"{share_text}. ")
+    rate = prof["gemm_flops"] / (prof["gemm_ms"] / 1e3) / 1e9 if prof["gemm_ms"] else float("nan")
+    floor = prof["gemm_flops"] / (peak * 1e9) * 1e3
+    note += (f"Its convolutions and linear layers do {prof['gemm_flops'] / 1e9:.1f} GFLOP per step in "
+             f"{prof['gemm_ms']:.0f} ms: {rate:.0f} GFLOP/s, {100 * rate / peak:.0f}% of this machine's large-GEMM "
+             f"rate on ORT ({peak:.0f} GFLOP/s, a 2048^3 MatMul measured in the same run); at that rate they alone "
+             f"take {floor:.0f} ms, so the step cannot go below {floor:.0f} ms without doing less arithmetic" +
+             (f", and everything else ({total - prof['gemm_ms']:.0f} ms now) would have to fit in "
+              f"{target_ms - floor:.0f} ms for the targets. " if target_ms > floor else
+              f": more than the {target_ms:.0f} ms the targets allow, which this graph's arithmetic cannot reach "
+              "on this machine. "))
+    note += group_norm_forms(net, xs, args.threads, args.rounds)
     if ov_reasons:
         note += f"OpenVINO rows left out: {'; '.join(ov_reasons)}. "
     if need > 1:
