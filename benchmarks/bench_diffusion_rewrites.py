@@ -104,10 +104,13 @@ def build(network: str):
     raise SystemExit(f"--networks: unknown {network!r}, expected some of {NETWORKS}")
 
 
-def ort_session(data: bytes, threads: int, profile_prefix: str | None = None):
+def ort_session(data: bytes, threads: int, profile_prefix: str | None = None, optimised_path: str | None = None):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if optimised_path:
+        so.optimized_model_filepath = optimised_path
+        so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "weights.bin")
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -139,9 +142,27 @@ def kind_of(op: str, node: str) -> str:
     return "other"
 
 
-# Nodes that compute the same values at every denoising step (they depend on the text / image context or
-# the timestep only): the most that folding them out of the step graph could save.
-STEP_INVARIANT = ("attn2/to_k", "attn2/to_v", "time_embedding", "time_proj", "time_pos_embed")
+STEP_INPUTS = 2  # the first inputs of every network here (sample, timestep) change at each denoising step
+
+
+def step_dependence(model_path: str, step_inputs: set[str]) -> dict[str, str]:
+    """{node name: "per video" | "timestep only" | "per step"} for the nodes of an ONNX graph (the one ORT
+    optimised, so the names match its profile), by data flow from the graph inputs: "per video" nodes read
+    neither `step_inputs` nor anything computed from them (the same values at every denoising step: the
+    context's keys and values), "timestep only" ones read the timestep but not the sample (computable for
+    every step of a schedule up front)."""
+    import onnx
+
+    graph = onnx.load(model_path, load_external_data=False).graph
+    sample, timestep = list(step_inputs)[0], list(step_inputs)[1]
+    depends: dict[str, frozenset[str]] = {i.name: frozenset({i.name}) for i in graph.input}
+    out: dict[str, str] = {}
+    for node in graph.node:  # ONNX graphs are stored in topological order
+        deps = frozenset().union(*(depends.get(i, frozenset()) for i in node.input if i))
+        for o in node.output:
+            depends[o] = deps
+        out[node.name] = ("per step" if sample in deps else "timestep only" if timestep in deps else "per video")
+    return out
 
 
 def node_flops(op: str, inputs: list[list[int]], outputs: list[list[int]]) -> float:
@@ -158,17 +179,22 @@ def node_flops(op: str, inputs: list[list[int]], outputs: list[list[int]]) -> fl
     return 0.0
 
 
-def profile_shares(data: bytes, feeds: dict, threads: int, runs: int = 2) -> dict:
-    """One profiled look at a graph: {"kinds": {kind: ms per run}, "total": ms, "invariant": ms of the
-    `STEP_INVARIANT` nodes (also counted in their kind), "gemm_flops": FLOP per run of the convolution and
-    linear nodes, "gemm_ms": their ms per run}, over `runs` profiled runs after one unprofiled warm-up."""
+def profile_shares(data: bytes, feeds: dict, threads: int, runs: int = 2,
+                   step_inputs: tuple[str, str] | None = None) -> dict:
+    """One profiled look at a graph: {"kinds": {kind: ms per run}, "total": ms, "gemm_flops": FLOP per run of
+    the convolution and linear nodes, "gemm_ms": their ms per run}, over `runs` profiled runs after one
+    unprofiled warm-up; with `step_inputs` (the sample's and the timestep's input names) also "per video" and
+    "timestep only": ms of the nodes `step_dependence` finds so (also counted in their kind)."""
     with tempfile.TemporaryDirectory(prefix="ezvtb-profile.") as tmp:
-        sess = ort_session(data, threads, profile_prefix=os.path.join(tmp, "p"))
+        optimised = os.path.join(tmp, "optimised.onnx")
+        sess = ort_session(data, threads, profile_prefix=os.path.join(tmp, "p"),
+                           optimised_path=optimised if step_inputs else None)
         sess.run(None, feeds)
         for _ in range(runs):
             sess.run(None, feeds)
         path = sess.end_profiling()
         events = json.loads(Path(path).read_text())
+        dependence = step_dependence(optimised, list(step_inputs)) if step_inputs else {}
     # every node's events in run order: the last `runs` of each are the profiled runs after the warm-up
     per_node: dict[str, list[float]] = collections.defaultdict(list)
     args: dict[str, dict] = {}
@@ -190,9 +216,9 @@ def profile_shares(data: bytes, feeds: dict, threads: int, runs: int = 2) -> dic
             if f:
                 flops += f
                 gemm_ms += ms
-    invariant = sum(sum(d[-runs:]) / runs for n, d in per_node.items() if any(p in n for p in STEP_INVARIANT))
-    return {"kinds": kinds, "total": sum(kinds.values()), "invariant": invariant, "gemm_flops": flops,
-            "gemm_ms": gemm_ms}
+    found = {k: sum(sum(d[-runs:]) / runs for n, d in per_node.items() if dependence.get(n) == k)
+             for k in ("per video", "timestep only")}
+    return {"kinds": kinds, "total": sum(kinds.values()), "gemm_flops": flops, "gemm_ms": gemm_ms, **found}
 
 
 def gemm_rate(threads: int, n: int = 2048, calls: int = 5) -> float:
@@ -340,16 +366,20 @@ def measure(network: str, args) -> tuple[list[list[object]], str, LoadWatch]:
         rows.append([f"{network}: {k}", f"{p50:.0f}", f"{min(ts):.0f}", f"{base / p50:.2f}x", f"{eager50 / p50:.2f}x",
                      f"{ov_best / p50:.2f}x" if ov_labels else "-", f"{err:.1e}"])
     full = "ORT: all rewrites (cpu backend)"
-    prof = profile_shares(graphs["all rewrites (cpu backend)"], feeds, args.threads)
-    shares, total, invariant = prof["kinds"], prof["total"], prof["invariant"]
+    prof = profile_shares(graphs["all rewrites (cpu backend)"], feeds, args.threads,
+                          step_inputs=tuple(t.name for t in spec.inputs[:STEP_INPUTS]))
+    shares, total = prof["kinds"], prof["total"]
     peak = gemm_rate(args.threads)
     best = pct(times[full], 50)
     target_ms = min(eager50 / TARGET_EAGER, ov_best / TARGET_OPENVINO if ov_labels else float("inf"))
     need = best / target_ms
     share_text = ", ".join(f"{k} {100 * v / total:.0f}% ({v:.0f} ms)" for k, v in
                            sorted(shares.items(), key=lambda kv: -kv[1]) if v >= 0.005 * total)
-    share_text += (f"; of it, work that is the same at every step (cross-attention K/V of the context, the "
-                   f"timestep embedding) {100 * invariant / total:.1f}% ({invariant:.0f} ms)")
+    video, stamp = prof["per video"], prof["timestep only"]
+    share_text += (f"; of it, by data flow from the inputs, work that reads neither the sample nor the timestep "
+                   f"(the same at every step: the context's keys and values) {100 * video / total:.1f}% "
+                   f"({video:.0f} ms), and work that reads the timestep but not the sample (the timestep "
+                   f"embedding and its projections) {100 * stamp / total:.1f}% ({stamp:.0f} ms)")
     attention = shares["attention"]
     att_need = attention - (best - best / need) if need > 1 else attention
     note = (f"{network}: {about}. Export per graph {np.median(list(export_s.values())):.0f} s (TorchScript). "
