@@ -114,6 +114,18 @@ class LoadWatch:
                              "is then marked LOADED).")
         return self
 
+    def settle(self, timeout_s: float = 180.0, poll_s: float = 5.0,
+               sleep: Callable[[float], None] = time.sleep) -> "LoadWatch":
+        """Wait (up to `timeout_s`) for the 1-minute load average to fall to `limit`, then `check`: for a run
+        whose own set-up (exports, a previous network's timing) has just pushed the load average up; the
+        average decays within about a minute once that work is done. Another process keeping the machine
+        busy still gets the run refused (or flagged with `allow_loaded`) when the time is up."""
+        waited = 0.0
+        while self._loadavg()[0] > self.limit and waited < timeout_s:
+            sleep(poll_s)
+            waited += poll_s
+        return self.check()
+
     def start(self) -> "LoadWatch":
         if self.load_before is None:
             self.check()

@@ -45,6 +45,17 @@ def test_refuses_a_loaded_machine_naming_the_load_and_the_flag():
     bc.LoadWatch(loadavg=lambda: (1.5, 0, 0)).check()  # at the limit: runs
 
 
+def test_settle_waits_for_the_load_to_fall_then_checks():
+    slept = []
+    watch = bc.LoadWatch(loadavg=Readings((1.9, 1, 1), (1.6, 1, 1), (1.2, 1, 1), (1.2, 1, 1)))
+    assert watch.settle(timeout_s=60, poll_s=5, sleep=slept.append) is watch
+    assert slept == [5, 5] and watch.load_before == (1.2, 1, 1)
+    busy = bc.LoadWatch(loadavg=lambda: (1.8, 1.7, 1.6))  # another process keeps it busy: refused when time is up
+    with pytest.raises(SystemExit, match="1.80"):
+        busy.settle(timeout_s=10, poll_s=5, sleep=slept.append)
+    assert slept == [5, 5, 5, 5]
+
+
 def test_allow_loaded_runs_flagged_and_the_heading_says_loaded(tmp_path, monkeypatch, capsys):
     watch = bc.LoadWatch(parse("--allow-loaded").allow_loaded, loadavg=Readings((2.4, 1.9, 1.5), (2.6, 2.0, 1.6)),
                          busy_seconds=Readings(100.0, 102.2), own_seconds=Readings(5.0, 7.0),
