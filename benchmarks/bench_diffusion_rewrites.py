@@ -14,8 +14,11 @@ pause. Per row: p50 and min ms, speed-up over the unrewritten graph, ratio to ea
 row (p50), max abs output difference to the torch module.
 
 Then one profiled run of the all-rewrites graph: ORT's per-node times summed by kind (attention,
-convolution, linear layers, normalisation, element-wise, data movement), and what the step time would
-have to be to reach the targets (2x eager, 1.2x OpenVINO).
+convolution, linear layers, normalisation, element-wise, data movement); the share of work that is the same
+at every denoising step (by data flow from the graph inputs: it reads neither the sample nor the timestep);
+the convolutions' and linear layers' multiply-adds against this machine's large-GEMM rate on ORT (the least
+time they can take); GroupNorm + SiLU as exported against ONNX's GroupNormalization-21; and what the step
+time would have to be to reach the targets (2x eager, 1.2x OpenVINO).
 
     python benchmarks/bench_diffusion_rewrites.py [--rounds 4] [--threads 2] [--networks unet3d,videounet]
         [--leave-one-out] [--allow-loaded] [--append]
