@@ -32,6 +32,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -148,16 +149,16 @@ def kind_of(op: str, node: str) -> str:
 STEP_INPUTS = 2  # the first inputs of every network here (sample, timestep) change at each denoising step
 
 
-def step_dependence(model_path: str, step_inputs: set[str]) -> dict[str, str]:
+def step_dependence(model_path: str, step_inputs: Sequence[str]) -> dict[str, str]:
     """{node name: "per video" | "timestep only" | "per step"} for the nodes of an ONNX graph (the one ORT
-    optimised, so the names match its profile), by data flow from the graph inputs: "per video" nodes read
-    neither `step_inputs` nor anything computed from them (the same values at every denoising step: the
-    context's keys and values), "timestep only" ones read the timestep but not the sample (computable for
-    every step of a schedule up front)."""
+    optimised, so the names match its profile), by data flow from the graph inputs `step_inputs` (the sample's
+    name, then the timestep's): "per video" nodes read neither of them nor anything computed from them (the
+    same values at every denoising step: the context's keys and values), "timestep only" ones read the
+    timestep but not the sample (computable for every step of a schedule up front)."""
     import onnx
 
     graph = onnx.load(model_path, load_external_data=False).graph
-    sample, timestep = list(step_inputs)[0], list(step_inputs)[1]
+    sample, timestep = step_inputs
     depends: dict[str, frozenset[str]] = {i.name: frozenset({i.name}) for i in graph.input}
     out: dict[str, str] = {}
     for node in graph.node:  # ONNX graphs are stored in topological order
@@ -197,7 +198,7 @@ def profile_shares(data: bytes, feeds: dict, threads: int, runs: int = 2,
             sess.run(None, feeds)
         path = sess.end_profiling()
         events = json.loads(Path(path).read_text())
-        dependence = step_dependence(optimised, list(step_inputs)) if step_inputs else {}
+        dependence = step_dependence(optimised, step_inputs) if step_inputs else {}
     # every node's events in run order: the last `runs` of each are the profiled runs after the warm-up
     per_node: dict[str, list[float]] = collections.defaultdict(list)
     args: dict[str, dict] = {}
