@@ -153,8 +153,9 @@ def step_dependence(model_path: str, step_inputs: Sequence[str]) -> dict[str, st
     """{node name: "per video" | "timestep only" | "per step"} for the nodes of an ONNX graph (the one ORT
     optimised, so the names match its profile), by data flow from the graph inputs `step_inputs` (the sample's
     name, then the timestep's): "per video" nodes read neither of them nor anything computed from them (the
-    same values at every denoising step: the context's keys and values), "timestep only" ones read the
-    timestep but not the sample (computable for every step of a schedule up front)."""
+    same values at every denoising step: the context's projections, the conditioning vectors' embeddings),
+    "timestep only" ones read the timestep but not the sample (computable for every step of a schedule up
+    front)."""
     import onnx
 
     graph = onnx.load(model_path, load_external_data=False).graph
@@ -228,7 +229,6 @@ def profile_shares(data: bytes, feeds: dict, threads: int, runs: int = 2,
 def gemm_rate(threads: int, n: int = 2048, calls: int = 8) -> float:
     """This machine's large-GEMM rate on ONNX Runtime (GFLOP/s): the best of `calls` n x n x n MatMuls with a
     constant (pre-packed) weight, the kernel every linear layer and convolution of the UNets runs on."""
-    import onnxruntime as ort  # noqa: F401
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -383,7 +383,8 @@ def measure(network: str, args) -> tuple[list[list[object]], str, LoadWatch]:
                            sorted(shares.items(), key=lambda kv: -kv[1]) if v >= 0.005 * total)
     video, stamp = prof["per video"], prof["timestep only"]
     share_text += (f"; of it, by data flow from the inputs, work that reads neither the sample nor the timestep "
-                   f"(the same at every step: the context's keys and values) {100 * video / total:.1f}% "
+                   f"(the same at every step: the context's projections, the conditioning vectors' embeddings) "
+                   f"{100 * video / total:.1f}% "
                    f"({video:.0f} ms), and work that reads the timestep but not the sample (the timestep "
                    f"embedding and its projections) {100 * stamp / total:.1f}% ({stamp:.0f} ms)")
     attention = shares["attention"]
